@@ -1,0 +1,226 @@
+//! Every CEL rule of both CRDs, evaluated client-side (kube's `cel` feature) against an object
+//! that passes and one that fails; transition rules with an old and a new object. The same
+//! rules are exercised server-side by the integration tests' dry-runs.
+
+use kube::core::cel::ValidationErrors;
+
+use super::*;
+
+fn svc(yaml: &str) -> OIMService {
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("fixture does not parse: {e}\n{yaml}"))
+}
+
+fn cache(yaml: &str) -> OIMCache {
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("fixture does not parse: {e}\n{yaml}"))
+}
+
+/// A minimal valid OIMService with `extra` appended to its spec.
+fn svc_with(name: &str, extra: &str) -> OIMService {
+    let spec = extra.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    svc(&format!(
+        "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata:\n  name: {name}\nspec:\n  model:\n    name: meta-llama/Llama-3.1-8B-Instruct\n{spec}"
+    ))
+}
+
+fn cache_with(name: &str, extra: &str) -> OIMCache {
+    let spec = extra.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    cache(&format!(
+        "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMCache\nmetadata:\n  name: {name}\nspec:\n  source:\n    hf:\n      modelName: meta-llama/Llama-3.1-70B-Instruct\n{spec}"
+    ))
+}
+
+#[track_caller]
+fn assert_rejected(result: Result<(), ValidationErrors>, message_part: &str) {
+    match result {
+        Ok(()) => panic!("expected a CEL rejection mentioning {message_part:?}, but the object passed"),
+        Err(errors) => {
+            let text = errors.to_string();
+            assert!(text.contains(message_part), "rejection {text:?} does not mention {message_part:?}");
+        }
+    }
+}
+
+#[track_caller]
+fn assert_accepted(result: Result<(), ValidationErrors>) {
+    if let Err(e) = result {
+        panic!("expected the object to pass CEL, got: {e}");
+    }
+}
+
+#[test]
+fn service_names_must_be_dns1035_labels_of_at_most_52_characters() {
+    assert_accepted(svc_with("llama31-8b-latency", "").validate_cel());
+    assert_accepted(svc_with(&"a".repeat(52), "").validate_cel());
+    assert_rejected(svc_with(&"a".repeat(53), "").validate_cel(), "at most 52 characters");
+    assert_rejected(svc_with("8b-llama", "").validate_cel(), "DNS-1035");
+    assert_rejected(svc_with("llama.8b", "").validate_cel(), "DNS-1035");
+    assert_rejected(svc_with("llama-", "").validate_cel(), "DNS-1035");
+}
+
+#[test]
+fn cache_names_follow_the_same_rule() {
+    assert_accepted(cache_with("llama31-70b", "").validate_cel());
+    assert_rejected(cache_with(&"c".repeat(53), "").validate_cel(), "at most 52 characters");
+}
+
+#[test]
+fn at_most_one_storage_source() {
+    assert_accepted(svc_with("s", "storage:\n  pvc:\n    create: true\n    size: 100Gi").validate_cel());
+    assert_accepted(svc_with("s", "storage:\n  sharedMemorySizeLimit: 8Gi").validate_cel());
+    assert_rejected(
+        svc_with("s", "storage:\n  oimCache:\n    name: c\n  emptyDir:\n    sizeLimit: 10Gi").validate_cel(),
+        "at most one of oimCache, pvc or emptyDir",
+    );
+}
+
+#[test]
+fn replicas_and_autoscaling_are_exclusive() {
+    assert_accepted(svc_with("s", "replicas: 2\nscale:\n  enabled: false").validate_cel());
+    assert_accepted(svc_with("s", "scale:\n  enabled: true\n  hpa:\n    maxReplicas: 3").validate_cel());
+    assert_rejected(
+        svc_with("s", "replicas: 2\nscale:\n  enabled: true\n  hpa:\n    maxReplicas: 3").validate_cel(),
+        "exclusive",
+    );
+}
+
+#[test]
+fn min_replicas_must_not_exceed_max_replicas() {
+    assert_accepted(
+        svc_with("s", "scale:\n  enabled: true\n  hpa:\n    minReplicas: 2\n    maxReplicas: 2").validate_cel(),
+    );
+    assert_rejected(
+        svc_with("s", "scale:\n  enabled: true\n  hpa:\n    minReplicas: 3\n    maxReplicas: 2").validate_cel(),
+        "minReplicas must be <= maxReplicas",
+    );
+}
+
+#[test]
+fn args_the_operator_owns_are_rejected() {
+    assert_accepted(svc_with("s", "args: ['--max-num-seqs', '32', '--enforce-eager']").validate_cel());
+    for bad in
+        ["--port", "--port=9000", "--host", "--host=0.0.0.0", "--served-model-name", "--served-model-name=x", "--model"]
+    {
+        assert_rejected(
+            svc_with("s", &format!("args: ['--enforce-eager', '{bad}', 'x']")).validate_cel(),
+            "must not contain --port, --host, --served-model-name or --model",
+        );
+    }
+}
+
+#[test]
+fn a_positional_model_in_args_is_rejected() {
+    assert_rejected(
+        svc_with("s", "args: ['mistralai/Mistral-7B-Instruct-v0.3', '--enforce-eager']").validate_cel(),
+        "must start with a flag",
+    );
+    assert_rejected(
+        svc_with("s", "args: ['--enforce-eager', 'meta-llama/Llama-3.1-8B-Instruct']").validate_cel(),
+        "must not repeat the model",
+    );
+}
+
+#[test]
+fn engine_must_be_vllm() {
+    assert_accepted(svc_with("s", "profile:\n  engine: vllm").validate_cel());
+    assert_rejected(svc_with("s", "profile:\n  engine: tgi").validate_cel(), "only 'vllm' is supported");
+}
+
+#[test]
+fn model_name_must_be_a_hub_id() {
+    assert_accepted(svc_with("s", "").validate_cel());
+    let mut bad = svc_with("s", "");
+    bad.spec.model.name = "meta-llama/Llama 3.1/8B".into();
+    assert_rejected(bad.validate_cel(), "must be a Hugging Face model id");
+}
+
+#[test]
+fn sizes_must_be_quantities() {
+    assert_accepted(svc_with("s", "storage:\n  emptyDir:\n    sizeLimit: 40Gi").validate_cel());
+    assert_rejected(svc_with("s", "storage:\n  emptyDir:\n    sizeLimit: lots").validate_cel(), "must be a quantity");
+    assert_rejected(
+        svc_with("s", "storage:\n  pvc:\n    create: true\n    size: 10 GB").validate_cel(),
+        "must be a quantity",
+    );
+    assert_rejected(cache_with("c", "resources:\n  memory: 4 gigs").validate_cel(), "must be a quantity");
+}
+
+#[test]
+fn a_created_pvc_needs_a_size_and_an_existing_one_a_name() {
+    assert_accepted(svc_with("s", "storage:\n  pvc:\n    name: weights").validate_cel());
+    assert_rejected(svc_with("s", "storage:\n  pvc:\n    create: true").validate_cel(), "with create=true set size");
+    assert_rejected(svc_with("s", "storage:\n  pvc:\n    create: false").validate_cel(), "with create=true set size");
+    assert_rejected(
+        cache_with("c", "storage:\n  pvc:\n    create: false").validate_cel(),
+        "with create=false set name",
+    );
+}
+
+#[test]
+fn pvc_storage_class_and_access_mode_are_immutable() {
+    let pvc = |class: &str, mode: &str| {
+        svc_with(
+            "s",
+            &format!(
+                "storage:\n  pvc:\n    create: true\n    size: 100Gi\n    storageClass: {class}\n    volumeAccessMode: {mode}"
+            ),
+        )
+    };
+    let old = pvc("fast", "ReadWriteOnce");
+    assert_accepted(pvc("fast", "ReadWriteOnce").validate_cel_update(&old));
+    assert_rejected(pvc("slow", "ReadWriteOnce").validate_cel_update(&old), "storageClass is immutable");
+    assert_rejected(pvc("fast", "ReadWriteMany").validate_cel_update(&old), "volumeAccessMode is immutable");
+    let unset =
+        svc_with("s", "storage:\n  pvc:\n    create: true\n    size: 100Gi\n    volumeAccessMode: ReadWriteOnce");
+    assert_rejected(unset.validate_cel_update(&old), "storageClass is immutable");
+}
+
+#[test]
+fn pvc_size_only_grows() {
+    let sized = |size: &str| svc_with("s", &format!("storage:\n  pvc:\n    create: true\n    size: {size}"));
+    let old = sized("100Gi");
+    assert_accepted(sized("100Gi").validate_cel_update(&old));
+    assert_accepted(sized("200Gi").validate_cel_update(&old));
+    assert_accepted(sized("1Ti").validate_cel_update(&old));
+    assert_rejected(sized("50Gi").validate_cel_update(&old), "can only grow");
+    assert_rejected(sized("99999Mi").validate_cel_update(&old), "can only grow");
+}
+
+#[test]
+fn cache_pvc_transition_rules() {
+    let pvc = |class: &str, size: &str| {
+        cache_with("c", &format!("storage:\n  pvc:\n    storageClass: {class}\n    size: {size}"))
+    };
+    let old = pvc("fast", "200Gi");
+    assert_accepted(pvc("fast", "300Gi").validate_cel_update(&old));
+    assert_rejected(pvc("slow", "200Gi").validate_cel_update(&old), "storageClass is immutable");
+    assert_rejected(pvc("fast", "100Gi").validate_cel_update(&old), "can only grow");
+}
+
+#[test]
+fn cache_source_is_immutable() {
+    let old = cache_with("c", "");
+    let mut same = old.clone();
+    same.spec.retention_policy = Some(RetentionPolicy::Delete);
+    assert_accepted(same.validate_cel_update(&old));
+    let mut other = old.clone();
+    other.spec.source.hf.model_name = "meta-llama/Llama-3.1-8B-Instruct".into();
+    assert_rejected(other.validate_cel_update(&old), "spec.source is immutable");
+    let mut revision = old.clone();
+    revision.spec.source.hf.revision = Some("main".into());
+    assert_rejected(revision.validate_cel_update(&old), "spec.source is immutable");
+}
+
+#[test]
+fn cache_model_name_is_org_slash_name_or_split_with_namespace() {
+    assert_accepted(cache_with("c", "").validate_cel());
+    let mut split = cache_with("c", "");
+    split.spec.source.hf.namespace = Some("meta-llama".into());
+    split.spec.source.hf.model_name = "Llama-3.1-70B-Instruct".into();
+    assert_accepted(split.validate_cel());
+    let mut bare = split.clone();
+    bare.spec.source.hf.namespace = None;
+    assert_rejected(bare.validate_cel(), "give org/name");
+    let mut doubled = cache_with("c", "");
+    doubled.spec.source.hf.namespace = Some("meta-llama".into());
+    assert_rejected(doubled.validate_cel(), "give org/name");
+}

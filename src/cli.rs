@@ -1,0 +1,294 @@
+//! The `oim` command line (DESIGN §6, contract): one binary, one subcommand per role.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes every subcommand uses.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Runtime failure (cluster, registry, network, or a part that is not implemented yet).
+    pub const RUNTIME: u8 = 1;
+    /// Bad input: the message names the file, field and fix.
+    pub const BAD_INPUT: u8 = 2;
+    /// No feasible profile; the result is still printed.
+    pub const NO_FEASIBLE_PROFILE: u8 = 3;
+}
+
+/// oim: serve any model on whatever accelerators your cluster has, with vLLM.
+#[derive(Debug, Parser)]
+#[command(name = "oim", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Exit codes: 0 success, 1 runtime failure, 2 bad input, 3 no feasible profile.")]
+pub struct Cli {
+    /// Log format: `human` for terminals, `json` for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "OIM_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Output format for documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocFormat {
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// Output format for listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// An aligned table.
+    Table,
+    /// JSON.
+    Json,
+}
+
+/// Target platform for rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Platform {
+    /// Upstream Kubernetes.
+    Kubernetes,
+    /// OpenShift (restricted-v2 SCC assigns user ids; Routes).
+    Openshift,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator: reconcile OIMService and OIMCache [not implemented yet].
+    Operator(OperatorArgs),
+    /// Run the node agent: detect this node's hardware and publish it on the Node [not implemented yet].
+    NodeAgent(NodeAgentArgs),
+    /// Print this machine's (or a fixture tree's) hardware inventory; no cluster [not implemented yet].
+    Detect(DetectArgs),
+    /// Print every CRD as YAML.
+    Crds,
+    /// Download model weights from a Hugging Face hub into DEST/<repo>/<commit>/ [not implemented yet].
+    Download(DownloadArgs),
+    /// List, select and publish launch profiles [not implemented yet].
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
+    /// Print the objects the operator would apply, as multi-document YAML; no cluster [not implemented yet].
+    Render(RenderArgs),
+}
+
+/// An OCI registry to write to.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// OCI registry and repository prefix, `host[:port]/prefix`. Loopback hosts use plain HTTP.
+    #[arg(long, value_name = "REF")]
+    pub registry: String,
+    /// Use plain HTTP for a non-loopback registry.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Docker config.json with registry credentials.
+    #[arg(long, value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
+}
+
+/// A profile catalog: a directory or a registry.
+#[derive(Debug, Args, Clone, Default)]
+#[group(required = true, multiple = false, id = "source")]
+pub struct CatalogArgs {
+    /// A catalog directory, scanned recursively for profile YAML.
+    #[arg(long, value_name = "DIR", group = "source")]
+    pub catalog: Option<PathBuf>,
+    /// OCI registry and repository prefix, `host[:port]/prefix`. Loopback hosts use plain HTTP.
+    #[arg(long, value_name = "REF", group = "source")]
+    pub registry: Option<String>,
+    /// Use plain HTTP for a non-loopback registry.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Docker config.json with registry credentials.
+    #[arg(long, value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
+}
+
+/// `oim operator`.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// Namespaces to watch (comma-separated); default all.
+    #[arg(long, value_delimiter = ',', value_name = "NS,...")]
+    pub watch_namespaces: Vec<String>,
+    /// Default profile registry, `host[:port]/prefix`.
+    #[arg(long, value_name = "REF")]
+    pub profile_registry: Option<String>,
+    /// Registries a per-service `profile.source` may name (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "REF,...")]
+    pub allowed_registries: Vec<String>,
+    /// Image of the node agent DaemonSet; default the operator's own image.
+    #[arg(long, value_name = "IMG")]
+    pub agent_image: Option<String>,
+    /// YAML overriding the vendor engine table (images, env, command).
+    #[arg(long, value_name = "FILE")]
+    pub engine_images: Option<PathBuf>,
+    /// Address of the /metrics and /healthz endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_bind: String,
+    /// Take a Lease before reconciling, for more than one replica.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Use plain HTTP for a non-loopback profile registry.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Docker config.json with registry credentials.
+    #[arg(long, value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
+}
+
+/// `oim node-agent`.
+#[derive(Debug, Args)]
+pub struct NodeAgentArgs {
+    /// This node's name (default: the NODE_NAME environment variable).
+    #[arg(long, env = "NODE_NAME", value_name = "N")]
+    pub node_name: Option<String>,
+    /// Prefix for every sysfs/procfs path.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Seconds between re-detections.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub interval: u64,
+}
+
+/// `oim detect`.
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// Prefix for every sysfs/procfs path (`DIR/sys/bus/pci/devices/...`, `DIR/proc/cpuinfo`).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DocFormat::Json)]
+    pub output: DocFormat,
+}
+
+/// `oim download`.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Repository id, e.g. `meta-llama/Llama-3.1-8B-Instruct`.
+    #[arg(long, value_name = "R")]
+    pub repo: String,
+    /// Branch, tag or commit; resolved to a commit.
+    #[arg(long, value_name = "REV", default_value = "main")]
+    pub revision: String,
+    /// Destination directory; files land in DEST/<repo>/<commit>/.
+    #[arg(long, value_name = "DIR")]
+    pub dest: PathBuf,
+    /// Only files matching this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Skip files matching this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+}
+
+/// `oim profiles ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// List a model's profiles from a catalog directory or registry [not implemented yet].
+    List(ProfilesListArgs),
+    /// Select the best feasible profile for a model on given inventories [not implemented yet].
+    Select(ProfilesSelectArgs),
+    /// Publish a catalog directory to an OCI registry [not implemented yet].
+    Push(ProfilesPushArgs),
+}
+
+/// `oim profiles list`.
+#[derive(Debug, Args)]
+pub struct ProfilesListArgs {
+    /// Hugging Face model id.
+    #[arg(long, value_name = "M")]
+    pub model: String,
+    /// Profile source.
+    #[command(flatten)]
+    pub source: CatalogArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
+}
+
+/// `oim profiles select`.
+#[derive(Debug, Args)]
+pub struct ProfilesSelectArgs {
+    /// Hugging Face model id.
+    #[arg(long, value_name = "M")]
+    pub model: String,
+    /// latency, throughput or quantization.
+    #[arg(long, value_name = "K")]
+    pub kpi: Option<String>,
+    /// Only profiles of this precision.
+    #[arg(long, value_name = "P")]
+    pub precision: Option<String>,
+    /// Never generate an estimated profile.
+    #[arg(long)]
+    pub no_generate: bool,
+    /// Inventory documents or `kubectl get nodes -o yaml` output.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Profile source.
+    #[command(flatten)]
+    pub source: CatalogArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DocFormat::Json)]
+    pub output: DocFormat,
+}
+
+/// `oim profiles push`.
+#[derive(Debug, Args)]
+pub struct ProfilesPushArgs {
+    /// Catalog directory to publish.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Registry credentials and target.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `oim render`.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// OIMService and OIMCache documents (repeatable).
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Inventory documents or `kubectl get nodes -o yaml` output.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Pod list for free-device accounting.
+    #[arg(long, value_name = "FILE")]
+    pub pods: Option<PathBuf>,
+    /// Target platform.
+    #[arg(long, value_enum, default_value_t = Platform::Kubernetes)]
+    pub platform: Platform,
+    /// Profile source.
+    #[command(flatten)]
+    pub source: CatalogArgs,
+}
+
+impl Command {
+    /// The issue that implements this subcommand, when it has not landed yet.
+    pub fn pending_issue(&self) -> Option<(&'static str, u32)> {
+        match self {
+            Command::Operator(_) => Some(("operator", 8)),
+            Command::NodeAgent(_) => Some(("node-agent", 4)),
+            Command::Detect(_) => Some(("detect", 4)),
+            Command::Crds => None,
+            Command::Download(_) => Some(("download", 9)),
+            Command::Profiles(ProfilesCommand::List(_)) => Some(("profiles list", 5)),
+            Command::Profiles(ProfilesCommand::Push(_)) => Some(("profiles push", 5)),
+            Command::Profiles(ProfilesCommand::Select(_)) => Some(("profiles select", 6)),
+            Command::Render(_) => Some(("render", 7)),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `oim`: one binary for the operator, the node agent and the offline tools (DESIGN §6).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use oim::cli::{Cli, Command, LogFormat, exit};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    // One crypto provider for kube and oci-client alike; ignore "already installed".
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    if let Some((name, issue)) = cli.command.pending_issue() {
+        eprintln!("oim {name}: not implemented yet (lands with issue #{issue}); nothing was done");
+        return ExitCode::from(exit::RUNTIME);
+    }
+    match cli.command {
+        Command::Crds => print_crds(),
+        _ => unreachable!("pending_issue covers every other subcommand"),
+    }
+}
+
+fn print_crds() -> ExitCode {
+    match oim::api::crds_yaml() {
+        Ok(yaml) => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(yaml.as_bytes()).and_then(|_| out.flush()) {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("oim crds: cannot write to stdout: {e}");
+                    ExitCode::from(exit::RUNTIME)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("oim crds: cannot serialize the CRDs: {e}");
+            ExitCode::from(exit::RUNTIME)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}

@@ -1,0 +1,107 @@
+//! The `oim` command line as a user meets it: help texts, exit codes, `oim crds`.
+
+use std::process::{Command, Output};
+
+fn oim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oim")).args(args).output().expect("oim runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_help_lists(args: &[&str], words: &[&str]) {
+    let out = oim(args);
+    assert!(out.status.success(), "oim {args:?} failed: {}", stderr(&out));
+    let help = stdout(&out);
+    for w in words {
+        assert!(help.contains(w), "`oim {}` does not mention {w}:\n{help}", args.join(" "));
+    }
+}
+
+#[test]
+fn top_level_help_lists_every_design_subcommand_and_the_exit_codes() {
+    assert_help_lists(
+        &["--help"],
+        &["operator", "node-agent", "detect", "crds", "download", "profiles", "render", "3 no feasible profile"],
+    );
+    assert_help_lists(&["profiles", "--help"], &["list", "select", "push"]);
+}
+
+#[test]
+fn each_subcommand_help_shows_the_design_flags() {
+    assert_help_lists(
+        &["operator", "--help"],
+        &[
+            "--watch-namespaces",
+            "--profile-registry",
+            "--allowed-registries",
+            "--agent-image",
+            "--engine-images",
+            "--metrics-bind",
+            "--leader-elect",
+        ],
+    );
+    assert_help_lists(&["node-agent", "--help"], &["--node-name", "--root", "--interval"]);
+    assert_help_lists(&["detect", "--help"], &["--root", "--output", "json", "yaml"]);
+    assert_help_lists(&["download", "--help"], &["--repo", "--revision", "--dest", "--include", "--exclude"]);
+    assert_help_lists(
+        &["profiles", "list", "--help"],
+        &["--model", "--catalog", "--registry", "--insecure", "--registry-config", "table", "json"],
+    );
+    assert_help_lists(
+        &["profiles", "select", "--help"],
+        &["--model", "--kpi", "--precision", "--no-generate", "--inventory", "--catalog", "--registry"],
+    );
+    assert_help_lists(&["profiles", "push", "--help"], &["<DIR>", "--registry", "--insecure", "--registry-config"]);
+    assert_help_lists(
+        &["render", "--help"],
+        &["--filename", "--inventory", "--pods", "--platform", "kubernetes", "openshift", "--catalog", "--registry"],
+    );
+}
+
+#[test]
+fn oim_crds_prints_exactly_the_checked_in_crds() {
+    let out = oim(&["crds"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/oim.opea.dev.yaml")).unwrap();
+    assert!(stdout(&out) == checked_in, "crds/ differs from `oim crds`: run `make crds`");
+}
+
+#[test]
+fn unfinished_subcommands_say_so_and_exit_1_without_pretending() {
+    let cases: &[&[&str]] = &[
+        &["operator"],
+        &["node-agent", "--node-name", "n1"],
+        &["detect"],
+        &["download", "--repo", "a/b", "--dest", "/tmp/x"],
+        &["profiles", "list", "--model", "a/b", "--catalog", "profiles"],
+        &["profiles", "select", "--model", "a/b", "--inventory", "i.yaml", "--catalog", "profiles"],
+        &["profiles", "push", "profiles", "--registry", "127.0.0.1:5000/oim"],
+        &["render", "-f", "examples/llama31-8b-latency.yaml", "--inventory", "i.yaml", "--catalog", "profiles"],
+    ];
+    for args in cases {
+        let out = oim(args);
+        assert_eq!(out.status.code(), Some(1), "oim {args:?}");
+        assert!(stderr(&out).contains("not implemented yet"), "oim {args:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "oim {args:?} printed a result it did not compute");
+    }
+    // The help says so up front too.
+    assert_help_lists(&["--help"], &["not implemented yet"]);
+}
+
+#[test]
+fn bad_usage_exits_2_and_names_the_problem() {
+    let out = oim(&["profiles", "list", "--model", "a/b"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--catalog"), "{}", stderr(&out));
+    let out = oim(&["profiles", "list", "--model", "a/b", "--catalog", "d", "--registry", "r"]);
+    assert_eq!(out.status.code(), Some(2), "catalog and registry are exclusive");
+    let out = oim(&["detect", "-o", "xml"]);
+    assert_eq!(out.status.code(), Some(2));
+}

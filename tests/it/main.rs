@@ -1,0 +1,4 @@
+//! oim's integration tests: one binary (DESIGN §8). Modules that need the local control plane
+//! read its kubeconfig from the environment `make test` sets up.
+
+mod cli;

@@ -2,16 +2,26 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test unit lint crds crds-check demo
+.PHONY: all build test unit cluster-up cluster-down lint crds demo
 
 all: build
 
 build:
 	$(CARGO) build --locked
 
-## Unit and integration tests.
+## Unit and integration tests against a fresh local control plane (torn down afterwards).
 test:
-	$(CARGO) test --locked
+	bash tests/run.sh
+
+## Unit tests only; no cluster.
+unit:
+	$(CARGO) test --locked --lib
+
+cluster-up:
+	bash tests/cluster/up.sh
+
+cluster-down:
+	bash tests/cluster/down.sh
 
 lint:
 	$(CARGO) fmt --check

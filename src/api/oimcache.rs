@@ -26,7 +26,7 @@ use super::common::{
     derive = "PartialEq",
     derive = "Default",
     doc = "Model weights for the hardware present, downloaded into a PVC that OIMServices mount read-only.",
-    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE).field_path(".metadata.name"),
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state", description = "Pending, InProgress, Ready or Failed"),
     printcolumn(name = "PVC", type_ = "string", json_path = ".status.pvc", description = "PVC holding the weights"),
     printcolumn(name = "Size", type_ = "string", json_path = ".status.size", description = "PVC size"),

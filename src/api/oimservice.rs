@@ -33,7 +33,7 @@ pub const FORBIDDEN_ARG_RULE: &str = "self.all(a, !(a in ['--port', '--host', '-
     derive = "PartialEq",
     derive = "Default",
     doc = "An inference service: a model, a KPI, and the operator picks profile, accelerators and resources.",
-    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE).field_path(".metadata.name"),
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state", description = "Pending, NotReady, Ready or Failed"),
     printcolumn(name = "Model", type_ = "string", json_path = ".spec.model.name", description = "Hugging Face model id"),
     printcolumn(name = "Profile", type_ = "string", json_path = ".status.profile.name", description = "Selected launch profile"),

@@ -10,12 +10,13 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-modcacherw
 
 BIN=${OIM_TOOLS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/oim-testcluster/$K8S_VERSION/bin}
 GO_VERSION=$(go env GOVERSION)
-STAMP=$( { cat "$HERE/tools/go.sum"; echo "$K8S_VERSION $KWOK_VERSION $ORAS_VERSION $GO_VERSION"; } | sha256sum | cut -d' ' -f1)
+STAMP=$( { cat "$HERE/tools/go.sum"; echo "$K8S_VERSION $KWOK_VERSION $ORAS_VERSION $OPENSHIFT_API_VERSION $PROMETHEUS_OPERATOR_VERSION $GO_VERSION"; } | sha256sum | cut -d' ' -f1)
 NEEDED=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok oras registry)
 
 have_all() {
   [[ -f "$BIN/.stamp" && "$(cat "$BIN/.stamp")" == "$STAMP" ]] || return 1
   for b in "${NEEDED[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
+  [[ -f "$BIN/../optional-crds/routes.route.openshift.io.yaml" && -f "$BIN/../optional-crds/servicemonitors.monitoring.coreos.com.yaml" ]]
 }
 
 if have_all; then
@@ -48,6 +49,16 @@ st="$KWOK_SRC/kustomize/stage"
 cp "$st/node/fast/node-initialize.yaml" "$st/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
   "$st/pod/fast/pod-ready.yaml" "$st/pod/fast/pod-complete.yaml" "$st/pod/fast/pod-delete.yaml" "$BIN/../kwok-stages/"
 chmod u+w "$BIN/../kwok-stages/"*
+
+echo ">> fetching the Route and ServiceMonitor CRDs from their Go modules" >&2
+mod_dir() { go mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p'; }
+OS_API=$(mod_dir "github.com/openshift/api@$OPENSHIFT_API_VERSION")
+PROM=$(mod_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
+mkdir -p "$BIN/../optional-crds"
+cp "$OS_API/route/v1/zz_generated.crd-manifests/routes.crd.yaml" "$BIN/../optional-crds/routes.route.openshift.io.yaml"
+cp "$PROM/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
+  "$BIN/../optional-crds/servicemonitors.monitoring.coreos.com.yaml"
+chmod u+w "$BIN/../optional-crds/"*
 
 echo ">> unpacking Debian's $DOCKER_REGISTRY_DEB (not installed as a service)" >&2
 tmp=$(mktemp -d)

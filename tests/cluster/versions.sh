@@ -4,3 +4,6 @@ K8S_VERSION=1.36.3
 KWOK_VERSION=v0.8.0
 ORAS_VERSION=v1.3.6
 DOCKER_REGISTRY_DEB=docker-registry
+# Optional APIs the renderer targets, from their Go modules' published CRD manifests.
+OPENSHIFT_API_VERSION=v0.0.0-20260511191110-9b69e5fa27e9
+PROMETHEUS_OPERATOR_VERSION=v0.85.0

@@ -1,4 +1,7 @@
 //! oim's integration tests: one binary (DESIGN §8). Modules that need the local control plane
-//! read its kubeconfig from the environment `make test` sets up.
+//! read its kubeconfig and registries from the environment `make test` sets up.
 
 mod cli;
+mod cluster;
+mod environment;
+mod fixtures;

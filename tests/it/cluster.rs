@@ -1,0 +1,268 @@
+//! Helpers every integration test uses: the local control plane from `tests/cluster/up.sh`, a fresh
+//! namespace per test, kwok nodes per scenario, waiting on conditions, and a serial lock.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, Resource};
+use oim::hardware::inventory::{INVENTORY_ANNOTATION, Inventory};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Label every test node carries, so a test's workloads target only its own nodes.
+pub const SCENARIO_LABEL: &str = "oim.test/scenario";
+
+/// Facts `up.sh` wrote to `$OIM_CLUSTER_STATE/env` and `make test` exported.
+pub struct Env {
+    /// kubectl, oras and friends.
+    pub bin: PathBuf,
+    /// Anonymous registry, `127.0.0.1:port`.
+    pub registry: String,
+    /// Basic-auth registry, `127.0.0.1:port`.
+    pub auth_registry: String,
+    /// Its user.
+    pub auth_user: String,
+    /// Its password.
+    pub auth_password: String,
+    /// The kubeconfig file.
+    pub kubeconfig: String,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: integration tests need the local control plane; run `make test` (or `tests/cluster/up.sh` and `source $STATE/env`)")
+    })
+}
+
+/// The test cluster's environment.
+pub fn env() -> &'static Env {
+    static ENV: LazyLock<Env> = LazyLock::new(|| Env {
+        bin: PathBuf::from(var("OIM_CLUSTER_BIN")),
+        registry: var("OIM_REGISTRY"),
+        auth_registry: var("OIM_AUTH_REGISTRY"),
+        auth_user: var("OIM_AUTH_REGISTRY_USER"),
+        auth_password: var("OIM_AUTH_REGISTRY_PASSWORD"),
+        kubeconfig: var("KUBECONFIG"),
+    });
+    &ENV
+}
+
+/// A kube client for the test cluster (ring is the one crypto provider).
+pub async fn client() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    env();
+    Client::try_default().await.expect("kube client for the test cluster")
+}
+
+/// Runs a tool from the cluster's bin directory; returns (success, stdout, stderr).
+pub fn tool(name: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env().bin.join(name))
+        .args(args)
+        .env("KUBECONFIG", &env().kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Like [`tool`], feeding `stdin`.
+pub fn tool_stdin(name: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env().bin.join(name))
+        .args(args)
+        .env("KUBECONFIG", &env().kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// kubectl, asserting success.
+pub fn kubectl(args: &[&str]) -> String {
+    let (ok, out, err) = tool("kubectl", args);
+    assert!(ok, "kubectl {args:?} failed: {err}");
+    out
+}
+
+/// A unique, DNS-safe suffix.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000;
+    format!("{prefix}-{t}-{}-{}", std::process::id() % 10_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A namespace of its own for one test, deleted by [`TestNs::cleanup`] (and by cluster teardown
+/// when a test fails before).
+pub struct TestNs {
+    /// Its name.
+    pub name: String,
+    client: Client,
+}
+
+impl TestNs {
+    /// Creates the namespace with `labels` and waits for its default ServiceAccount, so pods
+    /// pass ServiceAccount admission.
+    pub async fn new(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> TestNs {
+        let name = unique(prefix);
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.clone());
+        ns.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+        let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_until(&format!("default ServiceAccount in {name}"), Duration::from_secs(30), || async {
+            sa.get_opt("default").await.ok().flatten()
+        })
+        .await;
+        TestNs { name, client: client.clone() }
+    }
+
+    /// Deletes the namespace (and everything in it).
+    pub async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::background()).await;
+    }
+}
+
+/// Polls `probe` every 250 ms until it returns Some, or panics naming `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until the object exists and `check` accepts it.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, timeout: Duration, check: impl Fn(&K) -> bool) -> K
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    wait_until(&format!("{name} to reach the expected state"), timeout, || async {
+        api.get_opt(name).await.ok().flatten().filter(|o| check(o))
+    })
+    .await
+}
+
+/// A simulated node for one scenario: the inventory's accelerators become capacity and
+/// allocatable, its labels and annotation are what the agent would publish.
+pub struct KwokNode {
+    /// Node name.
+    pub name: String,
+}
+
+impl KwokNode {
+    /// Creates a Ready kwok node labelled `oim.test/scenario=<scenario>` from `inventory`;
+    /// `allocatable` overrides the accelerator count the device plugin reports (None = PCI count).
+    pub async fn create(client: &Client, scenario: &str, inventory: &Inventory, allocatable: Option<u32>) -> KwokNode {
+        let name = unique(scenario);
+        let mut inv = inventory.clone();
+        inv.node = name.clone();
+        let mut labels: BTreeMap<String, String> = inv.labels();
+        labels.insert(SCENARIO_LABEL.into(), scenario.into());
+        labels.insert("kubernetes.io/hostname".into(), name.clone());
+        labels.insert("type".into(), "kwok".into());
+        let mut capacity: BTreeMap<String, Quantity> = [
+            ("pods", "110".to_string()),
+            ("cpu", "64".to_string()),
+            ("memory", format!("{}Mi", inv.memory_mib.max(262_144))),
+            ("ephemeral-storage", "2Ti".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v)))
+        .collect();
+        for g in &inv.accelerators {
+            let n = allocatable.unwrap_or(g.count);
+            capacity.insert(g.resource_name.clone(), Quantity(n.to_string()));
+            if g.resource_name == "habana.ai/gaudi" {
+                capacity.insert("hugepages-2Mi".into(), Quantity("200Gi".into()));
+            }
+        }
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "annotations": {"kwok.x-k8s.io/node": "fake", INVENTORY_ANNOTATION: serde_json::to_string(&inv).unwrap()},
+            },
+            "status": {"capacity": capacity, "allocatable": capacity},
+        }))
+        .unwrap();
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes.create(&PostParams::default(), &node).await.expect("create kwok node");
+        wait_for(&nodes, &name, Duration::from_secs(60), |n| {
+            let ready = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let not_ready_taint =
+                n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key.contains("not-ready")));
+            ready && !not_ready_taint
+        })
+        .await;
+        KwokNode { name }
+    }
+
+    /// Deletes the node.
+    pub async fn delete(self, client: &Client) {
+        let _ = Api::<Node>::all(client.clone()).delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// Held by tests that count free devices or change cluster-wide state, so they run one at a time.
+pub async fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: LazyLock<Mutex<()>> = LazyLock::new(|| Mutex::new(()));
+    LOCK.lock().await
+}
+
+/// Inventory with `count` devices of the device-table product `slug`.
+pub fn inventory_of(slug: &str, count: u32) -> Inventory {
+    let d = oim::hardware::devices::by_slug(slug).unwrap_or_else(|| panic!("{slug} is not in the device table"));
+    let text = serde_json::json!({
+        "schema": "oim.opea.dev/inventory/v1",
+        "accelerators": [{
+            "vendor": d.vendor, "product": d.slug, "productName": d.product_name, "pciVendorId": d.pci_vendor_id,
+            "pciDeviceIds": [d.pci_device_ids[0]], "count": count, "memoryMiB": d.memory_mib,
+            "resourceName": d.resource_name, "numaNodes": [0],
+        }],
+        "memoryMiB": 1_048_576,
+    });
+    Inventory::parse(&text.to_string()).unwrap()
+}
+
+/// Installs (or removes) the optional Route and ServiceMonitor CRDs that the renderer targets,
+/// so tests run both with and without them.
+pub fn optional_apis(installed: bool) {
+    let dir = env().bin.join("../optional-crds");
+    let dir = dir.to_str().unwrap();
+    if installed {
+        kubectl(&["apply", "--server-side", "-f", dir]);
+        kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]);
+    } else {
+        kubectl(&["delete", "--ignore-not-found", "--wait", "-f", dir]);
+    }
+}
+
+/// Installs the oim CRDs from `crds/` with server-side apply and waits until they are Established.
+pub fn install_oim_crds() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+    kubectl(&["apply", "--server-side", "--field-manager", "oim-tests", "-f", dir]);
+    kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]);
+}

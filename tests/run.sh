@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make test`: builds the tests, starts the local control plane (building it on first use), runs
+# unit and integration tests against it, and tears it down even on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OIM_CLUSTER_STATE=${OIM_CLUSTER_STATE:-/tmp/oim-cluster-test-$$}
+cargo test --locked --no-run
+trap 'bash tests/cluster/down.sh' EXIT
+bash tests/cluster/up.sh
+# shellcheck disable=SC1091
+source "$OIM_CLUSTER_STATE/env"
+cargo test --locked "$@"

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test unit cluster-up cluster-down lint crds demo
+.PHONY: all build test unit cluster-up cluster-down lint crds demo demo-down
 
 all: build
 
@@ -32,3 +32,10 @@ lint:
 ## Regenerate the checked-in CRDs from the Rust types.
 crds:
 	$(CARGO) run --locked --quiet -- crds > crds/oim.opea.dev.yaml
+
+## A local control plane with simulated GPU nodes, the CRDs and the examples; keeps running.
+demo:
+	bash tests/cluster/demo.sh
+
+demo-down:
+	OIM_CLUSTER_STATE=/tmp/oim-demo bash tests/cluster/down.sh

@@ -212,8 +212,11 @@ impl KwokNode {
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            let not_ready_taint =
-                n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key.contains("not-ready")));
+            let not_ready_taint = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key.contains("not-ready")));
             ready && !not_ready_taint
         })
         .await;

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
 use oim::api::{OIMCache, OIMService};
 use serde_json::json;
 
@@ -44,11 +44,14 @@ async fn a_pod_asking_for_one_gpu_runs_on_the_h100_node_and_one_asking_for_nine_
     pods.create(&PostParams::default(), &gpu_pod("nine-gpus", "env-h100", "nvidia.com/gpu", 9)).await.unwrap();
     let pending = cluster::wait_for(&pods, "nine-gpus", Duration::from_secs(60), |p| {
         p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-            c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+            c.iter().any(|c| {
+                c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+            })
         })
     })
     .await;
-    let message = pending.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "PodScheduled").unwrap().message;
+    let message =
+        pending.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "PodScheduled").unwrap().message;
     assert!(message.unwrap_or_default().contains("Insufficient nvidia.com/gpu"), "scheduler should say why");
     assert_eq!(phase(&pods.get("nine-gpus").await.unwrap()), "Pending");
 
@@ -76,8 +79,11 @@ async fn a_200gi_claim_binds_on_the_default_storage_class_and_a_pod_using_it_run
 
     let mut pod = gpu_pod("uses-claim", "env-pvc", "nvidia.com/gpu", 1);
     let spec = pod.spec.as_mut().unwrap();
-    spec.volumes = Some(vec![serde_json::from_value(json!({"name": "w", "persistentVolumeClaim": {"claimName": "weights"}})).unwrap()]);
-    spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(json!({"name": "w", "mountPath": "/models"})).unwrap()]);
+    spec.volumes = Some(vec![
+        serde_json::from_value(json!({"name": "w", "persistentVolumeClaim": {"claimName": "weights"}})).unwrap(),
+    ]);
+    spec.containers[0].volume_mounts =
+        Some(vec![serde_json::from_value(json!({"name": "w", "mountPath": "/models"})).unwrap()]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pods.create(&PostParams::default(), &pod).await.unwrap();
     cluster::wait_for(&pods, "uses-claim", Duration::from_secs(60), |p| phase(p) == "Running").await;
@@ -106,7 +112,9 @@ async fn a_pod_violating_restricted_is_refused_where_the_namespace_enforces_it()
         },
     }))
     .unwrap();
-    pods.create(&PostParams { dry_run: true, ..Default::default() }, &hardened).await.expect("restricted admits a hardened pod");
+    pods.create(&PostParams { dry_run: true, ..Default::default() }, &hardened)
+        .await
+        .expect("restricted admits a hardened pod");
     ns.cleanup().await;
 }
 
@@ -115,7 +123,10 @@ async fn dry_run_create<K>(api: &Api<K>, obj: &K) -> Option<String>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    api.create(&PostParams { dry_run: true, field_manager: Some("oim-tests".into()) }, obj).await.err().map(|e| e.to_string())
+    api.create(&PostParams { dry_run: true, field_manager: Some("oim-tests".into()) }, obj)
+        .await
+        .err()
+        .map(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -135,9 +146,15 @@ async fn the_api_server_enforces_every_cel_rule_with_the_message_that_says_the_f
 
     let cases = [
         (svc(&"a".repeat(53), json!({})), "at most 52 characters"),
-        (svc("two-stores", json!({"storage": {"oimCache": {"name": "c"}, "emptyDir": {}}})), "at most one of oimCache, pvc or emptyDir"),
+        (
+            svc("two-stores", json!({"storage": {"oimCache": {"name": "c"}, "emptyDir": {}}})),
+            "at most one of oimCache, pvc or emptyDir",
+        ),
         (svc("both", json!({"replicas": 2, "scale": {"enabled": true, "hpa": {"maxReplicas": 3}}})), "exclusive"),
-        (svc("minmax", json!({"scale": {"enabled": true, "hpa": {"minReplicas": 4, "maxReplicas": 2}}})), "minReplicas must be <= maxReplicas"),
+        (
+            svc("minmax", json!({"scale": {"enabled": true, "hpa": {"minReplicas": 4, "maxReplicas": 2}}})),
+            "minReplicas must be <= maxReplicas",
+        ),
         (svc("port", json!({"args": ["--port", "9000"]})), "must not contain --port"),
         (svc("positional", json!({"args": ["some/model", "--enforce-eager"]})), "must start with a flag"),
         (svc("engine", json!({"profile": {"engine": "tgi"}})), "only 'vllm' is supported"),
@@ -155,7 +172,8 @@ async fn the_api_server_enforces_every_cel_rule_with_the_message_that_says_the_f
     assert!(!ok && stderr.contains("Unsupported value: \"fastest\""), "enum not enforced: {stderr}");
 
     // Transition rules: create for real, then dry-run updates.
-    let pvc_svc = svc("weights", json!({"storage": {"pvc": {"create": true, "size": "100Gi", "storageClass": "standard"}}}));
+    let pvc_svc =
+        svc("weights", json!({"storage": {"pvc": {"create": true, "size": "100Gi", "storageClass": "standard"}}}));
     svcs.create(&PostParams::default(), &pvc_svc).await.unwrap();
     let patch = |p: serde_json::Value| {
         let svcs = svcs.clone();
@@ -166,12 +184,24 @@ async fn the_api_server_enforces_every_cel_rule_with_the_message_that_says_the_f
     };
     assert_eq!(patch(json!({"spec": {"storage": {"pvc": {"size": "200Gi"}}}})).await, None, "growing is allowed");
     assert!(patch(json!({"spec": {"storage": {"pvc": {"size": "50Gi"}}}})).await.unwrap().contains("can only grow"));
-    assert!(patch(json!({"spec": {"storage": {"pvc": {"storageClass": "fast"}}}})).await.unwrap().contains("storageClass is immutable"));
+    assert!(
+        patch(json!({"spec": {"storage": {"pvc": {"storageClass": "fast"}}}}))
+            .await
+            .unwrap()
+            .contains("storageClass is immutable")
+    );
 
-    let cache: OIMCache = serde_saphyr::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/llama31-70b-cache.yaml")).unwrap()).unwrap();
+    let cache: OIMCache = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/llama31-70b-cache.yaml")).unwrap(),
+    )
+    .unwrap();
     caches.create(&PostParams::default(), &cache).await.unwrap();
     let err = caches
-        .patch("llama31-70b", &PatchParams { dry_run: true, ..Default::default() }, &Patch::Merge(json!({"spec": {"source": {"hf": {"revision": "main"}}}})))
+        .patch(
+            "llama31-70b",
+            &PatchParams { dry_run: true, ..Default::default() },
+            &Patch::Merge(json!({"spec": {"source": {"hf": {"revision": "main"}}}})),
+        )
         .await
         .unwrap_err()
         .to_string();
@@ -187,7 +217,14 @@ async fn the_api_server_enforces_every_cel_rule_with_the_message_that_says_the_f
     // The example that the README calls invalid is refused by kubectl apply.
     let (ok, _, stderr) = cluster::tool(
         "kubectl",
-        &["apply", "--dry-run=server", "-n", &ns.name, "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/invalid-port-in-args.yaml")],
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &ns.name,
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/invalid-port-in-args.yaml"),
+        ],
     );
     assert!(!ok && stderr.contains("must not contain --port"), "{stderr}");
     ns.cleanup().await;
@@ -197,7 +234,13 @@ async fn the_api_server_enforces_every_cel_rule_with_the_message_that_says_the_f
 async fn crds_install_server_side_are_established_and_structural() {
     cluster::install_oim_crds();
     for crd in ["oimservices.oim.opea.dev", "oimcaches.oim.opea.dev"] {
-        let conditions = cluster::kubectl(&["get", "crd", crd, "-o", "jsonpath={range .status.conditions[*]}{.type}={.status};{end}"]);
+        let conditions = cluster::kubectl(&[
+            "get",
+            "crd",
+            crd,
+            "-o",
+            "jsonpath={range .status.conditions[*]}{.type}={.status};{end}",
+        ]);
         assert!(conditions.contains("Established=True"), "{crd}: {conditions}");
         assert!(!conditions.contains("NonStructuralSchema"), "{crd}: {conditions}");
     }
@@ -221,7 +264,11 @@ async fn an_artifact_pushed_with_oras_is_listed_and_pulled_back() {
     std::fs::write(&file, "schema: test\n").unwrap();
     let repo = format!("{}/{}", env.registry, cluster::unique("oim-test/oras"));
     let reference = format!("{repo}:v1");
-    let (ok, _, err) = run_in(&dir, "oras", &["push", "--plain-http", "--artifact-type", "application/vnd.oim.test", &reference, "hello.yaml"]);
+    let (ok, _, err) = run_in(
+        &dir,
+        "oras",
+        &["push", "--plain-http", "--artifact-type", "application/vnd.oim.test", &reference, "hello.yaml"],
+    );
     assert!(ok, "oras push: {err}");
     let (ok, tags, err) = cluster::tool("oras", &["repo", "tags", "--plain-http", &repo]);
     assert!(ok && tags.lines().any(|t| t == "v1"), "oras repo tags: {tags} {err}");

@@ -34,7 +34,8 @@ fn every_simulated_node_publishes_a_valid_inventory_that_matches_its_capacity_an
             assert!(allocatable.contains_key(key), "{name} lacks allocatable {key}");
         }
         for g in &inv.accelerators {
-            let dev = devices::by_slug(&g.product).unwrap_or_else(|| panic!("{name}: {} is not a device-table slug", g.product));
+            let dev = devices::by_slug(&g.product)
+                .unwrap_or_else(|| panic!("{name}: {} is not a device-table slug", g.product));
             assert_eq!(
                 (g.vendor, g.memory_mib, g.resource_name.as_str()),
                 (dev.vendor, dev.memory_mib, dev.resource_name.as_str()),
@@ -51,22 +52,24 @@ fn every_simulated_node_publishes_a_valid_inventory_that_matches_its_capacity_an
             assert_eq!(labels.get(&k), Some(&v), "{name}: label {k}");
         }
     }
-    let expected: BTreeMap<String, u32> = [
-        ("h100-sxm-80gb", 8),
-        ("l4", 2),
-        ("a100-sxm-40gb", 4),
-        ("mi300x", 8),
-        ("gaudi2", 8),
-        ("max-1550", 4),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let expected: BTreeMap<String, u32> =
+        [("h100-sxm-80gb", 8), ("l4", 2), ("a100-sxm-40gb", 4), ("mi300x", 8), ("gaudi2", 8), ("max-1550", 4)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
     assert_eq!(products, expected);
     let cpu_only: Vec<_> = nodes
         .iter()
-        .filter(|n| Inventory::parse(&n.metadata.annotations.as_ref().unwrap()[INVENTORY_ANNOTATION]).unwrap().accelerators.is_empty())
+        .filter(|n| {
+            Inventory::parse(&n.metadata.annotations.as_ref().unwrap()[INVENTORY_ANNOTATION])
+                .unwrap()
+                .accelerators
+                .is_empty()
+        })
         .collect();
     assert_eq!(cpu_only.len(), 1);
-    assert_eq!(cpu_only[0].metadata.labels.as_ref().unwrap().get("oim.opea.dev/cpu.amx").map(String::as_str), Some("true"));
+    assert_eq!(
+        cpu_only[0].metadata.labels.as_ref().unwrap().get("oim.opea.dev/cpu.amx").map(String::as_str),
+        Some("true")
+    );
 }

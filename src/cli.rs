@@ -72,7 +72,7 @@ pub enum Command {
     Operator(OperatorArgs),
     /// Run the node agent: detect this node's hardware and publish it on the Node [not implemented yet].
     NodeAgent(NodeAgentArgs),
-    /// Print this machine's (or a fixture tree's) hardware inventory; no cluster [not implemented yet].
+    /// Print this machine's (or a fixture tree's) hardware inventory; no cluster.
     Detect(DetectArgs),
     /// Print every CRD as YAML.
     Crds,
@@ -282,7 +282,7 @@ impl Command {
         match self {
             Command::Operator(_) => Some(("operator", 8)),
             Command::NodeAgent(_) => Some(("node-agent", 4)),
-            Command::Detect(_) => Some(("detect", 4)),
+            Command::Detect(_) => None,
             Command::Crds => None,
             Command::Download(_) => Some(("download", 9)),
             Command::Profiles(ProfilesCommand::List(_)) => Some(("profiles list", 5)),

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use oim::cli::{Cli, Command, LogFormat, exit};
+use oim::cli::{Cli, Command, DetectArgs, DocFormat, LogFormat, exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Crds => print_crds(),
+        Command::Detect(args) => detect(&args),
         _ => unreachable!("pending_issue covers every other subcommand"),
     }
 }
@@ -36,6 +37,30 @@ fn print_crds() -> ExitCode {
         }
         Err(e) => {
             eprintln!("oim crds: cannot serialize the CRDs: {e}");
+            ExitCode::from(exit::RUNTIME)
+        }
+    }
+}
+
+fn detect(args: &DetectArgs) -> ExitCode {
+    let inventory = match oim::hardware::detect(&args.root) {
+        Ok(inv) => inv,
+        Err(e) => {
+            eprintln!("oim detect: {e}");
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let text = match args.output {
+        DocFormat::Json => serde_json::to_string_pretty(&inventory).map(|s| s + "\n").map_err(|e| e.to_string()),
+        DocFormat::Yaml => serde_saphyr::to_string(&inventory).map_err(|e| e.to_string()),
+    };
+    match text {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("oim detect: cannot serialize the inventory: {e}");
             ExitCode::from(exit::RUNTIME)
         }
     }

@@ -9,7 +9,13 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-modcacherw
 
 BIN=${OIM_TOOLS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/oim-testcluster/$K8S_VERSION/bin}
+command -v go >/dev/null || { echo "build.sh: Go is needed to build the test control plane (apt-get install golang is too old; use the machine's Go 1.26)" >&2; exit 1; }
 GO_VERSION=$(go env GOVERSION)
+need=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$HERE/tools/go.mod")
+if [[ "$(printf '%s\n%s\n' "go$need" "$GO_VERSION" | sort -V | head -1)" != "go$need" ]]; then
+  echo "build.sh: $GO_VERSION is older than go$need, which Kubernetes v$K8S_VERSION needs" >&2
+  exit 1
+fi
 STAMP=$( { cat "$HERE/tools/go.sum"; echo "$K8S_VERSION $KWOK_VERSION $ORAS_VERSION $OPENSHIFT_API_VERSION $PROMETHEUS_OPERATOR_VERSION $GO_VERSION"; } | sha256sum | cut -d' ' -f1)
 NEEDED=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok oras registry)
 

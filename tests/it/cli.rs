@@ -78,7 +78,6 @@ fn unfinished_subcommands_say_so_and_exit_1_without_pretending() {
     let cases: &[&[&str]] = &[
         &["operator"],
         &["node-agent", "--node-name", "n1"],
-        &["detect"],
         &["download", "--repo", "a/b", "--dest", "/tmp/x"],
         &["profiles", "list", "--model", "a/b", "--catalog", "profiles"],
         &["profiles", "select", "--model", "a/b", "--inventory", "i.yaml", "--catalog", "profiles"],

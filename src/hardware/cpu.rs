@@ -1,0 +1,118 @@
+//! CPU and host memory from `ROOT/proc/cpuinfo`, `ROOT/proc/meminfo` and the NUMA nodes in
+//! `ROOT/sys/devices/system/node`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use crate::hardware::DetectError;
+use crate::hardware::inventory::CpuInfo;
+
+/// ISA flags that matter for the CPU backend and for labels; the rest are dropped.
+const RELEVANT_FLAGS: &[&str] = &[
+    "avx2",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+];
+
+/// Parses `/proc/cpuinfo`. None when the file has no processor entries (e.g. non-x86 formats
+/// without the fields we read still count threads).
+pub fn parse_cpuinfo(text: &str) -> Option<CpuInfo> {
+    let mut info = CpuInfo::default();
+    let mut packages = BTreeSet::new();
+    let mut cores = BTreeSet::new();
+    let mut package = String::new();
+    let mut flags = BTreeSet::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "processor" => info.threads += 1,
+            "vendor_id" if info.vendor.is_empty() => info.vendor = value.to_string(),
+            "model name" if info.model.is_empty() => info.model = value.to_string(),
+            "physical id" => {
+                package = value.to_string();
+                packages.insert(package.clone());
+            }
+            "core id" => {
+                cores.insert((package.clone(), value.to_string()));
+            }
+            "flags" => {
+                flags.extend(value.split_whitespace().filter(|f| RELEVANT_FLAGS.contains(f)).map(str::to_string))
+            }
+            _ => {}
+        }
+    }
+    if info.threads == 0 {
+        return None;
+    }
+    info.sockets = u32::try_from(packages.len()).unwrap_or(u32::MAX).max(1);
+    info.cores = if cores.is_empty() { info.threads } else { u32::try_from(cores.len()).unwrap_or(u32::MAX) };
+    info.flags = RELEVANT_FLAGS.iter().filter(|f| flags.contains(**f)).map(|f| f.to_string()).collect();
+    Some(info)
+}
+
+/// MemTotal from `/proc/meminfo`, in MiB.
+pub fn parse_meminfo(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+}
+
+/// Number of `nodeN` entries under `ROOT/sys/devices/system/node` (1 when absent).
+pub fn numa_node_count(root: &Path) -> u32 {
+    let dir = root.join("sys/devices/system/node");
+    let count = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.strip_prefix("node").is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    u32::try_from(count).unwrap_or(u32::MAX).max(1)
+}
+
+/// CPU facts and host memory under `root`; missing files mean "unknown", not an error.
+pub fn detect(root: &Path) -> Result<(Option<CpuInfo>, u64), DetectError> {
+    let cpu = fs::read_to_string(root.join("proc/cpuinfo")).ok().and_then(|t| parse_cpuinfo(&t)).map(|mut c| {
+        c.numa_node_count = numa_node_count(root);
+        c
+    });
+    let memory = fs::read_to_string(root.join("proc/meminfo")).ok().and_then(|t| parse_meminfo(&t)).unwrap_or(0);
+    Ok((cpu, memory))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_SOCKETS: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nphysical id\t: 0\ncore id\t: 0\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nphysical id\t: 0\ncore id\t: 0\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16\n\nprocessor\t: 2\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nphysical id\t: 1\ncore id\t: 0\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16\n";
+
+    #[test]
+    fn sockets_cores_threads_and_relevant_flags() {
+        let c = parse_cpuinfo(TWO_SOCKETS).unwrap();
+        assert_eq!((c.sockets, c.cores, c.threads), (2, 2, 3));
+        assert_eq!(c.flags, ["avx2", "avx512f", "amx_tile", "amx_bf16"]);
+        assert!(c.has_amx() && c.has_avx512());
+    }
+
+    #[test]
+    fn meminfo_total_in_mib() {
+        assert_eq!(parse_meminfo("MemTotal:       2112512000 kB\nMemFree: 1 kB\n"), Some(2_063_000));
+        assert_eq!(parse_meminfo("garbage"), None);
+        assert!(parse_cpuinfo("").is_none());
+    }
+}

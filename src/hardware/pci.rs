@@ -1,0 +1,152 @@
+//! Accelerators from `ROOT/sys/bus/pci/devices/*`: vendor, device, class, NUMA node, driver.
+//! Real sysfs entries are symlinks into `sys/devices/...`; fixture trees may be plain folders.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::api::Vendor;
+use crate::hardware::DetectError;
+use crate::hardware::devices;
+use crate::hardware::inventory::AcceleratorGroup;
+
+/// One PCI function as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciFunction {
+    /// Bus address, e.g. `0000:18:00.0`.
+    pub address: String,
+    /// Vendor id, four lowercase hex digits.
+    pub vendor: String,
+    /// Device id, four lowercase hex digits.
+    pub device: String,
+    /// Class code, e.g. `0x030200`.
+    pub class: u32,
+    /// NUMA node, when the platform reports one.
+    pub numa_node: Option<u32>,
+    /// Bound driver (`nvidia`, `amdgpu`, `i915`, `xe`, `habanalabs`, `vfio-pci`, ...).
+    pub driver: Option<String>,
+    /// Device memory the driver reports (amdgpu `mem_info_vram_total`), in bytes.
+    pub vram_bytes: Option<u64>,
+}
+
+/// Reads every PCI function under `root`. A tree without `sys/bus/pci/devices` has no PCI
+/// devices (containers, some VMs); an unreadable directory is an error.
+pub fn scan(root: &Path) -> Result<Vec<PciFunction>, DetectError> {
+    let dir = root.join("sys/bus/pci/devices");
+    if !dir.exists() {
+        return Ok(vec![]);
+    }
+    let entries = fs::read_dir(&dir).map_err(|e| DetectError::unreadable(&dir, e))?;
+    let mut functions = vec![];
+    for entry in entries {
+        let entry = entry.map_err(|e| DetectError::unreadable(&dir, e))?;
+        // A function that vanished or is half-written is skipped, not fatal: hotplug happens.
+        if let Some(f) = read_function(&entry.path()) {
+            functions.push(f);
+        }
+    }
+    functions.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(functions)
+}
+
+fn read_function(path: &Path) -> Option<PciFunction> {
+    let read = |name: &str| fs::read_to_string(path.join(name)).ok().map(|s| s.trim().to_string());
+    let vendor = devices::normalize_id(&read("vendor")?);
+    let device = devices::normalize_id(&read("device")?);
+    let class = u32::from_str_radix(read("class")?.trim_start_matches("0x"), 16).ok()?;
+    let numa_node = read("numa_node").and_then(|n| n.parse::<i64>().ok()).and_then(|n| u32::try_from(n).ok());
+    Some(PciFunction {
+        address: path.file_name()?.to_string_lossy().into_owned(),
+        vendor,
+        device,
+        class,
+        numa_node,
+        driver: driver_name(&path.join("driver")),
+        vram_bytes: read("mem_info_vram_total").and_then(|v| v.parse().ok()),
+    })
+}
+
+/// The driver link's target name; fixture trees may hold the name in a plain file instead.
+fn driver_name(link: &Path) -> Option<String> {
+    if let Ok(target) = fs::read_link(link) {
+        return target.file_name().map(|n| n.to_string_lossy().into_owned());
+    }
+    fs::read_to_string(link).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Whether a function is an accelerator we serve: display, 3D or processing-accelerator class of
+/// NVIDIA, AMD, Intel (display classes only: never a NIC or chipset) or Habana; BMC display
+/// devices (ASPEED, Matrox) have other vendor ids and never match.
+pub fn is_accelerator(f: &PciFunction) -> Option<Vendor> {
+    let base = f.class >> 8;
+    let display = matches!(base, 0x0300 | 0x0302 | 0x0380);
+    let processing = base == 0x1200;
+    match devices::vendor_of(&f.vendor)? {
+        Vendor::Nvidia if display || processing => Some(Vendor::Nvidia),
+        Vendor::Amd if display || processing => Some(Vendor::Amd),
+        Vendor::Intel if display => Some(Vendor::Intel),
+        Vendor::Habana if processing || display => Some(Vendor::Habana),
+        _ => None,
+    }
+}
+
+/// Groups accelerator functions by (vendor, product); functions bound to vfio-pci belong to a VM
+/// and are left out.
+pub fn accelerator_groups(functions: &[PciFunction]) -> Vec<AcceleratorGroup> {
+    let mut groups: BTreeMap<(Vendor, String), AcceleratorGroup> = BTreeMap::new();
+    for f in functions {
+        let Some(vendor) = is_accelerator(f) else { continue };
+        if f.driver.as_deref() == Some("vfio-pci") {
+            continue;
+        }
+        let known = devices::lookup(&f.vendor, &f.device);
+        let slug = known.map_or_else(|| devices::unknown_slug(&f.vendor, &f.device), |d| d.slug.clone());
+        let group = groups.entry((vendor, slug.clone())).or_insert_with(|| AcceleratorGroup {
+            vendor,
+            product: slug,
+            product_name: known.map_or_else(
+                || format!("Unknown {vendor} device {}:{}", f.vendor, f.device),
+                |d| d.product_name.clone(),
+            ),
+            pci_vendor_id: f.vendor.clone(),
+            pci_device_ids: vec![],
+            count: 0,
+            memory_mib: known.map_or(0, |d| d.memory_mib),
+            resource_name: resource_name(vendor, known, f.driver.as_deref()),
+            numa_nodes: vec![],
+        });
+        group.count += 1;
+        if !group.pci_device_ids.contains(&f.device) {
+            group.pci_device_ids.push(f.device.clone());
+            group.pci_device_ids.sort();
+        }
+        if let Some(n) = f.numa_node.filter(|n| !group.numa_nodes.contains(n)) {
+            group.numa_nodes.push(n);
+            group.numa_nodes.sort();
+        }
+        // The driver's own figure beats the table (e.g. partitioned or OEM boards).
+        if let Some(bytes) = f.vram_bytes.filter(|b| *b > 0) {
+            group.memory_mib = bytes / (1024 * 1024);
+        }
+    }
+    groups.into_values().collect()
+}
+
+fn resource_name(vendor: Vendor, known: Option<&devices::Device>, driver: Option<&str>) -> String {
+    if vendor == Vendor::Intel {
+        match driver {
+            Some("xe") => return "gpu.intel.com/xe".into(),
+            Some("i915") => return "gpu.intel.com/i915".into(),
+            _ => {}
+        }
+    }
+    known
+        .map(|d| d.resource_name.clone())
+        .or_else(|| devices::default_resource_name(vendor).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `ROOT/sys/bus/pci/devices`, for error messages.
+pub fn devices_dir(root: &Path) -> PathBuf {
+    root.join("sys/bus/pci/devices")
+}

@@ -70,7 +70,7 @@ pub enum Platform {
 pub enum Command {
     /// Run the operator: reconcile OIMService and OIMCache [not implemented yet].
     Operator(OperatorArgs),
-    /// Run the node agent: detect this node's hardware and publish it on the Node [not implemented yet].
+    /// Run the node agent: detect this node's hardware and publish it on the Node.
     NodeAgent(NodeAgentArgs),
     /// Print this machine's (or a fixture tree's) hardware inventory; no cluster.
     Detect(DetectArgs),
@@ -281,7 +281,7 @@ impl Command {
     pub fn pending_issue(&self) -> Option<(&'static str, u32)> {
         match self {
             Command::Operator(_) => Some(("operator", 8)),
-            Command::NodeAgent(_) => Some(("node-agent", 4)),
+            Command::NodeAgent(_) => None,
             Command::Detect(_) => None,
             Command::Crds => None,
             Command::Download(_) => Some(("download", 9)),

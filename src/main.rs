@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use oim::cli::{Cli, Command, DetectArgs, DocFormat, LogFormat, exit};
+use oim::cli::{Cli, Command, DetectArgs, DocFormat, LogFormat, NodeAgentArgs, exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Crds => print_crds(),
         Command::Detect(args) => detect(&args),
+        Command::NodeAgent(args) => node_agent(args),
         _ => unreachable!("pending_issue covers every other subcommand"),
     }
 }
@@ -40,6 +41,38 @@ fn print_crds() -> ExitCode {
             ExitCode::from(exit::RUNTIME)
         }
     }
+}
+
+fn node_agent(args: NodeAgentArgs) -> ExitCode {
+    let Some(node_name) = args.node_name.filter(|n| !n.is_empty()) else {
+        eprintln!(
+            "oim node-agent: no node name; pass --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)"
+        );
+        return ExitCode::from(exit::BAD_INPUT);
+    };
+    if let Err(e) = std::fs::read_dir(&args.root) {
+        eprintln!("oim node-agent: cannot read --root {}: {e}", args.root.display());
+        return ExitCode::from(exit::BAD_INPUT);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oim node-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::RUNTIME);
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("oim node-agent: cannot reach the Kubernetes API: {e}");
+                return ExitCode::from(exit::RUNTIME);
+            }
+        };
+        let interval = std::time::Duration::from_secs(args.interval.max(1));
+        oim::agent::run(client, oim::agent::AgentConfig { node_name, root: args.root, interval }).await;
+        ExitCode::from(exit::OK)
+    })
 }
 
 fn detect(args: &DetectArgs) -> ExitCode {

@@ -77,7 +77,6 @@ fn oim_crds_prints_exactly_the_checked_in_crds() {
 fn unfinished_subcommands_say_so_and_exit_1_without_pretending() {
     let cases: &[&[&str]] = &[
         &["operator"],
-        &["node-agent", "--node-name", "n1"],
         &["download", "--repo", "a/b", "--dest", "/tmp/x"],
         &["profiles", "list", "--model", "a/b", "--catalog", "profiles"],
         &["profiles", "select", "--model", "a/b", "--inventory", "i.yaml", "--catalog", "profiles"],

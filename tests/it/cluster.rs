@@ -33,6 +33,10 @@ pub struct Env {
     pub auth_password: String,
     /// The kubeconfig file.
     pub kubeconfig: String,
+    /// The API server URL.
+    pub server: String,
+    /// The cluster CA file.
+    pub ca: String,
 }
 
 fn var(name: &str) -> String {
@@ -50,6 +54,8 @@ pub fn env() -> &'static Env {
         auth_user: var("OIM_AUTH_REGISTRY_USER"),
         auth_password: var("OIM_AUTH_REGISTRY_PASSWORD"),
         kubeconfig: var("KUBECONFIG"),
+        server: var("OIM_KUBE_SERVER"),
+        ca: var("OIM_KUBE_CA"),
     });
     &ENV
 }

@@ -1,6 +1,7 @@
 //! oim's integration tests: one binary (DESIGN §8). Modules that need the local control plane
 //! read its kubeconfig and registries from the environment `make test` sets up.
 
+mod agent;
 mod cli;
 mod cluster;
 mod environment;

@@ -68,10 +68,13 @@ fn is_agent_label(key: &str) -> bool {
 pub async fn sync_once(client: &Client, config: &AgentConfig) -> Result<bool, AgentError> {
     let mut inventory = hardware::detect(&config.root)?;
     inventory.node = config.node_name.clone();
-    let (labels, annotation) = desired(&inventory);
     let nodes: Api<Node> = Api::all(client.clone());
     let kube_err = |source| AgentError::Kube { node: config.node_name.clone(), source };
     let node = nodes.get(&config.node_name).await.map_err(kube_err)?;
+    if inventory.accelerators.is_empty() {
+        inventory.accelerators = fallback_from_labels(&node);
+    }
+    let (labels, annotation) = desired(&inventory);
     if up_to_date(&node, &labels, &annotation) {
         return Ok(false);
     }
@@ -92,6 +95,25 @@ pub async fn sync_once(client: &Client, config: &AgentConfig) -> Result<bool, Ag
         .unwrap_or_else(|| "no accelerators".into());
     info!(node = %config.node_name, hardware = %main, "published the node inventory");
     Ok(true)
+}
+
+/// Accelerators from other publishers' labels, for nodes whose sysfs shows none. Our own labels
+/// are excluded so a stale publication can never confirm itself.
+fn fallback_from_labels(node: &Node) -> Vec<crate::hardware::inventory::AcceleratorGroup> {
+    let labels: BTreeMap<String, String> = node
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("oim.opea.dev/"))
+        .collect();
+    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
+    let groups = crate::hardware::labels::from_node_labels(&labels, &allocatable);
+    if !groups.is_empty() {
+        info!(node = ?node.metadata.name, hardware = %crate::hardware::labels::describe(&groups), "sysfs shows no accelerator; using vendor labels");
+    }
+    groups
 }
 
 /// Runs until SIGTERM or Ctrl-C. A failed pass is logged and retried at the next tick.

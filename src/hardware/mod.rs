@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod devices;
 pub mod inventory;
+pub mod labels;
 pub mod pci;
 
 use std::path::{Path, PathBuf};

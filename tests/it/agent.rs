@@ -210,3 +210,27 @@ async fn the_admission_policy_confines_the_agent_to_oim_keys_on_its_own_node() {
     own.delete(&client).await;
     other.delete(&client).await;
 }
+
+#[tokio::test]
+async fn where_sysfs_shows_no_accelerator_the_agent_uses_gpu_feature_discovery_labels() {
+    let client = cluster::client().await;
+    let node = KwokNode::create(&client, "agent-gfd", &Inventory::default(), None).await;
+    cluster::kubectl(&[
+        "label",
+        "node",
+        &node.name,
+        "nvidia.com/gpu.product=NVIDIA-L4",
+        "nvidia.com/gpu.count=1",
+        "nvidia.com/gpu.memory=23034",
+    ]);
+    let agent = start_agent(&node.name, "bmc-and-nics-only");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let published = cluster::wait_for(&nodes, &node.name, Duration::from_secs(30), |n| {
+        label(n, "oim.opea.dev/accelerator.product") == Some("l4")
+    })
+    .await;
+    assert_eq!(label(&published, "oim.opea.dev/accelerator.count"), Some("1"));
+    let (clean, log) = stop_agent(agent);
+    assert!(clean && log.contains("using vendor labels"), "{log}");
+    node.delete(&client).await;
+}

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test unit cluster-up cluster-down lint crds demo demo-down
+.PHONY: all build test unit cluster-up cluster-down lint crds demo demo-down bench
 
 all: build
 
@@ -39,3 +39,7 @@ demo:
 
 demo-down:
 	OIM_CLUSTER_STATE=/tmp/oim-demo bash tests/cluster/down.sh
+
+## Benchmarks that print figures (release build): detection time, agent peak memory.
+bench:
+	$(CARGO) bench --locked --bench detect

@@ -1,7 +1,7 @@
 //! Prints node-detection figures: time per `detect` on each sysfs fixture (target < 20 ms) and the
 //! node agent's peak resident memory (target < 20 MiB). Run with `make bench`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ fn detection_times() {
         let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
         let p99 = samples[samples.len() * 99 / 100];
         worst = worst.max(p99);
-        let name = if case == PathBuf::from("/") {
+        let name = if case == Path::new("/") {
             "this machine (/)".into()
         } else {
             case.file_name().unwrap().to_string_lossy().into_owned()

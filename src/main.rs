@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use oim::cli::{Cli, Command, DetectArgs, DocFormat, LogFormat, NodeAgentArgs, exit};
+use oim::cli::{Cli, Command, DetectArgs, DocFormat, LogFormat, NodeAgentArgs, ProfilesCommand, exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,6 +20,8 @@ fn main() -> ExitCode {
         Command::Crds => print_crds(),
         Command::Detect(args) => detect(&args),
         Command::NodeAgent(args) => node_agent(args),
+        Command::Profiles(ProfilesCommand::List(args)) => block_on(oim::cli::profiles::list(args)),
+        Command::Profiles(ProfilesCommand::Push(args)) => block_on(oim::cli::profiles::push(args)),
         _ => unreachable!("pending_issue covers every other subcommand"),
     }
 }
@@ -38,6 +40,16 @@ fn print_crds() -> ExitCode {
         }
         Err(e) => {
             eprintln!("oim crds: cannot serialize the CRDs: {e}");
+            ExitCode::from(exit::RUNTIME)
+        }
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = u8>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => ExitCode::from(rt.block_on(f)),
+        Err(e) => {
+            eprintln!("oim: cannot start the async runtime: {e}");
             ExitCode::from(exit::RUNTIME)
         }
     }

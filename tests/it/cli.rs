@@ -78,9 +78,7 @@ fn unfinished_subcommands_say_so_and_exit_1_without_pretending() {
     let cases: &[&[&str]] = &[
         &["operator"],
         &["download", "--repo", "a/b", "--dest", "/tmp/x"],
-        &["profiles", "list", "--model", "a/b", "--catalog", "profiles"],
         &["profiles", "select", "--model", "a/b", "--inventory", "i.yaml", "--catalog", "profiles"],
-        &["profiles", "push", "profiles", "--registry", "127.0.0.1:5000/oim"],
         &["render", "-f", "examples/llama31-8b-latency.yaml", "--inventory", "i.yaml", "--catalog", "profiles"],
     ];
     for args in cases {

@@ -6,3 +6,4 @@ mod cli;
 mod cluster;
 mod environment;
 mod fixtures;
+mod profiles;

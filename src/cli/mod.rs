@@ -1,5 +1,7 @@
 //! The `oim` command line (DESIGN §6, contract): one binary, one subcommand per role.
 
+pub mod profiles;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -78,7 +80,7 @@ pub enum Command {
     Crds,
     /// Download model weights from a Hugging Face hub into DEST/<repo>/<commit>/ [not implemented yet].
     Download(DownloadArgs),
-    /// List, select and publish launch profiles [not implemented yet].
+    /// List, select and publish launch profiles (select: not implemented yet).
     #[command(subcommand)]
     Profiles(ProfilesCommand),
     /// Print the objects the operator would apply, as multi-document YAML; no cluster [not implemented yet].
@@ -101,13 +103,13 @@ pub struct RegistryArgs {
 
 /// A profile catalog: a directory or a registry.
 #[derive(Debug, Args, Clone, Default)]
-#[group(required = true, multiple = false, id = "source")]
+#[group(skip)]
 pub struct CatalogArgs {
     /// A catalog directory, scanned recursively for profile YAML.
-    #[arg(long, value_name = "DIR", group = "source")]
+    #[arg(long, value_name = "DIR", conflicts_with = "registry", required_unless_present = "registry")]
     pub catalog: Option<PathBuf>,
     /// OCI registry and repository prefix, `host[:port]/prefix`. Loopback hosts use plain HTTP.
-    #[arg(long, value_name = "REF", group = "source")]
+    #[arg(long, value_name = "REF")]
     pub registry: Option<String>,
     /// Use plain HTTP for a non-loopback registry.
     #[arg(long)]
@@ -197,11 +199,11 @@ pub struct DownloadArgs {
 /// `oim profiles ...`.
 #[derive(Debug, Subcommand)]
 pub enum ProfilesCommand {
-    /// List a model's profiles from a catalog directory or registry [not implemented yet].
+    /// List a model's profiles from a catalog directory or registry.
     List(ProfilesListArgs),
     /// Select the best feasible profile for a model on given inventories [not implemented yet].
     Select(ProfilesSelectArgs),
-    /// Publish a catalog directory to an OCI registry [not implemented yet].
+    /// Publish a catalog directory to an OCI registry.
     Push(ProfilesPushArgs),
 }
 
@@ -285,8 +287,8 @@ impl Command {
             Command::Detect(_) => None,
             Command::Crds => None,
             Command::Download(_) => Some(("download", 9)),
-            Command::Profiles(ProfilesCommand::List(_)) => Some(("profiles list", 5)),
-            Command::Profiles(ProfilesCommand::Push(_)) => Some(("profiles push", 5)),
+            Command::Profiles(ProfilesCommand::List(_)) => None,
+            Command::Profiles(ProfilesCommand::Push(_)) => None,
             Command::Profiles(ProfilesCommand::Select(_)) => Some(("profiles select", 6)),
             Command::Render(_) => Some(("render", 7)),
         }

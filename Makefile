@@ -40,6 +40,6 @@ demo:
 demo-down:
 	OIM_CLUSTER_STATE=/tmp/oim-demo bash tests/cluster/down.sh
 
-## Benchmarks that print figures (release build): detection time, agent peak memory.
+## Benchmarks that print figures (release build): detection time, agent memory, registry requests.
 bench:
-	$(CARGO) bench --locked --bench detect
+	bash tests/bench.sh

@@ -351,12 +351,14 @@ impl OciCatalog {
                 Err(e) => return Err(self.classify(&self.registry.repository(model), e)),
             };
             let before = tags.len();
+            let short_page = page.len() < 100;
             for t in page {
                 if !tags.contains(&t) {
                     tags.push(t);
                 }
             }
-            if tags.len() == before {
+            // A compliant registry's last page is short; one that ignores `n`/`last` repeats itself.
+            if short_page || tags.len() == before {
                 break;
             }
             last = tags.iter().max().cloned();

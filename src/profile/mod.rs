@@ -1,7 +1,10 @@
 //! Launch profiles: the schema, the catalog (directory and OCI registry sources).
 
 pub mod catalog;
+pub mod engines;
+pub mod estimate;
 pub mod oci;
 pub mod schema;
+pub mod select;
 
 pub use schema::{Profile, ProfileError};

@@ -422,8 +422,7 @@ fn image_is_pinned(image: &str) -> bool {
     if let Some((_, digest)) = image.split_once('@') {
         return digest.starts_with("sha256:") && digest.len() == 71;
     }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    last.split_once(':').is_some_and(|(repo, tag)| !repo.is_empty() && !tag.is_empty() && tag != "latest")
+    crate::profile::engines::pinned(image)
 }
 
 /// A Kubernetes quantity: a decimal number with an optional suffix.

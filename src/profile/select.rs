@@ -1,0 +1,677 @@
+//! Selection (DESIGN §5, contract), pure: node groups from inventories (and, when given, Node
+//! objects and pods), feasibility with a one-line reason per rejected profile, the ranking, and
+//! a generated profile when nothing published fits.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use serde::Serialize;
+
+use crate::api::{Kpi, Precision, Vendor};
+use crate::hardware::inventory::{INVENTORY_ANNOTATION, Inventory};
+use crate::profile::catalog::ProfileSummary;
+use crate::profile::engines::Engines;
+use crate::profile::estimate;
+use crate::profile::oci::enum_str;
+use crate::profile::schema::{Engine, Parallelism, Profile, ProfileAccelerator, ProfileResources};
+
+/// Label the renderer puts on every pod of a service; used to leave its own pods out of the
+/// free-device count.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Label marking pods the operator manages.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// One node as selection sees it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    /// Name.
+    pub name: String,
+    /// Its published hardware.
+    pub inventory: Inventory,
+    /// `status.allocatable`; None offline (every device usable).
+    pub allocatable: Option<BTreeMap<String, String>>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Taints.
+    pub taints: Vec<Taint>,
+    /// Cordoned.
+    pub unschedulable: bool,
+    /// Ready condition.
+    pub ready: bool,
+}
+
+impl NodeView {
+    /// A node known only by its inventory (offline: every device usable and free).
+    pub fn offline(inventory: Inventory) -> NodeView {
+        NodeView { name: inventory.node.clone(), inventory, ready: true, ..Default::default() }
+    }
+
+    /// A Node object; None when it carries no (valid) inventory annotation.
+    pub fn from_node(node: &Node) -> Option<NodeView> {
+        let inventory = Inventory::parse(node.metadata.annotations.as_ref()?.get(INVENTORY_ANNOTATION)?).ok()?;
+        let status = node.status.as_ref();
+        let spec = node.spec.as_ref();
+        Some(NodeView {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            inventory,
+            allocatable: Some(
+                status
+                    .and_then(|s| s.allocatable.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+            ),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        })
+    }
+}
+
+/// A pod's claim on accelerators.
+#[derive(Debug, Clone, Default)]
+pub struct PodUse {
+    /// Node it is bound to.
+    pub node: String,
+    /// Extended-resource requests (resource name -> count).
+    pub requests: BTreeMap<String, u32>,
+    /// The OIMService it belongs to, if the operator manages it.
+    pub service: Option<String>,
+}
+
+impl PodUse {
+    /// A bound, non-terminated pod's accelerator requests; None otherwise.
+    pub fn from_pod(pod: &Pod) -> Option<PodUse> {
+        let node = pod.spec.as_ref()?.node_name.clone()?;
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        if matches!(phase, "Succeeded" | "Failed") {
+            return None;
+        }
+        let mut requests = BTreeMap::new();
+        for c in &pod.spec.as_ref()?.containers {
+            let r = c.resources.as_ref();
+            let merged = r
+                .and_then(|r| r.requests.clone())
+                .into_iter()
+                .flatten()
+                .chain(r.and_then(|r| r.limits.clone()).into_iter().flatten());
+            for (k, q) in merged {
+                if k.contains('/') && !k.starts_with("hugepages") {
+                    let n: u32 = q.0.parse().unwrap_or(0);
+                    let e = requests.entry(k).or_insert(0);
+                    *e = (*e).max(n);
+                }
+            }
+        }
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let service = (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some("oim-operator"))
+            .then(|| labels.get(INSTANCE_LABEL).cloned())
+            .flatten();
+        Some(PodUse { node, requests, service })
+    }
+}
+
+/// What the user asked for (from OIMService spec or CLI flags).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Hugging Face id.
+    pub model: String,
+    /// KPI (default throughput).
+    pub kpi: Kpi,
+    /// Precision filter.
+    pub precision: Option<Precision>,
+    /// Tensor-parallelism filter.
+    pub tensor_parallelism: Option<u32>,
+    /// Vendor filter.
+    pub vendor: Option<Vendor>,
+    /// Product filter.
+    pub product: Option<String>,
+    /// A pinned profile name.
+    pub pinned: Option<String>,
+    /// Generate when nothing published fits.
+    pub allow_generated: bool,
+    /// Replicas (or hpa.minReplicas) that must fit.
+    pub replicas: u32,
+    /// The service's own name: its pods do not count against free devices.
+    pub service: Option<String>,
+    /// The service's node selector.
+    pub node_selector: BTreeMap<String, String>,
+    /// The service's own tolerations (the accelerator toleration is added per group).
+    pub tolerations: Vec<Toleration>,
+}
+
+/// Candidate nodes with equal (vendor, product, resource, devices per node).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    /// Vendor.
+    pub vendor: Vendor,
+    /// Product slug (`cpu` for CPU-only nodes).
+    pub product: String,
+    /// Extended resource ("" for CPU).
+    pub resource_name: String,
+    /// Usable devices per node (NUMA nodes for CPU).
+    pub devices_per_node: u32,
+    /// Memory per device, MiB.
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: u64,
+    /// CPU flags shared by every node (for CPU groups).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpu_flags: Vec<String>,
+    /// Nodes and their free devices.
+    pub nodes: BTreeMap<String, u32>,
+}
+
+impl Group {
+    /// Replicas of `per_replica` devices the free devices can hold.
+    pub fn replicas_for(&self, per_replica: u32) -> u32 {
+        if per_replica == 0 {
+            return 0;
+        }
+        self.nodes.values().map(|f| f / per_replica).sum()
+    }
+
+    /// `4x nvidia h100-sxm-80gb on 2 nodes`.
+    pub fn describe(&self) -> String {
+        format!("{}x {} {} on {} node(s)", self.devices_per_node, self.vendor, self.product, self.nodes.len())
+    }
+}
+
+/// A group that cannot be used at all, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unusable {
+    /// Node.
+    pub node: String,
+    /// Machine reason: DevicePluginMissing, PartitionedDevices, NotReady, Cordoned, Taint, NodeSelector.
+    pub reason: String,
+    /// Human message.
+    pub message: String,
+}
+
+/// A rejected profile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejected {
+    /// Profile name.
+    pub name: String,
+    /// One line with the numbers.
+    pub reason: String,
+}
+
+/// The chosen profile and group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Selected {
+    /// The profile's summary.
+    #[serde(flatten)]
+    pub profile: ProfileSummary,
+    /// Generated by the estimator.
+    pub generated: bool,
+    /// The group it runs on.
+    pub group: Group,
+    /// Why this one.
+    pub reason: String,
+    /// The generated document, when generated.
+    #[serde(skip)]
+    pub document: Option<Profile>,
+}
+
+/// The outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Selection {
+    /// The winner, or None.
+    pub selected: Option<Selected>,
+    /// Every other profile and why.
+    pub rejected: Vec<Rejected>,
+    /// Nodes left out and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unusable: Vec<Unusable>,
+    /// Machine reason when nothing was selected: NoFeasibleProfile, PinnedProfileInfeasible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Whether `tolerations` tolerate `taint` (Kubernetes semantics).
+pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+        let op = t.operator.as_deref().unwrap_or("Equal");
+        let key_ok = match (&t.key, op) {
+            (None, "Exists") => true,
+            (Some(k), _) if k.is_empty() && op == "Exists" => true,
+            (Some(k), "Exists") => *k == taint.key,
+            (Some(k), _) => *k == taint.key && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+            (None, _) => false,
+        };
+        effect_ok && key_ok
+    })
+}
+
+fn accelerator_toleration(resource: &str) -> Toleration {
+    Toleration {
+        key: Some(resource.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }
+}
+
+/// Node groups for a request: candidate nodes (Ready, not cordoned, matching the selector,
+/// every NoSchedule/NoExecute taint tolerated), usable and free devices per node.
+pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>, Vec<Unusable>) {
+    let mut unusable = vec![];
+    let mut by_key: BTreeMap<(Vendor, String, String, u32), Group> = BTreeMap::new();
+    for node in nodes {
+        let skip = |reason: &str, message: String| Unusable { node: node.name.clone(), reason: reason.into(), message };
+        if !node.ready {
+            unusable.push(skip("NotReady", format!("node {} is not Ready", node.name)));
+            continue;
+        }
+        if node.unschedulable {
+            unusable.push(skip("Cordoned", format!("node {} is cordoned", node.name)));
+            continue;
+        }
+        if let Some((k, v)) = req.node_selector.iter().find(|(k, v)| node.labels.get(*k) != Some(*v)) {
+            unusable.push(skip("NodeSelector", format!("node {} does not match nodeSelector {k}={v}", node.name)));
+            continue;
+        }
+        for (group, used_resource) in node_groups(node, &mut unusable) {
+            let mut tolerations = req.tolerations.clone();
+            if !group.resource_name.is_empty() {
+                tolerations.push(accelerator_toleration(&group.resource_name));
+            }
+            let blocking = node
+                .taints
+                .iter()
+                .find(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute") && !tolerates(&tolerations, t));
+            if let Some(t) = blocking {
+                unusable.push(skip(
+                    "Taint",
+                    format!(
+                        "node {} has taint {}={}:{} the service does not tolerate",
+                        node.name,
+                        t.key,
+                        t.value.as_deref().unwrap_or(""),
+                        t.effect
+                    ),
+                ));
+                continue;
+            }
+            let used: u32 = pods
+                .iter()
+                .filter(|p| p.node == node.name && (req.service.is_none() || p.service != req.service))
+                .map(|p| p.requests.get(&used_resource).copied().unwrap_or(0))
+                .sum();
+            let free = group.devices_per_node.saturating_sub(used);
+            let key = (group.vendor, group.product.clone(), group.resource_name.clone(), group.devices_per_node);
+            let entry = by_key.entry(key).or_insert_with(|| Group { nodes: BTreeMap::new(), ..group.clone() });
+            if entry.vendor == Vendor::Cpu {
+                entry.cpu_flags.retain(|f| group.cpu_flags.contains(f));
+            }
+            entry.nodes.insert(node.name.clone(), free);
+        }
+    }
+    (by_key.into_values().collect(), unusable)
+}
+
+/// A node's offerable groups (before free-device accounting), with the resource pods use.
+fn node_groups(node: &NodeView, unusable: &mut Vec<Unusable>) -> Vec<(Group, String)> {
+    let inv = &node.inventory;
+    let mut out = vec![];
+    let mut by_resource: BTreeMap<&str, Vec<&crate::hardware::inventory::AcceleratorGroup>> = BTreeMap::new();
+    for g in &inv.accelerators {
+        by_resource.entry(g.resource_name.as_str()).or_default().push(g);
+    }
+    for (resource, gs) in by_resource {
+        // One resource name over several products: offer the node only as its least capable one.
+        let least = gs.iter().min_by_key(|g| (g.memory_mib, g.product.clone())).expect("non-empty");
+        let pci: u32 = gs.iter().map(|g| g.count).sum();
+        let mut memory = least.memory_mib;
+        let usable = match &node.allocatable {
+            None => pci,
+            Some(alloc) => {
+                let a: u32 = alloc.get(resource).and_then(|q| q.parse().ok()).unwrap_or(0);
+                if a == 0 {
+                    unusable.push(Unusable {
+                        node: node.name.clone(),
+                        reason: "DevicePluginMissing".into(),
+                        message: format!(
+                            "node {} has {pci}x {} {} but allocatable {resource} is 0: install the device plugin",
+                            node.name, least.vendor, least.product
+                        ),
+                    });
+                    continue;
+                }
+                if a > pci {
+                    match node.labels.get("nvidia.com/gpu.memory").and_then(|m| m.parse::<u64>().ok()) {
+                        Some(m) if least.vendor == Vendor::Nvidia => {
+                            memory = m;
+                            a
+                        }
+                        _ => {
+                            unusable.push(Unusable {
+                                node: node.name.clone(),
+                                reason: "PartitionedDevices".into(),
+                                message: format!("node {} offers {a} {resource} for {pci} devices (MIG, partitions or time-slicing) and no per-unit memory label", node.name),
+                            });
+                            continue;
+                        }
+                    }
+                } else {
+                    a.min(pci)
+                }
+            }
+        };
+        let g = Group {
+            vendor: least.vendor,
+            product: least.product.clone(),
+            resource_name: resource.to_string(),
+            devices_per_node: usable,
+            memory_mib: memory,
+            cpu_flags: vec![],
+            nodes: BTreeMap::new(),
+        };
+        out.push((g, resource.to_string()));
+    }
+    if inv.accelerators.is_empty()
+        && let Some(cpu) = &inv.cpu
+    {
+        // CPU backend: NUMA nodes are the "devices"; memory per NUMA node.
+        let numa = cpu.numa_node_count.max(1);
+        let g = Group {
+            vendor: Vendor::Cpu,
+            product: "cpu".into(),
+            resource_name: String::new(),
+            devices_per_node: numa,
+            memory_mib: inv.memory_mib / u64::from(numa),
+            cpu_flags: cpu.flags.clone(),
+            nodes: BTreeMap::new(),
+        };
+        out.push((g, String::new()));
+    }
+    out
+}
+
+/// Why a profile's hardware does not fit any group, or the best group for it.
+fn place(p: &ProfileSummary, groups: &[Group], replicas: u32) -> Result<Group, String> {
+    let matching: Vec<&Group> = groups
+        .iter()
+        .filter(|g| g.vendor == p.vendor)
+        .filter(|g| {
+            p.product == g.product
+                || (p.product == "any" && p.min_memory_mib.is_none_or(|m| g.memory_mib >= m))
+                || p.vendor == Vendor::Cpu
+        })
+        .collect();
+    let want = format!("{}x {} {}", p.count, p.vendor, p.product);
+    if matching.is_empty() {
+        let offered = groups
+            .iter()
+            .max_by_key(|g| (g.devices_per_node, g.memory_mib))
+            .map(|g| format!("{}x {} {}", g.devices_per_node, g.vendor, g.product));
+        return Err(match offered {
+            Some(o) => format!("needs {want} per node; the largest schedulable group offers {o}"),
+            None => format!("needs {want} per node; no schedulable node carries an inventory"),
+        });
+    }
+    let large_enough: Vec<&&Group> = matching.iter().filter(|g| g.devices_per_node >= p.count).collect();
+    if large_enough.is_empty() {
+        let best = matching.iter().map(|g| g.devices_per_node).max().unwrap_or(0);
+        return Err(format!("needs {want} per node; the largest schedulable group offers {best}"));
+    }
+    let fitting = large_enough
+        .iter()
+        .filter(|g| g.replicas_for(p.count) >= replicas)
+        .max_by(|a, b| a.replicas_for(p.count).cmp(&b.replicas_for(p.count)).then_with(|| b.product.cmp(&a.product)));
+    match fitting {
+        Some(g) => Ok((**g).clone()),
+        None => {
+            let free: Vec<String> =
+                large_enough.iter().flat_map(|g| g.nodes.iter().map(|(n, f)| format!("{f} on {n}"))).collect();
+            Err(format!(
+                "InsufficientFreeAccelerators: needs {want} for each of {replicas} replica(s); free: {}",
+                free.join(", ")
+            ))
+        }
+    }
+}
+
+/// Rejections for the request's filters.
+fn filter(p: &ProfileSummary, req: &Request) -> Option<String> {
+    if p.model != req.model {
+        return Some(format!("serves {}, not {}", p.model, req.model));
+    }
+    if let Some(want) = req.precision.filter(|w| *w != p.precision) {
+        return Some(format!("precision {} is not the requested {}", enum_str(&p.precision), enum_str(&want)));
+    }
+    if let Some(tp) = req.tensor_parallelism.filter(|t| *t != p.tensor_parallelism) {
+        return Some(format!("tensor parallelism {} is not the requested {tp}", p.tensor_parallelism));
+    }
+    if let Some(v) = req.vendor.filter(|v| *v != p.vendor) {
+        return Some(format!("vendor {} is not the requested {v}", p.vendor));
+    }
+    if let Some(prod) = req.product.as_ref().filter(|x| **x != p.product && p.product != "any") {
+        return Some(format!("product {} is not the requested {prod}", p.product));
+    }
+    None
+}
+
+fn figure_key(p: &ProfileSummary, kpi: Kpi, generated: bool) -> (u8, i64, i64) {
+    // Lower is better. Figures compare within one KPI; profiles without figures rank after.
+    // (Concurrency differences are not modelled beyond this: published seeds share a setup.)
+    let scaled = |v: f64| (v * 1000.0).round() as i64;
+    match kpi {
+        Kpi::Latency => match p.ttft_ms_p50 {
+            Some(t) => (0, scaled(t), 0),
+            None => (1, 0, 0),
+        },
+        Kpi::Throughput => match p.throughput_tokens_per_sec {
+            Some(t) => (0, -scaled(t / f64::from(p.count.max(1))), 0),
+            None => (1, 0, 0),
+        },
+        Kpi::Quantization => {
+            let bytes = estimate::arch(&p.model).map(|a| a.weight_bytes(p.precision)).unwrap_or(f64::MAX / 4.0);
+            (u8::from(generated), (bytes / 1e6) as i64, 0)
+        }
+    }
+}
+
+fn rank(a: &(ProfileSummary, bool), b: &(ProfileSummary, bool), kpi: Kpi) -> Ordering {
+    let key = |(p, generated): &(ProfileSummary, bool)| {
+        (p.kpi != kpi, *generated, figure_key(p, kpi, *generated), p.count, p.name.clone())
+    };
+    key(a).cmp(&key(b))
+}
+
+/// Selects among `profiles` (published) for `req` on `nodes`, generating when allowed.
+pub fn select(
+    req: &Request,
+    profiles: &[ProfileSummary],
+    nodes: &[NodeView],
+    pods: &[PodUse],
+    engines: &Engines,
+) -> Selection {
+    let replicas = req.replicas.max(1);
+    let (groups, unusable) = groups(nodes, pods, req);
+    let mut rejected = vec![];
+    let mut feasible: Vec<(ProfileSummary, bool, Group)> = vec![];
+    for p in profiles.iter().filter(|p| p.model == req.model) {
+        if let Some(pin) = &req.pinned
+            && &p.name != pin
+        {
+            rejected.push(Rejected { name: p.name.clone(), reason: format!("not the pinned profile {pin}") });
+            continue;
+        }
+        if let Some(why) = filter(p, req) {
+            rejected.push(Rejected { name: p.name.clone(), reason: why });
+            continue;
+        }
+        match place(p, &groups, replicas) {
+            Ok(g) => feasible.push((p.clone(), false, g)),
+            Err(why) => rejected.push(Rejected { name: p.name.clone(), reason: why }),
+        }
+    }
+    if let Some(pin) = &req.pinned {
+        let reason = if feasible.is_empty() { Some("PinnedProfileInfeasible".to_string()) } else { None };
+        if !profiles.iter().any(|p| &p.name == pin) {
+            rejected.push(Rejected { name: pin.clone(), reason: format!("no profile named {pin} for {}", req.model) });
+        }
+        return finish(req, feasible, rejected, unusable, reason, "pinned by profile.name");
+    }
+    if feasible.is_empty() && req.allow_generated {
+        match generate(req, &groups, replicas, engines) {
+            Ok((profile, group)) => {
+                let summary = ProfileSummary::of(&profile, String::new(), "generated".into());
+                let mut sel = finish(
+                    req,
+                    vec![(summary, true, group)],
+                    rejected,
+                    unusable,
+                    None,
+                    "no published profile fits; estimated from the model architecture",
+                );
+                if let Some(s) = sel.selected.as_mut() {
+                    s.document = Some(profile);
+                }
+                return sel;
+            }
+            Err(why) => rejected.push(Rejected {
+                name: format!("generated-vllm-*-{}", enum_str(&req.precision.unwrap_or(Precision::Bf16))),
+                reason: why,
+            }),
+        }
+    }
+    finish(req, feasible, rejected, unusable, None, "")
+}
+
+fn finish(
+    req: &Request,
+    mut feasible: Vec<(ProfileSummary, bool, Group)>,
+    mut rejected: Vec<Rejected>,
+    unusable: Vec<Unusable>,
+    reason: Option<String>,
+    why: &str,
+) -> Selection {
+    feasible.sort_by(|a, b| rank(&(a.0.clone(), a.1), &(b.0.clone(), b.1), req.kpi));
+    let mut it = feasible.into_iter();
+    let selected = it.next().map(|(p, generated, group)| {
+        let reason = if !why.is_empty() { why.to_string() } else { explain(&p, req.kpi, &group) };
+        Selected { profile: p, generated, group, reason, document: None }
+    });
+    for (p, _, _) in it {
+        rejected.push(Rejected { name: p.name.clone(), reason: "feasible but ranked lower".into() });
+    }
+    let reason = reason.or_else(|| selected.is_none().then(|| "NoFeasibleProfile".to_string()));
+    Selection { selected, rejected, unusable, reason }
+}
+
+fn explain(p: &ProfileSummary, kpi: Kpi, g: &Group) -> String {
+    let figure = match kpi {
+        Kpi::Latency => p.ttft_ms_p50.map(|t| format!(", ttft p50 {t} ms")),
+        Kpi::Throughput => {
+            p.throughput_tokens_per_sec.map(|t| format!(", {:.0} tok/s per device", t / f64::from(p.count.max(1))))
+        }
+        Kpi::Quantization => Some(format!(", {} weights", enum_str(&p.precision))),
+    };
+    let kpi_note = if p.kpi == kpi {
+        format!("best {} profile", enum_str(&kpi))
+    } else {
+        format!("no feasible {} profile; best {} one", enum_str(&kpi), enum_str(&p.kpi))
+    };
+    format!("{kpi_note}{} on {}", figure.unwrap_or_default(), g.describe())
+}
+
+/// Generates a profile for the best group the estimator can size (DESIGN §5).
+fn generate(req: &Request, groups: &[Group], replicas: u32, engines: &Engines) -> Result<(Profile, Group), String> {
+    let Some(arch) = estimate::arch(&req.model) else {
+        return Err(format!(
+            "{} is not in the built-in architecture table, so no profile can be generated; publish one",
+            req.model
+        ));
+    };
+    let precision = req.precision.unwrap_or(Precision::Bf16);
+    let mut reasons = vec![];
+    let mut best: Option<(Profile, Group)> = None;
+    for g in groups {
+        if req.vendor.is_some_and(|v| v != g.vendor) || req.product.as_ref().is_some_and(|p| *p != g.product) {
+            continue;
+        }
+        let Some(engine) = engines.get(g.vendor) else { continue };
+        match estimate::size(arch, precision, g.memory_mib, g.devices_per_node) {
+            Ok(s) if req.tensor_parallelism.is_none_or(|t| t == s.tensor) => {
+                if g.replicas_for(s.tensor) < replicas {
+                    reasons.push(format!(
+                        "{}: needs {}x per replica for {replicas} replica(s), not free",
+                        g.describe(),
+                        s.tensor
+                    ));
+                    continue;
+                }
+                let p = generated_profile(req, arch, precision, g, &s, engine);
+                let better = best.as_ref().is_none_or(|(b, _)| (s.tensor, &p.name) < (b.parallelism.tensor, &b.name));
+                if better {
+                    best = Some((p, g.clone()));
+                }
+            }
+            Ok(s) => reasons.push(format!("{}: estimator needs TP{}, not the requested TP", g.describe(), s.tensor)),
+            Err(why) => reasons.push(format!("{}: {why}", g.describe())),
+        }
+    }
+    best.ok_or_else(|| {
+        if reasons.is_empty() {
+            "no schedulable group to generate a profile for".to_string()
+        } else {
+            format!("cannot generate: {}", reasons.join("; "))
+        }
+    })
+}
+
+fn generated_profile(
+    req: &Request,
+    arch: &estimate::Arch,
+    precision: Precision,
+    g: &Group,
+    s: &estimate::Sizing,
+    engine: &crate::profile::engines::EngineSpec,
+) -> Profile {
+    let gib = |bytes: f64| (bytes / (1024.0 * 1024.0 * 1024.0)).ceil() as u64;
+    let tp = s.tensor;
+    let mut args = BTreeMap::new();
+    args.insert("max-model-len".to_string(), serde_json::json!(s.max_model_len));
+    args.insert("gpu-memory-utilization".to_string(), serde_json::json!(estimate::GPU_MEMORY_UTILIZATION));
+    if tp > 1 {
+        args.insert("tensor-parallel-size".to_string(), serde_json::json!(tp));
+    }
+    let memory_gib = 16u64.max(4 + 3 * u64::from(tp));
+    let shm = if tp > 1 { "8Gi" } else { "2Gi" };
+    let product = if g.vendor == Vendor::Cpu { "any".to_string() } else { g.product.clone() };
+    Profile {
+        schema: crate::profile::schema::PROFILE_SCHEMA.into(),
+        name: format!("generated-vllm-{}-{}-x{tp}-{}", g.vendor, g.product, enum_str(&precision)),
+        model: req.model.clone(),
+        weights: None,
+        weights_revision: None,
+        kpi: req.kpi,
+        precision,
+        engine: Engine { name: "vllm".into(), version: engine.version.clone(), image: engine.image.clone() },
+        accelerator: ProfileAccelerator { vendor: g.vendor, product, count: tp, min_memory_mib: Some(g.memory_mib) },
+        parallelism: Parallelism { tensor: tp, pipeline: 1 },
+        args,
+        env: engine.env.clone(),
+        resources: ProfileResources {
+            cpu: (4 + 2 * tp).to_string(),
+            memory: format!("{memory_gib}Gi"),
+            shared_memory: Some(shm.into()),
+            ephemeral_storage: Some(format!("{}Gi", gib(arch.weight_bytes(precision) * 1.2) + 10)),
+            extra: engine.resource_extras.clone(),
+        },
+        performance: None,
+        generated: true,
+    }
+}
+
+#[cfg(test)]
+mod tests;

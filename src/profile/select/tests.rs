@@ -1,0 +1,385 @@
+//! Selection scenarios: what a user would ask, on hardware a cluster would have.
+
+use k8s_openapi::api::core::v1::{Taint, Toleration};
+
+use super::*;
+use crate::hardware::devices;
+use crate::hardware::inventory::{AcceleratorGroup, CpuInfo};
+
+const LLAMA8B: &str = "meta-llama/Llama-3.1-8B-Instruct";
+const LLAMA70B: &str = "meta-llama/Llama-3.1-70B-Instruct";
+
+fn inventory(node: &str, slug: &str, count: u32) -> Inventory {
+    let d = devices::by_slug(slug).unwrap();
+    Inventory {
+        node: node.into(),
+        accelerators: vec![AcceleratorGroup {
+            vendor: d.vendor,
+            product: d.slug.clone(),
+            product_name: d.product_name.clone(),
+            pci_vendor_id: d.pci_vendor_id.clone(),
+            pci_device_ids: vec![d.pci_device_ids[0].clone()],
+            count,
+            memory_mib: d.memory_mib,
+            resource_name: d.resource_name.clone(),
+            numa_nodes: vec![0],
+        }],
+        cpu: Some(CpuInfo {
+            vendor: "GenuineIntel".into(),
+            model: "x".into(),
+            sockets: 2,
+            cores: 64,
+            threads: 128,
+            flags: vec![],
+            numa_node_count: 2,
+        }),
+        memory_mib: 1_000_000,
+        ..Inventory::default()
+    }
+}
+
+/// A live node: allocatable as the device plugin reports it.
+fn live(node: &str, slug: &str, count: u32, allocatable: u32) -> NodeView {
+    let inv = inventory(node, slug, count);
+    let resource = inv.accelerators[0].resource_name.clone();
+    NodeView {
+        name: node.into(),
+        inventory: inv,
+        allocatable: Some([(resource, allocatable.to_string()), ("cpu".into(), "64".into())].into()),
+        ready: true,
+        ..Default::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one call per profile reads best in a fixture table
+fn profile(
+    name: &str,
+    model: &str,
+    kpi: Kpi,
+    vendor: Vendor,
+    product: &str,
+    count: u32,
+    ttft: Option<f64>,
+    tps: Option<f64>,
+) -> ProfileSummary {
+    ProfileSummary {
+        name: name.into(),
+        model: model.into(),
+        weights: model.into(),
+        weights_revision: None,
+        kpi,
+        precision: Precision::Bf16,
+        vendor,
+        product: product.into(),
+        count,
+        min_memory_mib: None,
+        tensor_parallelism: count,
+        pipeline_parallelism: 1,
+        ttft_ms_p50: ttft,
+        throughput_tokens_per_sec: tps,
+        digest: format!("sha256:{name}"),
+        source: "test".into(),
+    }
+}
+
+fn request(model: &str, kpi: Kpi) -> Request {
+    Request { model: model.into(), kpi, allow_generated: true, replicas: 1, ..Default::default() }
+}
+
+fn catalog() -> Vec<ProfileSummary> {
+    vec![
+        profile(
+            "vllm-nvidia-h100-sxm-80gb-x1-latency-bf16",
+            LLAMA8B,
+            Kpi::Latency,
+            Vendor::Nvidia,
+            "h100-sxm-80gb",
+            1,
+            Some(38.0),
+            Some(2400.0),
+        ),
+        profile(
+            "vllm-nvidia-h100-sxm-80gb-x1-throughput-bf16",
+            LLAMA8B,
+            Kpi::Throughput,
+            Vendor::Nvidia,
+            "h100-sxm-80gb",
+            1,
+            Some(90.0),
+            Some(8000.0),
+        ),
+        profile(
+            "vllm-nvidia-l4-x1-throughput-bf16",
+            LLAMA8B,
+            Kpi::Throughput,
+            Vendor::Nvidia,
+            "l4",
+            1,
+            None,
+            Some(1100.0),
+        ),
+        profile(
+            "vllm-amd-mi300x-x1-throughput-bf16",
+            LLAMA8B,
+            Kpi::Throughput,
+            Vendor::Amd,
+            "mi300x",
+            1,
+            None,
+            Some(7000.0),
+        ),
+        profile(
+            "vllm-nvidia-h100-sxm-80gb-x4-latency-bf16",
+            LLAMA70B,
+            Kpi::Latency,
+            Vendor::Nvidia,
+            "h100-sxm-80gb",
+            4,
+            Some(60.0),
+            None,
+        ),
+        profile(
+            "vllm-nvidia-h100-sxm-80gb-x2-latency-bf16",
+            LLAMA70B,
+            Kpi::Latency,
+            Vendor::Nvidia,
+            "h100-sxm-80gb",
+            2,
+            Some(90.0),
+            None,
+        ),
+        profile("vllm-nvidia-l4-x8-throughput-bf16", LLAMA70B, Kpi::Throughput, Vendor::Nvidia, "l4", 8, None, None),
+    ]
+}
+
+fn offline(nodes: &[(&str, &str, u32)]) -> Vec<NodeView> {
+    nodes.iter().map(|(n, s, c)| NodeView::offline(inventory(n, s, *c))).collect()
+}
+
+#[test]
+fn a_70b_model_on_single_l4_nodes_has_nothing_to_run_and_says_why_with_numbers() {
+    let nodes = offline(&[("l4-a", "l4", 1), ("l4-b", "l4", 1)]);
+    let mut req = request(LLAMA70B, Kpi::Throughput);
+    req.precision = Some(Precision::Bf16);
+    let s = select(&req, &catalog(), &nodes, &[], &Engines::builtin());
+    assert!(s.selected.is_none());
+    assert_eq!(s.reason.as_deref(), Some("NoFeasibleProfile"));
+    let l4 = s.rejected.iter().find(|r| r.name == "vllm-nvidia-l4-x8-throughput-bf16").unwrap();
+    assert_eq!(l4.reason, "needs 8x nvidia l4 per node; the largest schedulable group offers 1");
+    let h100 = s.rejected.iter().find(|r| r.name == "vllm-nvidia-h100-sxm-80gb-x4-latency-bf16").unwrap();
+    assert_eq!(
+        h100.reason,
+        "needs 4x nvidia h100-sxm-80gb per node; the largest schedulable group offers 1x nvidia l4"
+    );
+    let generated = s.rejected.iter().find(|r| r.name.starts_with("generated-")).unwrap();
+    assert!(
+        generated.reason.contains("131.4 GiB of weights") && generated.reason.contains("1x 22.5 GiB"),
+        "{}",
+        generated.reason
+    );
+}
+
+#[test]
+fn latency_and_throughput_pick_different_profiles_from_the_same_catalog() {
+    let nodes = offline(&[("h100", "h100-sxm-80gb", 8)]);
+    let engines = Engines::builtin();
+    let latency = select(&request(LLAMA8B, Kpi::Latency), &catalog(), &nodes, &[], &engines).selected.unwrap();
+    let throughput = select(&request(LLAMA8B, Kpi::Throughput), &catalog(), &nodes, &[], &engines).selected.unwrap();
+    assert_eq!(latency.profile.name, "vllm-nvidia-h100-sxm-80gb-x1-latency-bf16");
+    assert_eq!(throughput.profile.name, "vllm-nvidia-h100-sxm-80gb-x1-throughput-bf16");
+    assert!(
+        latency.reason.contains("ttft p50 38 ms") && latency.reason.contains("h100-sxm-80gb"),
+        "{}",
+        latency.reason
+    );
+    assert_eq!(latency.group.product, "h100-sxm-80gb");
+}
+
+#[test]
+fn an_amd_only_cluster_never_gets_an_nvidia_profile() {
+    let nodes = offline(&[("mi", "mi300x", 8)]);
+    for kpi in [Kpi::Latency, Kpi::Throughput, Kpi::Quantization] {
+        let s = select(&request(LLAMA8B, kpi), &catalog(), &nodes, &[], &Engines::builtin());
+        let chosen = s.selected.unwrap();
+        assert_eq!(chosen.profile.vendor, Vendor::Amd, "{kpi:?}");
+        assert_eq!(chosen.profile.name, "vllm-amd-mi300x-x1-throughput-bf16");
+    }
+}
+
+#[test]
+fn a_pinned_profile_that_does_not_fit_is_pinned_profile_infeasible() {
+    let nodes = offline(&[("l4", "l4", 1)]);
+    let mut req = request(LLAMA8B, Kpi::Latency);
+    req.pinned = Some("vllm-nvidia-h100-sxm-80gb-x1-latency-bf16".into());
+    let s = select(&req, &catalog(), &nodes, &[], &Engines::builtin());
+    assert!(s.selected.is_none());
+    assert_eq!(s.reason.as_deref(), Some("PinnedProfileInfeasible"));
+    assert!(
+        s.rejected
+            .iter()
+            .any(|r| r.name == "vllm-nvidia-l4-x1-throughput-bf16" && r.reason.contains("not the pinned profile"))
+    );
+    // Pinned and feasible: chosen even though ranking would prefer another KPI.
+    req.pinned = Some("vllm-nvidia-l4-x1-throughput-bf16".into());
+    assert_eq!(
+        select(&req, &catalog(), &nodes, &[], &Engines::builtin()).selected.unwrap().profile.name,
+        "vllm-nvidia-l4-x1-throughput-bf16"
+    );
+}
+
+#[test]
+fn ties_resolve_the_same_way_whatever_the_input_order() {
+    let mut profiles = vec![
+        profile("b-profile", LLAMA8B, Kpi::Throughput, Vendor::Nvidia, "h100-sxm-80gb", 1, None, Some(1000.0)),
+        profile("a-profile", LLAMA8B, Kpi::Throughput, Vendor::Nvidia, "h100-sxm-80gb", 1, None, Some(1000.0)),
+        profile("c-profile", LLAMA8B, Kpi::Throughput, Vendor::Nvidia, "h100-sxm-80gb", 1, None, Some(1000.0)),
+    ];
+    let nodes = offline(&[("h100", "h100-sxm-80gb", 8), ("h100-b", "h100-sxm-80gb", 8)]);
+    let first = select(&request(LLAMA8B, Kpi::Throughput), &profiles, &nodes, &[], &Engines::builtin());
+    for _ in 0..5 {
+        profiles.rotate_left(1);
+        let again = select(&request(LLAMA8B, Kpi::Throughput), &profiles, &nodes, &[], &Engines::builtin());
+        assert_eq!(again, first);
+    }
+    assert_eq!(first.selected.unwrap().profile.name, "a-profile");
+}
+
+fn pod(node: &str, gpus: u32, service: Option<&str>) -> PodUse {
+    PodUse {
+        node: node.into(),
+        requests: [("nvidia.com/gpu".to_string(), gpus)].into(),
+        service: service.map(str::to_string),
+    }
+}
+
+#[test]
+fn with_six_of_eight_h100s_taken_a_four_gpu_profile_loses_to_a_two_gpu_one_and_own_pods_do_not_count() {
+    let nodes = vec![live("h100", "h100-sxm-80gb", 8, 8)];
+    let mut req = request(LLAMA70B, Kpi::Latency);
+    req.service = Some("llama70b".into());
+    let others = vec![pod("h100", 4, Some("someone-else")), pod("h100", 2, None)];
+    let s = select(&req, &catalog(), &nodes, &others, &Engines::builtin());
+    assert_eq!(s.selected.as_ref().unwrap().profile.name, "vllm-nvidia-h100-sxm-80gb-x2-latency-bf16");
+    let four = s.rejected.iter().find(|r| r.name.contains("x4")).unwrap();
+    assert_eq!(
+        four.reason,
+        "InsufficientFreeAccelerators: needs 4x nvidia h100-sxm-80gb for each of 1 replica(s); free: 2 on h100"
+    );
+    // The service's own running pod holds 4 GPUs: they are its to reuse.
+    let own = vec![pod("h100", 4, Some("llama70b")), pod("h100", 2, None)];
+    let s = select(&req, &catalog(), &nodes, &own, &Engines::builtin());
+    assert_eq!(s.selected.unwrap().profile.name, "vllm-nvidia-h100-sxm-80gb-x4-latency-bf16");
+}
+
+#[test]
+fn replicas_must_all_fit() {
+    let nodes = vec![live("h100", "h100-sxm-80gb", 8, 8)];
+    let mut req = request(LLAMA70B, Kpi::Latency);
+    req.replicas = 3;
+    let s = select(&req, &catalog(), &nodes, &[], &Engines::builtin());
+    assert_eq!(
+        s.selected.unwrap().profile.name,
+        "vllm-nvidia-h100-sxm-80gb-x2-latency-bf16",
+        "3x4 does not fit 8, 3x2 does"
+    );
+}
+
+#[test]
+fn device_plugin_missing_partitions_cordons_and_taints_are_explained() {
+    let mut missing = live("no-plugin", "h100-sxm-80gb", 8, 0);
+    missing.allocatable.as_mut().unwrap().remove("nvidia.com/gpu");
+    let partitioned = live("mig", "a100-sxm-40gb", 1, 7);
+    let mut cordoned = live("cordoned", "h100-sxm-80gb", 8, 8);
+    cordoned.unschedulable = true;
+    let mut tainted = live("tainted", "h100-sxm-80gb", 8, 8);
+    tainted.taints = vec![Taint {
+        key: "dedicated".into(),
+        value: Some("training".into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    }];
+    let mut gpu_tainted = live("gpu-taint", "l4", 1, 1);
+    gpu_tainted.taints =
+        vec![Taint { key: "nvidia.com/gpu".into(), effect: "NoSchedule".into(), ..Default::default() }];
+    let nodes = vec![missing, partitioned, cordoned, tainted, gpu_tainted];
+    let s = select(&request(LLAMA8B, Kpi::Latency), &catalog(), &nodes, &[], &Engines::builtin());
+    let reason = |node: &str| s.unusable.iter().find(|u| u.node == node).map(|u| u.reason.clone());
+    assert_eq!(reason("no-plugin").as_deref(), Some("DevicePluginMissing"));
+    assert_eq!(reason("mig").as_deref(), Some("PartitionedDevices"));
+    assert_eq!(reason("cordoned").as_deref(), Some("Cordoned"));
+    assert_eq!(reason("tainted").as_deref(), Some("Taint"));
+    assert_eq!(reason("gpu-taint"), None, "the accelerator taint is tolerated by the rendered pod");
+    assert_eq!(s.selected.unwrap().profile.name, "vllm-nvidia-l4-x1-throughput-bf16");
+    // Tolerating the dedicated taint opens the H100 node.
+    let mut req = request(LLAMA8B, Kpi::Latency);
+    req.tolerations = vec![Toleration {
+        key: Some("dedicated".into()),
+        operator: Some("Equal".into()),
+        value: Some("training".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }];
+    let s = select(&req, &catalog(), &nodes, &[], &Engines::builtin());
+    assert_eq!(s.selected.unwrap().profile.name, "vllm-nvidia-h100-sxm-80gb-x1-latency-bf16");
+}
+
+#[test]
+fn a_node_mixing_products_under_one_resource_is_offered_as_its_least_capable_product() {
+    let mut inv = inventory("mixed", "l40s", 2);
+    let t4 = devices::by_slug("t4").unwrap();
+    inv.accelerators.push(AcceleratorGroup {
+        product: "t4".into(),
+        product_name: t4.product_name.clone(),
+        count: 1,
+        memory_mib: t4.memory_mib,
+        ..inv.accelerators[0].clone()
+    });
+    let nodes = vec![NodeView::offline(inv)];
+    let (groups, _) = groups(&nodes, &[], &request(LLAMA8B, Kpi::Latency));
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].product.as_str(), groups[0].devices_per_node), ("t4", 3));
+}
+
+#[test]
+fn a_generated_profile_is_built_when_nothing_published_fits_unless_disallowed() {
+    let nodes = offline(&[("gaudi", "gaudi2", 8)]);
+    let req = request("mistralai/Mistral-7B-Instruct-v0.3", Kpi::Throughput);
+    let s = select(&req, &catalog(), &nodes, &[], &Engines::builtin());
+    let chosen = s.selected.unwrap();
+    assert!(chosen.generated);
+    assert_eq!(chosen.profile.name, "generated-vllm-habana-gaudi2-x1-bf16");
+    let doc = chosen.document.unwrap();
+    doc.validate("generated").unwrap();
+    assert_eq!(doc.args["max-model-len"], 32768);
+    assert!(doc.engine.image.contains("gaudi-docker"));
+    assert!(doc.resources.extra.contains_key("hugepages-2Mi"));
+    let mut no = req.clone();
+    no.allow_generated = false;
+    assert!(select(&no, &catalog(), &nodes, &[], &Engines::builtin()).selected.is_none());
+    let unknown = request("acme/unknown-model", Kpi::Throughput);
+    let s = select(&unknown, &catalog(), &nodes, &[], &Engines::builtin());
+    assert!(s.rejected.iter().any(|r| r.reason.contains("not in the built-in architecture table")));
+}
+
+#[test]
+fn cpu_only_nodes_offer_numa_nodes_to_cpu_profiles() {
+    let inv = Inventory {
+        node: "spr".into(),
+        cpu: Some(CpuInfo {
+            vendor: "GenuineIntel".into(),
+            model: "x".into(),
+            sockets: 2,
+            cores: 112,
+            threads: 224,
+            flags: vec!["avx512f".into(), "amx_tile".into()],
+            numa_node_count: 2,
+        }),
+        memory_mib: 515_000,
+        ..Inventory::default()
+    };
+    let cpu = profile("vllm-cpu-any-x1-throughput-bf16", LLAMA8B, Kpi::Throughput, Vendor::Cpu, "any", 1, None, None);
+    let s = select(&request(LLAMA8B, Kpi::Throughput), &[cpu], &[NodeView::offline(inv)], &[], &Engines::builtin());
+    let chosen = s.selected.unwrap();
+    assert_eq!(chosen.group.vendor, Vendor::Cpu);
+    assert_eq!(chosen.group.devices_per_node, 2);
+}

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::NodeAgent(args) => node_agent(args),
         Command::Profiles(ProfilesCommand::List(args)) => block_on(oim::cli::profiles::list(args)),
         Command::Profiles(ProfilesCommand::Push(args)) => block_on(oim::cli::profiles::push(args)),
+        Command::Profiles(ProfilesCommand::Select(args)) => block_on(oim::cli::profiles::select(args)),
         _ => unreachable!("pending_issue covers every other subcommand"),
     }
 }

@@ -10,3 +10,4 @@ OIM_CLUSTER_NODES=0 bash tests/cluster/up.sh
 source "$OIM_CLUSTER_STATE/env"
 cargo bench --locked --bench detect
 cargo bench --locked --bench catalog
+cargo bench --locked --bench select

@@ -80,7 +80,7 @@ pub enum Command {
     Crds,
     /// Download model weights from a Hugging Face hub into DEST/<repo>/<commit>/ [not implemented yet].
     Download(DownloadArgs),
-    /// List, select and publish launch profiles (select: not implemented yet).
+    /// List, select and publish launch profiles.
     #[command(subcommand)]
     Profiles(ProfilesCommand),
     /// Print the objects the operator would apply, as multi-document YAML; no cluster [not implemented yet].
@@ -201,7 +201,7 @@ pub struct DownloadArgs {
 pub enum ProfilesCommand {
     /// List a model's profiles from a catalog directory or registry.
     List(ProfilesListArgs),
-    /// Select the best feasible profile for a model on given inventories [not implemented yet].
+    /// Select the best feasible profile for a model on given inventories (exit 3: none fits).
     Select(ProfilesSelectArgs),
     /// Publish a catalog directory to an OCI registry.
     Push(ProfilesPushArgs),
@@ -289,7 +289,7 @@ impl Command {
             Command::Download(_) => Some(("download", 9)),
             Command::Profiles(ProfilesCommand::List(_)) => None,
             Command::Profiles(ProfilesCommand::Push(_)) => None,
-            Command::Profiles(ProfilesCommand::Select(_)) => Some(("profiles select", 6)),
+            Command::Profiles(ProfilesCommand::Select(_)) => None,
             Command::Render(_) => Some(("render", 7)),
         }
     }

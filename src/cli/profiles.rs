@@ -138,3 +138,158 @@ pub async fn push(args: ProfilesPushArgs) -> u8 {
         }
     }
 }
+
+/// Inventories from a file: one inventory, a list of them, a multi-document stream, or
+/// `kubectl get nodes -o yaml` (whose allocatable, taints and cordons then count).
+pub fn read_nodes(path: &std::path::Path) -> Result<Vec<crate::profile::select::NodeView>, String> {
+    use crate::hardware::inventory::Inventory;
+    use crate::profile::select::NodeView;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--inventory {}: {e}", path.display()))?;
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+        .map_err(|e| format!("--inventory {}: not YAML or JSON: {e}", path.display()))?;
+    let mut nodes = vec![];
+    let push_value = |v: serde_json::Value, nodes: &mut Vec<NodeView>| -> Result<(), String> {
+        if v.get("kind").and_then(|k| k.as_str()) == Some("Node") {
+            let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(v)
+                .map_err(|e| format!("--inventory {}: a Node that does not parse: {e}", path.display()))?;
+            let name = node.metadata.name.clone().unwrap_or_default();
+            match NodeView::from_node(&node) {
+                Some(n) => nodes.push(n),
+                None => {
+                    tracing::warn!(node = %name, "node has no oim.opea.dev/inventory annotation; is the node agent running?")
+                }
+            }
+            return Ok(());
+        }
+        let inv = Inventory::parse(&v.to_string()).map_err(|e| {
+            format!(
+                "--inventory {}: {e}; pass inventory documents (oim detect -o yaml) or `kubectl get nodes -o yaml`",
+                path.display()
+            )
+        })?;
+        let mut node = NodeView::offline(inv);
+        if node.name.is_empty() {
+            node.name = format!("node-{}", nodes.len() + 1);
+        }
+        nodes.push(node);
+        Ok(())
+    };
+    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+        match doc {
+            serde_json::Value::Array(items) => {
+                for i in items {
+                    push_value(i, &mut nodes)?;
+                }
+            }
+            v if v.get("kind").and_then(|k| k.as_str()).is_some_and(|k| k == "List" || k == "NodeList") => {
+                for i in v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default() {
+                    push_value(i, &mut nodes)?;
+                }
+            }
+            v => push_value(v, &mut nodes)?,
+        }
+    }
+    Ok(nodes)
+}
+
+fn parse_choice<T: serde::de::DeserializeOwned>(
+    flag: &str,
+    value: &Option<String>,
+    choices: &str,
+) -> Result<Option<T>, String> {
+    match value {
+        None => Ok(None),
+        Some(v) => serde_json::from_value(serde_json::Value::String(v.clone()))
+            .map(Some)
+            .map_err(|_| format!("{flag} {v:?}: use one of {choices}")),
+    }
+}
+
+/// What `oim profiles select` prints for the winner: the profile document's fields, its digest,
+/// source, whether it was generated, the group and the reason.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SelectedOut {
+    #[serde(flatten)]
+    profile: crate::profile::Profile,
+    digest: String,
+    source: String,
+    generated: bool,
+    group: crate::profile::select::Group,
+    reason: String,
+}
+
+/// `oim profiles select`.
+pub async fn select(args: super::ProfilesSelectArgs) -> u8 {
+    use crate::profile::select::{Request, select};
+    let fail = |code: u8, msg: String| {
+        eprintln!("oim profiles select: {msg}");
+        code
+    };
+    let kpi = match parse_choice::<crate::api::Kpi>("--kpi", &args.kpi, "latency, throughput, quantization") {
+        Ok(k) => k.unwrap_or_default(),
+        Err(e) => return fail(exit::BAD_INPUT, e),
+    };
+    let precision =
+        match parse_choice("--precision", &args.precision, "fp32, bf16, fp16, fp8, int8, int4, nvfp4, mxfp4") {
+            Ok(p) => p,
+            Err(e) => return fail(exit::BAD_INPUT, e),
+        };
+    let nodes = match read_nodes(&args.inventory) {
+        Ok(n) => n,
+        Err(e) => return fail(exit::BAD_INPUT, e),
+    };
+    let catalog = match catalog(&args.source) {
+        Ok(c) => c,
+        Err((code, msg)) => return fail(code, msg),
+    };
+    let profiles = match catalog.list(&args.model).await {
+        Ok(p) => p,
+        Err(e) => return fail(code(&e), e.to_string()),
+    };
+    let req = Request {
+        model: args.model.clone(),
+        kpi,
+        precision,
+        allow_generated: !args.no_generate,
+        replicas: 1,
+        ..Default::default()
+    };
+    let engines = crate::profile::engines::Engines::builtin();
+    let selection = select(&req, &profiles, &nodes, &[], &engines);
+    let selected = match &selection.selected {
+        None => None,
+        Some(s) => {
+            let document = match &s.document {
+                Some(d) => d.clone(),
+                None => match catalog.fetch(&s.profile).await {
+                    Ok(d) => d,
+                    Err(e) => return fail(code(&e), e.to_string()),
+                },
+            };
+            Some(SelectedOut {
+                profile: document,
+                digest: s.profile.digest.clone(),
+                source: s.profile.source.clone(),
+                generated: s.generated,
+                group: s.group.clone(),
+                reason: s.reason.clone(),
+            })
+        }
+    };
+    let out = serde_json::json!({
+        "selected": selected,
+        "rejected": selection.rejected,
+        "unusable": selection.unusable,
+        "reason": selection.reason,
+    });
+    let text = match args.output {
+        super::DocFormat::Json => serde_json::to_string_pretty(&out).map(|s| s + "\n").map_err(|e| e.to_string()),
+        super::DocFormat::Yaml => serde_saphyr::to_string(&out).map_err(|e| e.to_string()),
+    };
+    match text {
+        Ok(t) => print!("{t}"),
+        Err(e) => return fail(exit::RUNTIME, e),
+    }
+    if selection.selected.is_some() { exit::OK } else { exit::NO_FEASIBLE_PROFILE }
+}

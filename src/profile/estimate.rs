@@ -244,6 +244,12 @@ pub fn fit(a: &Arch, precision: Precision, device_mib: u64, tensor: u32) -> Fit 
     Fit { tensor, kv_budget_per_device: budget, kv_capacity_tokens: capacity }
 }
 
+/// Whether `tokens` of one sequence fit next to the weights and reserve at `tensor` on devices
+/// of `device_mib` at 0.90 (used to check published profiles too).
+pub fn holds_tokens(a: &Arch, precision: Precision, device_mib: u64, tensor: u32, tokens: u64) -> bool {
+    holds(a, &fit(a, precision, device_mib, tensor), tokens)
+}
+
 /// Whether `tokens` of one sequence fit the KV budget at `tensor`.
 fn holds(a: &Arch, f: &Fit, tokens: u64) -> bool {
     f.kv_budget_per_device > 0.0 && a.kv_bytes(tokens) / f64::from(f.tensor.min(a.kv_heads)) <= f.kv_budget_per_device

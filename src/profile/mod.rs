@@ -8,3 +8,6 @@ pub mod schema;
 pub mod select;
 
 pub use schema::{Profile, ProfileError};
+
+#[cfg(test)]
+mod seed_tests;

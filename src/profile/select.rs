@@ -561,11 +561,53 @@ fn finish(
         let reason = if !why.is_empty() { why.to_string() } else { explain(&p, req.kpi, &group) };
         Selected { profile: p, generated, group, reason, document: None }
     });
-    for (p, _, _) in it {
-        rejected.push(Rejected { name: p.name.clone(), reason: "feasible but ranked lower".into() });
+    for (p, generated, _) in it {
+        let reason = match &selected {
+            Some(w) => ranked_below(&p, generated, &w.profile, w.generated, req.kpi),
+            None => "feasible but ranked lower".into(),
+        };
+        rejected.push(Rejected { name: p.name.clone(), reason });
     }
     let reason = reason.or_else(|| selected.is_none().then(|| "NoFeasibleProfile".to_string()));
     Selection { selected, rejected, unusable, reason }
+}
+
+/// Why a feasible profile lost to the winner, by the first ranking rule that separates them.
+fn ranked_below(p: &ProfileSummary, generated: bool, w: &ProfileSummary, w_generated: bool, kpi: Kpi) -> String {
+    let k = enum_str(&kpi);
+    if p.kpi != kpi && w.kpi == kpi {
+        return format!("feasible, but a {} profile and {k} was requested", enum_str(&p.kpi));
+    }
+    if generated && !w_generated {
+        return "feasible, but generated and a published profile fits".into();
+    }
+    let per_device = |x: &ProfileSummary| x.throughput_tokens_per_sec.map(|t| t / f64::from(x.count.max(1)));
+    match kpi {
+        Kpi::Latency if p.ttft_ms_p50.is_some() && w.ttft_ms_p50.is_some() && p.ttft_ms_p50 != w.ttft_ms_p50 => {
+            return format!(
+                "feasible, but ttft p50 {} ms vs {} ms for {}",
+                p.ttft_ms_p50.unwrap_or_default(),
+                w.ttft_ms_p50.unwrap_or_default(),
+                w.name
+            );
+        }
+        Kpi::Throughput if per_device(p).is_some() && per_device(w).is_some() && per_device(p) != per_device(w) => {
+            return format!(
+                "feasible, but {:.0} tok/s per device vs {:.0} for {}",
+                per_device(p).unwrap_or_default(),
+                per_device(w).unwrap_or_default(),
+                w.name
+            );
+        }
+        _ => {}
+    }
+    if figure_key(p, kpi, generated).0 > figure_key(w, kpi, w_generated).0 {
+        return format!("feasible, but has no {k} figures and {} has", w.name);
+    }
+    if p.count != w.count {
+        return format!("feasible, but uses {} devices vs {} for {}", p.count, w.count, w.name);
+    }
+    format!("feasible; ranked after {} by name", w.name)
 }
 
 fn explain(p: &ProfileSummary, kpi: Kpi, g: &Group) -> String {

@@ -78,7 +78,6 @@ fn unfinished_subcommands_say_so_and_exit_1_without_pretending() {
     let cases: &[&[&str]] = &[
         &["operator"],
         &["download", "--repo", "a/b", "--dest", "/tmp/x"],
-        &["profiles", "select", "--model", "a/b", "--inventory", "i.yaml", "--catalog", "profiles"],
         &["render", "-f", "examples/llama31-8b-latency.yaml", "--inventory", "i.yaml", "--catalog", "profiles"],
     ];
     for args in cases {
@@ -100,4 +99,93 @@ fn bad_usage_exits_2_and_names_the_problem() {
     assert_eq!(out.status.code(), Some(2), "catalog and registry are exclusive");
     let out = oim(&["detect", "-o", "xml"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+fn example(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn select_on_two_single_l4_nodes_finds_nothing_for_70b_bf16_and_exits_3_with_reasons() {
+    let out = oim(&[
+        "profiles",
+        "select",
+        "--model",
+        "meta-llama/Llama-3.1-70B-Instruct",
+        "--precision",
+        "bf16",
+        "--inventory",
+        &example("examples/inventories/l4-pair.yaml"),
+        "--catalog",
+        &example("profiles"),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["selected"].is_null());
+    let reasons: Vec<String> =
+        v["rejected"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap().to_string()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r
+                .contains("needs 2x nvidia h100-sxm-80gb per node; the largest schedulable group offers 1x nvidia l4")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("131.4 GiB of weights")),
+        "the generated attempt explains itself: {reasons:#?}"
+    );
+}
+
+#[test]
+fn select_on_the_test_cluster_prints_the_chosen_profile_and_its_group() {
+    let out = oim(&[
+        "profiles",
+        "select",
+        "--model",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "--kpi",
+        "latency",
+        "--inventory",
+        &example("examples/inventories/test-cluster.yaml"),
+        "--catalog",
+        &example("profiles"),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["selected"];
+    assert_eq!(s["kpi"], "latency");
+    assert_eq!(s["group"]["product"], s["accelerator"]["product"]);
+    assert!(s["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(s["reason"].as_str().unwrap().contains("latency"));
+    // An AMD-only cluster gets an AMD profile.
+    let out = oim(&[
+        "profiles",
+        "select",
+        "--model",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "--inventory",
+        &example("examples/inventories/mi300x.yaml"),
+        "--catalog",
+        &example("profiles"),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["selected"]["accelerator"]["vendor"], "amd");
+    // Bad flags name the choices.
+    let out = oim(&[
+        "profiles",
+        "select",
+        "--model",
+        "m/x",
+        "--kpi",
+        "fastest",
+        "--inventory",
+        &example("examples/inventories/mi300x.yaml"),
+        "--catalog",
+        &example("profiles"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("latency, throughput, quantization"));
 }

@@ -2,7 +2,7 @@
 //! objects and pods), feasibility with a one-line reason per rejected profile, the ranking, and
 //! a generated profile when nothing published fits.
 
-use std::cmp::Ordering;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
@@ -264,6 +264,11 @@ fn accelerator_toleration(resource: &str) -> Toleration {
 pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>, Vec<Unusable>) {
     let mut unusable = vec![];
     let mut by_key: BTreeMap<(Vendor, String, String, u32), Group> = BTreeMap::new();
+    // Pods that hold devices, by node, without this service's own.
+    let mut pods_on: BTreeMap<&str, Vec<&PodUse>> = BTreeMap::new();
+    for p in pods.iter().filter(|p| req.service.is_none() || p.service != req.service) {
+        pods_on.entry(p.node.as_str()).or_default().push(p);
+    }
     for node in nodes {
         let skip = |reason: &str, message: String| Unusable { node: node.name.clone(), reason: reason.into(), message };
         if !node.ready {
@@ -300,9 +305,10 @@ pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>
                 ));
                 continue;
             }
-            let used: u32 = pods
-                .iter()
-                .filter(|p| p.node == node.name && (req.service.is_none() || p.service != req.service))
+            let used: u32 = pods_on
+                .get(node.name.as_str())
+                .into_iter()
+                .flatten()
                 .map(|p| p.requests.get(&used_resource).copied().unwrap_or(0))
                 .sum();
             let free = group.devices_per_node.saturating_sub(used);
@@ -395,44 +401,46 @@ fn node_groups(node: &NodeView, unusable: &mut Vec<Unusable>) -> Vec<(Group, Str
     out
 }
 
-/// Why a profile's hardware does not fit any group, or the best group for it.
-fn place(p: &ProfileSummary, groups: &[Group], replicas: u32) -> Result<Group, String> {
-    let matching: Vec<&Group> = groups
-        .iter()
-        .filter(|g| g.vendor == p.vendor)
-        .filter(|g| {
-            p.product == g.product
-                || (p.product == "any" && p.min_memory_mib.is_none_or(|m| g.memory_mib >= m))
-                || p.vendor == Vendor::Cpu
-        })
-        .collect();
-    let want = format!("{}x {} {}", p.count, p.vendor, p.product);
+/// The best group for a profile (index into `groups`), or why none fits.
+fn place(p: &ProfileSummary, groups: &[Group], replicas: u32) -> Result<usize, String> {
+    let product_fits = |g: &Group| {
+        p.product == g.product
+            || (p.product == "any" && p.min_memory_mib.is_none_or(|m| g.memory_mib >= m))
+            || p.vendor == Vendor::Cpu
+    };
+    let matching: Vec<usize> =
+        (0..groups.len()).filter(|&i| groups[i].vendor == p.vendor && product_fits(&groups[i])).collect();
+    let want = || format!("{}x {} {}", p.count, p.vendor, p.product);
     if matching.is_empty() {
         let offered = groups
             .iter()
             .max_by_key(|g| (g.devices_per_node, g.memory_mib))
             .map(|g| format!("{}x {} {}", g.devices_per_node, g.vendor, g.product));
         return Err(match offered {
-            Some(o) => format!("needs {want} per node; the largest schedulable group offers {o}"),
-            None => format!("needs {want} per node; no schedulable node carries an inventory"),
+            Some(o) => format!("needs {} per node; the largest schedulable group offers {o}", want()),
+            None => format!("needs {} per node; no schedulable node carries an inventory", want()),
         });
     }
-    let large_enough: Vec<&&Group> = matching.iter().filter(|g| g.devices_per_node >= p.count).collect();
+    let large_enough: Vec<usize> =
+        matching.iter().copied().filter(|&i| groups[i].devices_per_node >= p.count).collect();
     if large_enough.is_empty() {
-        let best = matching.iter().map(|g| g.devices_per_node).max().unwrap_or(0);
-        return Err(format!("needs {want} per node; the largest schedulable group offers {best}"));
+        let best = matching.iter().map(|&i| groups[i].devices_per_node).max().unwrap_or(0);
+        return Err(format!("needs {} per node; the largest schedulable group offers {best}", want()));
     }
+    // Most room for replicas wins; the product name breaks ties so runs agree.
     let fitting = large_enough
         .iter()
-        .filter(|g| g.replicas_for(p.count) >= replicas)
-        .max_by(|a, b| a.replicas_for(p.count).cmp(&b.replicas_for(p.count)).then_with(|| b.product.cmp(&a.product)));
+        .map(|&i| (i, groups[i].replicas_for(p.count)))
+        .filter(|(_, r)| *r >= replicas)
+        .max_by(|(a, ra), (b, rb)| ra.cmp(rb).then_with(|| groups[*b].product.cmp(&groups[*a].product)));
     match fitting {
-        Some(g) => Ok((**g).clone()),
+        Some((i, _)) => Ok(i),
         None => {
             let free: Vec<String> =
-                large_enough.iter().flat_map(|g| g.nodes.iter().map(|(n, f)| format!("{f} on {n}"))).collect();
+                large_enough.iter().flat_map(|&i| groups[i].nodes.iter().map(|(n, f)| format!("{f} on {n}"))).collect();
             Err(format!(
-                "InsufficientFreeAccelerators: needs {want} for each of {replicas} replica(s); free: {}",
+                "InsufficientFreeAccelerators: needs {} for each of {replicas} replica(s); free: {}",
+                want(),
                 free.join(", ")
             ))
         }
@@ -479,11 +487,10 @@ fn figure_key(p: &ProfileSummary, kpi: Kpi, generated: bool) -> (u8, i64, i64) {
     }
 }
 
-fn rank(a: &(ProfileSummary, bool), b: &(ProfileSummary, bool), kpi: Kpi) -> Ordering {
-    let key = |(p, generated): &(ProfileSummary, bool)| {
-        (p.kpi != kpi, *generated, figure_key(p, kpi, *generated), p.count, p.name.clone())
-    };
-    key(a).cmp(&key(b))
+/// The DESIGN ranking as a sort key (lower ranks first): requested KPI, published before
+/// generated, the KPI's figure, fewer devices, name.
+fn rank_key(p: &ProfileSummary, generated: bool, kpi: Kpi) -> (bool, bool, (u8, i64, i64), u32, String) {
+    (p.kpi != kpi, generated, figure_key(p, kpi, generated), p.count, p.name.clone())
 }
 
 /// Selects among `profiles` (published) for `req` on `nodes`, generating when allowed.
@@ -497,7 +504,7 @@ pub fn select(
     let replicas = req.replicas.max(1);
     let (groups, unusable) = groups(nodes, pods, req);
     let mut rejected = vec![];
-    let mut feasible: Vec<(ProfileSummary, bool, Group)> = vec![];
+    let mut feasible: Vec<(Cow<'_, ProfileSummary>, bool, usize)> = vec![];
     for p in profiles.iter().filter(|p| p.model == req.model) {
         if let Some(pin) = &req.pinned
             && &p.name != pin
@@ -510,7 +517,7 @@ pub fn select(
             continue;
         }
         match place(p, &groups, replicas) {
-            Ok(g) => feasible.push((p.clone(), false, g)),
+            Ok(g) => feasible.push((Cow::Borrowed(p), false, g)),
             Err(why) => rejected.push(Rejected { name: p.name.clone(), reason: why }),
         }
     }
@@ -519,7 +526,7 @@ pub fn select(
         if !profiles.iter().any(|p| &p.name == pin) {
             rejected.push(Rejected { name: pin.clone(), reason: format!("no profile named {pin} for {}", req.model) });
         }
-        return finish(req, feasible, rejected, unusable, reason, "pinned by profile.name");
+        return finish(req, &groups, feasible, rejected, unusable, reason, "pinned by profile.name");
     }
     if feasible.is_empty() && req.allow_generated {
         match generate(req, &groups, replicas, engines) {
@@ -527,7 +534,8 @@ pub fn select(
                 let summary = ProfileSummary::of(&profile, String::new(), "generated".into());
                 let mut sel = finish(
                     req,
-                    vec![(summary, true, group)],
+                    &groups,
+                    vec![(Cow::Owned(summary), true, group)],
                     rejected,
                     unusable,
                     None,
@@ -544,22 +552,24 @@ pub fn select(
             }),
         }
     }
-    finish(req, feasible, rejected, unusable, None, "")
+    finish(req, &groups, feasible, rejected, unusable, None, "")
 }
 
 fn finish(
     req: &Request,
-    mut feasible: Vec<(ProfileSummary, bool, Group)>,
+    groups: &[Group],
+    mut feasible: Vec<(Cow<'_, ProfileSummary>, bool, usize)>,
     mut rejected: Vec<Rejected>,
     unusable: Vec<Unusable>,
     reason: Option<String>,
     why: &str,
 ) -> Selection {
-    feasible.sort_by(|a, b| rank(&(a.0.clone(), a.1), &(b.0.clone(), b.1), req.kpi));
+    feasible.sort_by_cached_key(|(p, generated, _)| rank_key(p, *generated, req.kpi));
     let mut it = feasible.into_iter();
     let selected = it.next().map(|(p, generated, group)| {
-        let reason = if !why.is_empty() { why.to_string() } else { explain(&p, req.kpi, &group) };
-        Selected { profile: p, generated, group, reason, document: None }
+        let group = groups[group].clone();
+        let reason = if why.is_empty() { explain(&p, req.kpi, &group) } else { why.to_string() };
+        Selected { profile: p.into_owned(), generated, group, reason, document: None }
     });
     for (p, generated, _) in it {
         let reason = match &selected {
@@ -627,7 +637,7 @@ fn explain(p: &ProfileSummary, kpi: Kpi, g: &Group) -> String {
 }
 
 /// Generates a profile for the best group the estimator can size (DESIGN §5).
-fn generate(req: &Request, groups: &[Group], replicas: u32, engines: &Engines) -> Result<(Profile, Group), String> {
+fn generate(req: &Request, groups: &[Group], replicas: u32, engines: &Engines) -> Result<(Profile, usize), String> {
     let Some(arch) = estimate::arch(&req.model) else {
         return Err(format!(
             "{} is not in the built-in architecture table, so no profile can be generated; publish one",
@@ -636,8 +646,8 @@ fn generate(req: &Request, groups: &[Group], replicas: u32, engines: &Engines) -
     };
     let precision = req.precision.unwrap_or(Precision::Bf16);
     let mut reasons = vec![];
-    let mut best: Option<(Profile, Group)> = None;
-    for g in groups {
+    let mut best: Option<(Profile, usize)> = None;
+    for (gi, g) in groups.iter().enumerate() {
         if req.vendor.is_some_and(|v| v != g.vendor) || req.product.as_ref().is_some_and(|p| *p != g.product) {
             continue;
         }
@@ -655,7 +665,7 @@ fn generate(req: &Request, groups: &[Group], replicas: u32, engines: &Engines) -
                 let p = generated_profile(req, arch, precision, g, &s, engine);
                 let better = best.as_ref().is_none_or(|(b, _)| (s.tensor, &p.name) < (b.parallelism.tensor, &b.name));
                 if better {
-                    best = Some((p, g.clone()));
+                    best = Some((p, gi));
                 }
             }
             Ok(s) => reasons.push(format!("{}: estimator needs TP{}, not the requested TP", g.describe(), s.tensor)),

@@ -56,6 +56,9 @@ pub struct ProfileSummary {
     /// Throughput, tokens/s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throughput_tokens_per_sec: Option<f64>,
+    /// Concurrent requests the figures were measured at (figures compare only at equal values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     /// Content digest (`sha256:...`).
     pub digest: String,
     /// File path or OCI reference.
@@ -81,6 +84,7 @@ impl ProfileSummary {
             pipeline_parallelism: p.parallelism.pipeline,
             ttft_ms_p50: perf.and_then(|x| x.ttft_ms_p50),
             throughput_tokens_per_sec: perf.and_then(|x| x.throughput_tokens_per_sec),
+            concurrency: perf.and_then(|x| x.concurrency),
             digest,
             source,
         }
@@ -107,6 +111,7 @@ impl ProfileSummary {
             pipeline_parallelism: get("pipeline-parallel-size").and_then(|v| v.parse().ok()).unwrap_or(1),
             ttft_ms_p50: get("performance.ttft-ms-p50").and_then(|v| v.parse().ok()),
             throughput_tokens_per_sec: get("performance.throughput-tokens-per-sec").and_then(|v| v.parse().ok()),
+            concurrency: get("performance.concurrency").and_then(|v| v.parse().ok()),
             digest: digest.to_string(),
             source,
         })

@@ -190,6 +190,10 @@ pub fn annotations(p: &Profile) -> BTreeMap<String, String> {
         if let Some(t) = perf.throughput_tokens_per_sec {
             put("performance.throughput-tokens-per-sec", t.to_string());
         }
+        // Beyond the DESIGN list: lets selection compare figures only at equal concurrency.
+        if let Some(c) = perf.concurrency {
+            put("performance.concurrency", c.to_string());
+        }
     }
     a
 }

@@ -467,10 +467,14 @@ fn filter(p: &ProfileSummary, req: &Request) -> Option<String> {
     None
 }
 
-fn figure_key(p: &ProfileSummary, kpi: Kpi, generated: bool) -> (u8, i64, i64) {
-    // Lower is better. Figures compare within one KPI; profiles without figures rank after.
-    // (Concurrency differences are not modelled beyond this: published seeds share a setup.)
+/// Lower is better. Latency and throughput figures compare only at the reference concurrency
+/// (the one most feasible profiles of the KPI were measured at); figures measured elsewhere, and
+/// missing figures, rank after.
+fn figure_key(p: &ProfileSummary, kpi: Kpi, generated: bool, reference: Option<u32>) -> (u8, i64, i64) {
     let scaled = |v: f64| (v * 1000.0).round() as i64;
+    if matches!(kpi, Kpi::Latency | Kpi::Throughput) && p.concurrency != reference {
+        return (1, 0, 0);
+    }
     match kpi {
         Kpi::Latency => match p.ttft_ms_p50 {
             Some(t) => (0, scaled(t), 0),
@@ -489,8 +493,29 @@ fn figure_key(p: &ProfileSummary, kpi: Kpi, generated: bool) -> (u8, i64, i64) {
 
 /// The DESIGN ranking as a sort key (lower ranks first): requested KPI, published before
 /// generated, the KPI's figure, fewer devices, name.
-fn rank_key(p: &ProfileSummary, generated: bool, kpi: Kpi) -> (bool, bool, (u8, i64, i64), u32, String) {
-    (p.kpi != kpi, generated, figure_key(p, kpi, generated), p.count, p.name.clone())
+fn rank_key(
+    p: &ProfileSummary,
+    generated: bool,
+    kpi: Kpi,
+    reference: Option<u32>,
+) -> (bool, bool, (u8, i64, i64), u32, String) {
+    (p.kpi != kpi, generated, figure_key(p, kpi, generated, reference), p.count, p.name.clone())
+}
+
+/// The concurrency most feasible profiles of the requested KPI report figures at (ties: lowest).
+fn reference_concurrency<'a>(profiles: impl Iterator<Item = &'a ProfileSummary>, kpi: Kpi) -> Option<u32> {
+    let mut counts: BTreeMap<Option<u32>, usize> = BTreeMap::new();
+    for p in profiles.filter(|p| p.kpi == kpi) {
+        let has = match kpi {
+            Kpi::Latency => p.ttft_ms_p50.is_some(),
+            Kpi::Throughput => p.throughput_tokens_per_sec.is_some(),
+            Kpi::Quantization => false,
+        };
+        if has {
+            *counts.entry(p.concurrency).or_default() += 1;
+        }
+    }
+    counts.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0))).and_then(|(c, _)| *c)
 }
 
 /// Selects among `profiles` (published) for `req` on `nodes`, generating when allowed.
@@ -564,7 +589,8 @@ fn finish(
     reason: Option<String>,
     why: &str,
 ) -> Selection {
-    feasible.sort_by_cached_key(|(p, generated, _)| rank_key(p, *generated, req.kpi));
+    let reference = reference_concurrency(feasible.iter().map(|f| f.0.as_ref()), req.kpi);
+    feasible.sort_by_cached_key(|(p, generated, _)| rank_key(p, *generated, req.kpi, reference));
     let mut it = feasible.into_iter();
     let selected = it.next().map(|(p, generated, group)| {
         let group = groups[group].clone();
@@ -573,7 +599,7 @@ fn finish(
     });
     for (p, generated, _) in it {
         let reason = match &selected {
-            Some(w) => ranked_below(&p, generated, &w.profile, w.generated, req.kpi),
+            Some(w) => ranked_below(&p, generated, &w.profile, w.generated, req.kpi, reference),
             None => "feasible but ranked lower".into(),
         };
         rejected.push(Rejected { name: p.name.clone(), reason });
@@ -583,7 +609,14 @@ fn finish(
 }
 
 /// Why a feasible profile lost to the winner, by the first ranking rule that separates them.
-fn ranked_below(p: &ProfileSummary, generated: bool, w: &ProfileSummary, w_generated: bool, kpi: Kpi) -> String {
+fn ranked_below(
+    p: &ProfileSummary,
+    generated: bool,
+    w: &ProfileSummary,
+    w_generated: bool,
+    kpi: Kpi,
+    reference: Option<u32>,
+) -> String {
     let k = enum_str(&kpi);
     if p.kpi != kpi && w.kpi == kpi {
         return format!("feasible, but a {} profile and {k} was requested", enum_str(&p.kpi));
@@ -593,7 +626,12 @@ fn ranked_below(p: &ProfileSummary, generated: bool, w: &ProfileSummary, w_gener
     }
     let per_device = |x: &ProfileSummary| x.throughput_tokens_per_sec.map(|t| t / f64::from(x.count.max(1)));
     match kpi {
-        Kpi::Latency if p.ttft_ms_p50.is_some() && w.ttft_ms_p50.is_some() && p.ttft_ms_p50 != w.ttft_ms_p50 => {
+        Kpi::Latency
+            if p.concurrency == w.concurrency
+                && p.ttft_ms_p50.is_some()
+                && w.ttft_ms_p50.is_some()
+                && p.ttft_ms_p50 != w.ttft_ms_p50 =>
+        {
             return format!(
                 "feasible, but ttft p50 {} ms vs {} ms for {}",
                 p.ttft_ms_p50.unwrap_or_default(),
@@ -601,7 +639,12 @@ fn ranked_below(p: &ProfileSummary, generated: bool, w: &ProfileSummary, w_gener
                 w.name
             );
         }
-        Kpi::Throughput if per_device(p).is_some() && per_device(w).is_some() && per_device(p) != per_device(w) => {
+        Kpi::Throughput
+            if p.concurrency == w.concurrency
+                && per_device(p).is_some()
+                && per_device(w).is_some()
+                && per_device(p) != per_device(w) =>
+        {
             return format!(
                 "feasible, but {:.0} tok/s per device vs {:.0} for {}",
                 per_device(p).unwrap_or_default(),
@@ -611,8 +654,15 @@ fn ranked_below(p: &ProfileSummary, generated: bool, w: &ProfileSummary, w_gener
         }
         _ => {}
     }
-    if figure_key(p, kpi, generated).0 > figure_key(w, kpi, w_generated).0 {
-        return format!("feasible, but has no {k} figures and {} has", w.name);
+    if figure_key(p, kpi, generated, reference).0 > figure_key(w, kpi, w_generated, reference).0 {
+        return match p.concurrency {
+            Some(c) if p.concurrency != reference => format!(
+                "feasible, but its figures were measured at concurrency {c}, not {} like {}'s",
+                reference.map_or("unstated".to_string(), |r| r.to_string()),
+                w.name
+            ),
+            _ => format!("feasible, but has no {k} figures and {} has", w.name),
+        };
     }
     if p.count != w.count {
         return format!("feasible, but uses {} devices vs {} for {}", p.count, w.count, w.name);

@@ -77,6 +77,7 @@ fn profile(
         pipeline_parallelism: 1,
         ttft_ms_p50: ttft,
         throughput_tokens_per_sec: tps,
+        concurrency: None,
         digest: format!("sha256:{name}"),
         source: "test".into(),
     }
@@ -382,4 +383,22 @@ fn cpu_only_nodes_offer_numa_nodes_to_cpu_profiles() {
     let chosen = s.selected.unwrap();
     assert_eq!(chosen.group.vendor, Vendor::Cpu);
     assert_eq!(chosen.group.devices_per_node, 2);
+}
+
+#[test]
+fn latency_figures_compare_only_at_equal_concurrency() {
+    let nodes = offline(&[("h100", "h100-sxm-80gb", 8)]);
+    let at = |name: &str, ttft: f64, c: u32| {
+        let mut p = profile(name, LLAMA8B, Kpi::Latency, Vendor::Nvidia, "h100-sxm-80gb", 1, Some(ttft), None);
+        p.concurrency = Some(c);
+        p
+    };
+    // The 10 ms figure was measured alone; the others at 16 concurrent requests.
+    let profiles = vec![at("solo", 10.0, 1), at("slower", 30.0, 16), at("faster", 20.0, 16)];
+    let s = select(&request(LLAMA8B, Kpi::Latency), &profiles, &nodes, &[], &Engines::builtin());
+    assert_eq!(s.selected.unwrap().profile.name, "faster");
+    let solo = s.rejected.iter().find(|r| r.name == "solo").unwrap();
+    assert!(solo.reason.contains("measured at concurrency 1, not 16"), "{}", solo.reason);
+    let slower = s.rejected.iter().find(|r| r.name == "slower").unwrap();
+    assert_eq!(slower.reason, "feasible, but ttft p50 30 ms vs 20 ms for faster");
 }

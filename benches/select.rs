@@ -19,17 +19,7 @@ fn main() {
             let count = [1u32, 2, 4, 8][i % 4];
             let inv = Inventory {
                 node: format!("node-{i}"),
-                accelerators: vec![AcceleratorGroup {
-                    vendor: d.vendor,
-                    product: d.slug.clone(),
-                    product_name: d.product_name.clone(),
-                    pci_vendor_id: d.pci_vendor_id.clone(),
-                    pci_device_ids: vec![d.pci_device_ids[0].clone()],
-                    count,
-                    memory_mib: d.memory_mib,
-                    resource_name: d.resource_name.clone(),
-                    numa_nodes: vec![0],
-                }],
+                accelerators: vec![AcceleratorGroup::of(d, count)],
                 ..Inventory::default()
             };
             let mut n = NodeView::offline(inv);

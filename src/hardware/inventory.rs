@@ -84,6 +84,23 @@ pub struct AcceleratorGroup {
     pub numa_nodes: Vec<u32>,
 }
 
+impl AcceleratorGroup {
+    /// `count` devices of a device-table product (memory and resource from the table).
+    pub fn of(device: &crate::hardware::devices::Device, count: u32) -> AcceleratorGroup {
+        AcceleratorGroup {
+            vendor: device.vendor,
+            product: device.slug.clone(),
+            product_name: device.product_name.clone(),
+            pci_vendor_id: device.pci_vendor_id.clone(),
+            pci_device_ids: vec![device.pci_device_ids[0].clone()],
+            count,
+            memory_mib: device.memory_mib,
+            resource_name: device.resource_name.clone(),
+            numa_nodes: vec![],
+        }
+    }
+}
+
 /// CPU facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]

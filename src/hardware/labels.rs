@@ -54,17 +54,7 @@ pub fn from_node_labels(
 }
 
 fn group(dev: &Device, count: u32, memory_mib: Option<u64>) -> AcceleratorGroup {
-    AcceleratorGroup {
-        vendor: dev.vendor,
-        product: dev.slug.clone(),
-        product_name: dev.product_name.clone(),
-        pci_vendor_id: dev.pci_vendor_id.clone(),
-        pci_device_ids: vec![dev.pci_device_ids[0].clone()],
-        count,
-        memory_mib: memory_mib.unwrap_or(dev.memory_mib),
-        resource_name: dev.resource_name.clone(),
-        numa_nodes: vec![],
-    }
+    AcceleratorGroup { memory_mib: memory_mib.unwrap_or(dev.memory_mib), ..AcceleratorGroup::of(dev, count) }
 }
 
 fn nvidia_gfd(labels: &BTreeMap<String, String>) -> Option<AcceleratorGroup> {

@@ -244,16 +244,9 @@ pub async fn serial() -> MutexGuard<'static, ()> {
 /// Inventory with `count` devices of the device-table product `slug`.
 pub fn inventory_of(slug: &str, count: u32) -> Inventory {
     let d = oim::hardware::devices::by_slug(slug).unwrap_or_else(|| panic!("{slug} is not in the device table"));
-    let text = serde_json::json!({
-        "schema": "oim.opea.dev/inventory/v1",
-        "accelerators": [{
-            "vendor": d.vendor, "product": d.slug, "productName": d.product_name, "pciVendorId": d.pci_vendor_id,
-            "pciDeviceIds": [d.pci_device_ids[0]], "count": count, "memoryMiB": d.memory_mib,
-            "resourceName": d.resource_name, "numaNodes": [0],
-        }],
-        "memoryMiB": 1_048_576,
-    });
-    Inventory::parse(&text.to_string()).unwrap()
+    let mut group = oim::hardware::inventory::AcceleratorGroup::of(d, count);
+    group.numa_nodes = vec![0];
+    Inventory { accelerators: vec![group], memory_mib: 1_048_576, ..Inventory::default() }
 }
 
 /// Installs (or removes) the optional Route and ServiceMonitor CRDs that the renderer targets,

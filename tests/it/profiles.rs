@@ -181,6 +181,11 @@ async fn a_profile_pushed_with_oras_and_an_annotation_file_is_listed_and_read_by
     assert_eq!(profile.engine_args()[..2], ["--enable-prefix-caching", "--gpu-memory-utilization"]);
 }
 
+/// `oim profiles list` on `registry` with `--registry-config config`.
+fn list_with_config(registry: &str, config: &Path) -> (i32, String, String) {
+    oim(&["profiles", "list", "--model", MODEL, "--registry", registry, "--registry-config", config.to_str().unwrap()])
+}
+
 fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -206,32 +211,14 @@ async fn the_basic_auth_registry_takes_a_docker_config_and_a_wrong_password_is_a
         good.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = oim(&[
-        "profiles",
-        "list",
-        "--model",
-        MODEL,
-        "--registry",
-        &registry,
-        "--registry-config",
-        good.to_str().unwrap(),
-    ]);
+    let (code, out, err) = list_with_config(&registry, &good);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 4, "header and three profiles: {out}");
 
     let wrong_password = "not-the-password-5f3a9";
     let bad_dir = tempdir("auth-bad");
     let bad = docker_config(&bad_dir, &env.auth_registry, &env.auth_user, wrong_password);
-    let (code, out, err) = oim(&[
-        "profiles",
-        "list",
-        "--model",
-        MODEL,
-        "--registry",
-        &registry,
-        "--registry-config",
-        bad.to_str().unwrap(),
-    ]);
+    let (code, out, err) = list_with_config(&registry, &bad);
     assert_eq!(code, 1);
     assert!(out.is_empty());
     assert!(err.contains("refused the credentials") && err.contains("--registry-config"), "{err}");

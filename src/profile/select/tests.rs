@@ -13,17 +13,7 @@ fn inventory(node: &str, slug: &str, count: u32) -> Inventory {
     let d = devices::by_slug(slug).unwrap();
     Inventory {
         node: node.into(),
-        accelerators: vec![AcceleratorGroup {
-            vendor: d.vendor,
-            product: d.slug.clone(),
-            product_name: d.product_name.clone(),
-            pci_vendor_id: d.pci_vendor_id.clone(),
-            pci_device_ids: vec![d.pci_device_ids[0].clone()],
-            count,
-            memory_mib: d.memory_mib,
-            resource_name: d.resource_name.clone(),
-            numa_nodes: vec![0],
-        }],
+        accelerators: vec![AcceleratorGroup::of(d, count)],
         cpu: Some(CpuInfo {
             vendor: "GenuineIntel".into(),
             model: "x".into(),

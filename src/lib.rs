@@ -8,3 +8,4 @@ pub mod api;
 pub mod cli;
 pub mod hardware;
 pub mod profile;
+pub mod render;

@@ -1,0 +1,465 @@
+//! Pure builders (DESIGN §7): from an OIMService, its selected profile and node group, to the
+//! typed objects the operator applies. No client calls; `oim render` prints exactly these.
+
+mod workload;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServiceAccount, ServicePort, ServiceSpec,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
+    ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::json;
+
+use crate::api::{OIMService, RetentionPolicy, VolumeAccessMode};
+use crate::profile::Profile;
+use crate::profile::engines::Engines;
+use crate::profile::oci::enum_str;
+use crate::profile::select::Group;
+
+pub use workload::deployment;
+
+/// The container port vLLM listens on.
+pub const PORT: i32 = 8000;
+/// The one field manager for everything the operator applies.
+pub const FIELD_MANAGER: &str = "oim-operator";
+/// Annotation on a PVC saying what happens to it when its owner goes.
+pub const RETENTION_ANNOTATION: &str = "oim.opea.dev/retention-policy";
+
+/// Target platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Platform {
+    /// Upstream Kubernetes.
+    #[default]
+    Kubernetes,
+    /// OpenShift: restricted-v2 assigns user ids; Routes exist.
+    Openshift,
+}
+
+/// Optional APIs present in the cluster (or asked for offline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// `route.openshift.io/v1` Route.
+    pub routes: bool,
+    /// `monitoring.coreos.com/v1` ServiceMonitor.
+    pub service_monitors: bool,
+}
+
+/// Where the weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Weights {
+    /// Downloaded from the hub at start into an emptyDir or a PVC.
+    Hub,
+    /// An OIMCache's PVC, mounted read-only at /models; the path inside it.
+    Cache {
+        /// PVC name.
+        pvc: String,
+        /// `/<weights>/<commit>` inside the PVC.
+        path: String,
+    },
+}
+
+/// Everything a render needs.
+pub struct Input<'a> {
+    /// The service.
+    pub service: &'a OIMService,
+    /// The selected profile.
+    pub profile: &'a Profile,
+    /// Its digest and source, for the profile ConfigMap.
+    pub digest: &'a str,
+    /// Where it came from.
+    pub source: &'a str,
+    /// The group it runs on.
+    pub group: &'a Group,
+    /// Weights source.
+    pub weights: Weights,
+    /// Platform.
+    pub platform: Platform,
+    /// Optional APIs.
+    pub capabilities: Capabilities,
+    /// Engine table (non-root ids, capabilities).
+    pub engines: &'a Engines,
+    /// Supplemental groups for AMD/Intel device nodes (operator config).
+    pub device_groups: Vec<i64>,
+}
+
+/// A spec the operator cannot render, with the field and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    /// The accelerator override contradicts the profile.
+    #[error(
+        "spec.resources sets {resource}={given}, but the profile {profile} needs exactly {needed} (tensor x pipeline); remove it from spec.resources or pin another profile"
+    )]
+    InvalidResources {
+        /// Resource.
+        resource: String,
+        /// Given.
+        given: String,
+        /// Needed.
+        needed: u32,
+        /// Profile.
+        profile: String,
+    },
+    /// A value that does not parse.
+    #[error("{field}: {message}")]
+    InvalidSpec {
+        /// Field.
+        field: String,
+        /// Why and fix.
+        message: String,
+    },
+}
+
+/// All objects for one service, in apply order.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// ServiceAccount.
+    pub service_account: ServiceAccount,
+    /// The resolved profile, read first after a restart.
+    pub profile_config_map: ConfigMap,
+    /// PVC from `storage.pvc.create` (no owner reference).
+    pub pvc: Option<PersistentVolumeClaim>,
+    /// The vLLM Deployment.
+    pub deployment: k8s_openapi::api::apps::v1::Deployment,
+    /// The Service.
+    pub service: Service,
+    /// HPA when scale is enabled.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Ingress when enabled.
+    pub ingress: Option<Ingress>,
+    /// OpenShift Route when enabled and the API exists.
+    pub route: Option<DynamicObject>,
+    /// ServiceMonitor when metrics are enabled and the API exists.
+    pub service_monitor: Option<DynamicObject>,
+}
+
+impl Rendered {
+    /// Every object as JSON values, in apply order.
+    pub fn objects(&self) -> Vec<serde_json::Value> {
+        let mut out = vec![];
+        let mut push = |v: serde_json::Result<serde_json::Value>| out.push(v.expect("typed objects serialize"));
+        push(serde_json::to_value(with_kind(&self.service_account)));
+        push(serde_json::to_value(with_kind(&self.profile_config_map)));
+        if let Some(p) = &self.pvc {
+            push(serde_json::to_value(with_kind(p)));
+        }
+        push(serde_json::to_value(with_kind(&self.deployment)));
+        push(serde_json::to_value(with_kind(&self.service)));
+        if let Some(h) = &self.hpa {
+            push(serde_json::to_value(with_kind(h)));
+        }
+        if let Some(i) = &self.ingress {
+            push(serde_json::to_value(with_kind(i)));
+        }
+        if let Some(r) = &self.route {
+            push(serde_json::to_value(r));
+        }
+        if let Some(m) = &self.service_monitor {
+            push(serde_json::to_value(m));
+        }
+        out
+    }
+}
+
+/// Wraps a typed object so it serializes with apiVersion and kind.
+fn with_kind<K: Resource<DynamicType = ()> + serde::Serialize + Clone>(obj: &K) -> serde_json::Value {
+    let mut v = serde_json::to_value(obj).expect("typed objects serialize");
+    v["apiVersion"] = json!(K::api_version(&()));
+    v["kind"] = json!(K::kind(&()));
+    // Move apiVersion/kind first for readable YAML.
+    let mut ordered = serde_json::Map::new();
+    ordered.insert("apiVersion".into(), v["apiVersion"].take());
+    ordered.insert("kind".into(), v["kind"].take());
+    if let serde_json::Value::Object(rest) = v {
+        for (k, val) in rest {
+            if k != "apiVersion" && k != "kind" {
+                ordered.insert(k, val);
+            }
+        }
+    }
+    serde_json::Value::Object(ordered)
+}
+
+/// The selector labels of a service's pods.
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name".to_string(), "oim-service".to_string()),
+        ("app.kubernetes.io/instance".to_string(), name.to_string()),
+    ]
+    .into()
+}
+
+/// Standard labels plus the user's.
+pub fn labels(svc: &OIMService, component: &str) -> BTreeMap<String, String> {
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let mut l = svc.spec.labels.clone().unwrap_or_default();
+    l.extend(selector_labels(&name));
+    l.insert("app.kubernetes.io/component".into(), component.into());
+    l.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
+    l.insert("app.kubernetes.io/part-of".into(), "oim".into());
+    l
+}
+
+/// The controller owner reference to the OIMService.
+pub fn owner(svc: &OIMService) -> Vec<OwnerReference> {
+    svc.controller_owner_ref(&()).into_iter().collect()
+}
+
+/// Metadata for an owned child.
+pub fn meta(svc: &OIMService, name: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: svc.metadata.namespace.clone(),
+        labels: Some(labels(svc, component)),
+        annotations: svc.spec.annotations.clone().filter(|a| !a.is_empty()),
+        owner_references: Some(owner(svc)),
+        ..Default::default()
+    }
+}
+
+fn name_of(svc: &OIMService) -> String {
+    svc.metadata.name.clone().unwrap_or_default()
+}
+
+/// Renders every object for one service.
+pub fn render(input: &Input) -> Result<Rendered, RenderError> {
+    let svc = input.service;
+    let name = name_of(svc);
+    let pvc = pvc(svc)?;
+    let deployment = workload::deployment(input, pvc.as_ref())?;
+    Ok(Rendered {
+        service_account: ServiceAccount {
+            metadata: meta(svc, &name, "inference"),
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        },
+        profile_config_map: profile_config_map(input),
+        pvc,
+        deployment,
+        service: service(svc),
+        hpa: hpa(svc),
+        ingress: ingress(svc),
+        route: route(input),
+        service_monitor: service_monitor(input),
+    })
+}
+
+fn profile_config_map(input: &Input) -> ConfigMap {
+    let svc = input.service;
+    let yaml = serde_saphyr::to_string(input.profile).unwrap_or_default();
+    ConfigMap {
+        metadata: meta(svc, &format!("{}-profile", name_of(svc)), "profile"),
+        data: Some(
+            [
+                ("profile.yaml".to_string(), yaml),
+                ("digest".to_string(), input.digest.to_string()),
+                ("source".to_string(), input.source.to_string()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The PVC from `storage.pvc.create`: no owner reference, so deleting the service never deletes
+/// the weights; its retention policy is recorded for the controller.
+fn pvc(svc: &OIMService) -> Result<Option<PersistentVolumeClaim>, RenderError> {
+    let Some(p) = svc.spec.storage.as_ref().and_then(|s| s.pvc.as_ref()).filter(|p| p.create == Some(true)) else {
+        return Ok(None);
+    };
+    let size = p.size.clone().ok_or_else(|| RenderError::InvalidSpec {
+        field: "spec.storage.pvc.size".into(),
+        message: "is required with create=true; set it, e.g. 100Gi".into(),
+    })?;
+    let mut meta = meta(svc, &pvc_name(svc).unwrap_or_default(), "weights");
+    meta.owner_references = None;
+    let policy = p.retention_policy.unwrap_or_default();
+    meta.annotations.get_or_insert_with(BTreeMap::new).insert(RETENTION_ANNOTATION.into(), format!("{policy:?}"));
+    let mode = p.volume_access_mode.unwrap_or(VolumeAccessMode::ReadWriteOnce);
+    Ok(Some(PersistentVolumeClaim {
+        metadata: meta,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![format!("{mode:?}")]),
+            storage_class_name: p.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some([("storage".to_string(), Quantity(size))].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }))
+}
+
+/// The weights PVC a service uses (created or existing), if any.
+pub fn pvc_name(svc: &OIMService) -> Option<String> {
+    let p = svc.spec.storage.as_ref()?.pvc.as_ref()?;
+    Some(p.name.clone().unwrap_or_else(|| format!("{}-weights", name_of(svc))))
+}
+
+/// Whether a created PVC should go with its service.
+pub fn pvc_deleted_with_service(svc: &OIMService) -> bool {
+    svc.spec.storage.as_ref().and_then(|s| s.pvc.as_ref()).and_then(|p| p.retention_policy)
+        == Some(RetentionPolicy::Delete)
+}
+
+fn service(svc: &OIMService) -> Service {
+    let expose = svc.spec.expose.as_ref().and_then(|e| e.service.as_ref());
+    let mut meta = meta(svc, &name_of(svc), "inference");
+    if let Some(a) = expose.and_then(|e| e.annotations.clone()) {
+        meta.annotations.get_or_insert_with(BTreeMap::new).extend(a);
+    }
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            type_: Some(expose.and_then(|e| e.type_).map(|t| format!("{t:?}")).unwrap_or_else(|| "ClusterIP".into())),
+            selector: Some(selector_labels(&name_of(svc))),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: expose.and_then(|e| e.port).unwrap_or(PORT),
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn hpa(svc: &OIMService) -> Option<HorizontalPodAutoscaler> {
+    let scale = svc.spec.scale.as_ref().filter(|s| s.enabled == Some(true))?;
+    let hpa = scale.hpa.clone().unwrap_or_default();
+    Some(HorizontalPodAutoscaler {
+        metadata: meta(svc, &name_of(svc), "autoscaler"),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: name_of(svc),
+            },
+            min_replicas: Some(hpa.min_replicas.unwrap_or(1)),
+            max_replicas: hpa.max_replicas.max(1),
+            metrics: hpa.metrics,
+            behavior: hpa.behavior,
+        }),
+        ..Default::default()
+    })
+}
+
+fn ingress(svc: &OIMService) -> Option<Ingress> {
+    let i = svc.spec.expose.as_ref()?.ingress.as_ref().filter(|i| i.enabled == Some(true))?;
+    let port = svc.spec.expose.as_ref().and_then(|e| e.service.as_ref()).and_then(|s| s.port).unwrap_or(PORT);
+    let default = IngressSpec {
+        rules: Some(vec![IngressRule {
+            http: Some(HTTPIngressRuleValue {
+                paths: vec![HTTPIngressPath {
+                    path: Some("/".into()),
+                    path_type: "Prefix".into(),
+                    backend: IngressBackend {
+                        service: Some(IngressServiceBackend {
+                            name: name_of(svc),
+                            port: Some(ServiceBackendPort { number: Some(port), ..Default::default() }),
+                        }),
+                        ..Default::default()
+                    },
+                }],
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let mut meta = meta(svc, &name_of(svc), "inference");
+    if let Some(a) = i.annotations.clone() {
+        meta.annotations.get_or_insert_with(BTreeMap::new).extend(a);
+    }
+    Some(Ingress { metadata: meta, spec: Some(i.spec.clone().unwrap_or(default)), ..Default::default() })
+}
+
+/// An object of an optional API (Route, ServiceMonitor) named after the service.
+fn dynamic(
+    input: &Input,
+    gvk: GroupVersionKind,
+    plural: &str,
+    component: &str,
+    spec: serde_json::Value,
+) -> DynamicObject {
+    let name = name_of(input.service);
+    let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+    let mut obj = DynamicObject::new(&name, &ar).data(json!({ "spec": spec }));
+    obj.metadata = meta(input.service, &name, component);
+    obj
+}
+
+fn route(input: &Input) -> Option<DynamicObject> {
+    let svc = input.service;
+    let r = svc.spec.expose.as_ref()?.route.as_ref().filter(|r| r.enabled == Some(true))?;
+    if input.platform != Platform::Openshift && !input.capabilities.routes {
+        return None;
+    }
+    let mut spec = json!({
+        "to": {"kind": "Service", "name": name_of(svc), "weight": 100},
+        "port": {"targetPort": "http"},
+        "tls": {"termination": "edge", "insecureEdgeTerminationPolicy": "Redirect"},
+    });
+    if let Some(h) = &r.host {
+        spec["host"] = json!(h);
+    }
+    Some(dynamic(input, GroupVersionKind::gvk("route.openshift.io", "v1", "Route"), "routes", "inference", spec))
+}
+
+fn service_monitor(input: &Input) -> Option<DynamicObject> {
+    let svc = input.service;
+    let m = svc.spec.metrics.as_ref().filter(|m| m.enabled == Some(true))?;
+    if !input.capabilities.service_monitors {
+        return None;
+    }
+    let sm = m.service_monitor.clone().unwrap_or_default();
+    let mut endpoint = json!({"port": "http", "path": "/metrics"});
+    if let Some(i) = sm.interval {
+        endpoint["interval"] = json!(i);
+    }
+    if let Some(t) = sm.scrape_timeout {
+        endpoint["scrapeTimeout"] = json!(t);
+    }
+    let spec = json!({"selector": {"matchLabels": selector_labels(&name_of(svc))}, "endpoints": [endpoint]});
+    let mut obj = dynamic(
+        input,
+        GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+        "metrics",
+        spec,
+    );
+    if let Some(extra) = sm.additional_labels {
+        obj.metadata.labels.get_or_insert_with(BTreeMap::new).extend(extra);
+    }
+    if let Some(a) = sm.annotations {
+        obj.metadata.annotations.get_or_insert_with(BTreeMap::new).extend(a);
+    }
+    Some(obj)
+}
+
+/// `2x h100-sxm-80gb`, the status accelerator string.
+pub fn accelerator_string(profile: &Profile, group: &Group) -> String {
+    format!("{}x {}", profile.parallelism.tensor * profile.parallelism.pipeline, group.product)
+}
+
+/// Short description used in events.
+pub fn describe(profile: &Profile) -> String {
+    format!("{} ({} {})", profile.name, enum_str(&profile.kpi), enum_str(&profile.precision))
+}
+
+#[cfg(test)]
+mod tests;

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Profiles(ProfilesCommand::List(args)) => block_on(oim::cli::profiles::list(args)),
         Command::Profiles(ProfilesCommand::Push(args)) => block_on(oim::cli::profiles::push(args)),
         Command::Profiles(ProfilesCommand::Select(args)) => block_on(oim::cli::profiles::select(args)),
+        Command::Render(args) => block_on(oim::cli::render::run(args)),
         _ => unreachable!("pending_issue covers every other subcommand"),
     }
 }

@@ -1,6 +1,7 @@
 //! The `oim` command line (DESIGN §6, contract): one binary, one subcommand per role.
 
 pub mod profiles;
+pub mod render;
 
 use std::path::PathBuf;
 
@@ -83,7 +84,7 @@ pub enum Command {
     /// List, select and publish launch profiles.
     #[command(subcommand)]
     Profiles(ProfilesCommand),
-    /// Print the objects the operator would apply, as multi-document YAML; no cluster [not implemented yet].
+    /// Print the objects the operator would apply, as multi-document YAML; no cluster.
     Render(RenderArgs),
 }
 
@@ -290,7 +291,7 @@ impl Command {
             Command::Profiles(ProfilesCommand::List(_)) => None,
             Command::Profiles(ProfilesCommand::Push(_)) => None,
             Command::Profiles(ProfilesCommand::Select(_)) => None,
-            Command::Render(_) => Some(("render", 7)),
+            Command::Render(_) => None,
         }
     }
 }

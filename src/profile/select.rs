@@ -418,7 +418,9 @@ fn place(p: &ProfileSummary, groups: &[Group], replicas: u32) -> Result<usize, S
             .map(|g| format!("{}x {} {}", g.devices_per_node, g.vendor, g.product));
         return Err(match offered {
             Some(o) => format!("needs {} per node; the largest schedulable group offers {o}", want()),
-            None => format!("needs {} per node; no schedulable node carries an inventory", want()),
+            None => {
+                format!("needs {} per node; no node is schedulable for this service (see the unusable nodes)", want())
+            }
         });
     }
     let large_enough: Vec<usize> =

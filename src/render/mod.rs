@@ -224,7 +224,7 @@ pub fn meta(svc: &OIMService, name: &str, component: &str) -> ObjectMeta {
         namespace: svc.metadata.namespace.clone(),
         labels: Some(labels(svc, component)),
         annotations: svc.spec.annotations.clone().filter(|a| !a.is_empty()),
-        owner_references: Some(owner(svc)),
+        owner_references: Some(owner(svc)).filter(|o| !o.is_empty()),
         ..Default::default()
     }
 }

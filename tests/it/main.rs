@@ -7,3 +7,4 @@ mod cluster;
 mod environment;
 mod fixtures;
 mod profiles;
+mod render;

@@ -162,11 +162,7 @@ async fn rendered_objects_for_every_vendor_pass_server_side_dry_run_and_pod_secu
         });
         for level in ["restricted", "baseline", "privileged"] {
             let (ok, _, err) = admitted_under(&ns.name, level, &pod);
-            let expected = match (case.level, level) {
-                ("restricted", _) => true,
-                (_, "privileged") => true,
-                _ => false,
-            };
+            let expected = case.level == "restricted" || level == "privileged";
             assert_eq!(ok, expected, "{} under {level}: {err}", case.scenario);
             if !ok {
                 assert!(err.contains("SYS_NICE"), "{}: refused for the documented reason: {err}", case.scenario);

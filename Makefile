@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test unit cluster-up cluster-down lint crds demo demo-down bench
+.PHONY: all build test unit cluster-up cluster-down lint crds demo demo-down bench golden
 
 all: build
 
@@ -43,3 +43,10 @@ demo-down:
 ## Benchmarks that print figures (release build): detection time, agent memory, registry requests.
 bench:
 	bash tests/bench.sh
+
+## Rewrite the golden renders of the examples (review the diff before committing).
+golden:
+	$(CARGO) build --locked --quiet
+	./target/debug/oim render -f examples/llama31-8b-latency.yaml --inventory examples/inventories/test-cluster.yaml --catalog profiles > tests/fixtures/golden/llama31-8b-latency.yaml
+	./target/debug/oim render -f examples/llama31-8b-latency.yaml --inventory examples/inventories/test-cluster.yaml --catalog profiles --platform openshift > tests/fixtures/golden/llama31-8b-latency-openshift.yaml
+	./target/debug/oim render -f examples/llama31-70b-throughput.yaml -f examples/llama31-70b-cache.yaml --inventory examples/inventories/test-cluster.yaml --catalog profiles > tests/fixtures/golden/llama31-70b-throughput.yaml

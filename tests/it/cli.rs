@@ -185,3 +185,42 @@ fn select_on_the_test_cluster_prints_the_chosen_profile_and_its_group() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("latency, throughput, quantization"));
 }
+
+/// `oim render` of the examples equals the checked-in golden files (`make golden` rewrites them).
+#[test]
+fn rendering_the_examples_matches_the_golden_files() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["examples/llama31-8b-latency.yaml"], "kubernetes", "llama31-8b-latency.yaml"),
+        (&["examples/llama31-8b-latency.yaml"], "openshift", "llama31-8b-latency-openshift.yaml"),
+        (
+            &["examples/llama31-70b-throughput.yaml", "examples/llama31-70b-cache.yaml"],
+            "kubernetes",
+            "llama31-70b-throughput.yaml",
+        ),
+    ];
+    for (files, platform, golden) in cases {
+        let mut args = vec!["render"];
+        for f in *files {
+            args.extend(["-f", f]);
+        }
+        args.extend([
+            "--inventory",
+            "examples/inventories/test-cluster.yaml",
+            "--catalog",
+            "profiles",
+            "--platform",
+            platform,
+        ]);
+        let out = Command::new(env!("CARGO_BIN_EXE_oim"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let expected = std::fs::read_to_string(example(&format!("tests/fixtures/golden/{golden}"))).unwrap();
+        assert!(
+            stdout(&out) == expected,
+            "tests/fixtures/golden/{golden} is stale: run `make golden` and review the diff"
+        );
+    }
+}

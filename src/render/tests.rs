@@ -212,6 +212,24 @@ fn openshift_leaves_user_ids_to_the_scc_and_renders_a_route() {
     // On Kubernetes without the Route API the route is skipped cleanly.
     let k = render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap();
     assert!(k.route.is_none());
+    // Likewise a ServiceMonitor without its API.
+    let metrics = service(&format!("{LLAMA8B_LATENCY}  metrics: {{enabled: true}}\n"));
+    let engines = Engines::builtin();
+    let group = group_of("h100-sxm-80gb", 8);
+    let input = |service_monitors| Input {
+        service: &metrics,
+        profile: &profile,
+        digest: "sha256:abc",
+        source: "test",
+        group: &group,
+        weights: Weights::Hub,
+        platform: Platform::Kubernetes,
+        capabilities: Capabilities { routes: false, service_monitors },
+        engines: &engines,
+        device_groups: vec![],
+    };
+    assert!(render(&input(false)).unwrap().service_monitor.is_none());
+    assert!(render(&input(true)).unwrap().service_monitor.is_some());
 }
 
 #[test]

@@ -221,3 +221,16 @@ async fn route_and_service_monitor_are_accepted_when_their_apis_exist() {
     ns.cleanup().await;
     node.delete(&client).await;
 }
+
+#[tokio::test]
+async fn the_examples_rendered_offline_are_accepted_by_the_api_server() {
+    for golden in ["llama31-8b-latency.yaml", "llama31-70b-throughput.yaml"] {
+        let path = format!("{}/tests/fixtures/golden/{golden}", env!("CARGO_MANIFEST_DIR"));
+        let (ok, out, err) = cluster::tool(
+            "kubectl",
+            &["apply", "--dry-run=server", "--server-side", "--field-manager", "oim-operator", "-f", &path],
+        );
+        assert!(ok, "{golden}: {err}");
+        assert!(out.contains("deployment.apps/"), "{out}");
+    }
+}

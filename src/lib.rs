@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod hardware;
 pub mod profile;
 pub mod render;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use oim::cli::{Cli, Command, DetectArgs, DocFormat, LogFormat, NodeAgentArgs, ProfilesCommand, exit};
+use oim::cli::{Cli, Command, DetectArgs, DocFormat, LogFormat, NodeAgentArgs, OperatorArgs, ProfilesCommand, exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Profiles(ProfilesCommand::Push(args)) => block_on(oim::cli::profiles::push(args)),
         Command::Profiles(ProfilesCommand::Select(args)) => block_on(oim::cli::profiles::select(args)),
         Command::Render(args) => block_on(oim::cli::render::run(args)),
+        Command::Operator(args) => operator(args),
         _ => unreachable!("pending_issue covers every other subcommand"),
     }
 }
@@ -55,6 +56,68 @@ fn block_on(f: impl std::future::Future<Output = u8>) -> ExitCode {
             ExitCode::from(exit::RUNTIME)
         }
     }
+}
+
+fn operator(args: OperatorArgs) -> ExitCode {
+    let catalog = match (&args.catalog, &args.profile_registry) {
+        (Some(dir), _) => match oim::profile::catalog::DirCatalog::load(dir) {
+            Ok(c) => oim::profile::catalog::Catalog::Dir(c),
+            Err(e) => {
+                eprintln!("oim operator: --catalog: {e}");
+                return ExitCode::from(exit::BAD_INPUT);
+            }
+        },
+        (None, Some(reg)) => {
+            match oim::cli::profiles::registry_catalog(reg, args.insecure, args.registry_config.as_deref()) {
+                Ok(c) => oim::profile::catalog::Catalog::Oci(Box::new(c)),
+                Err((code, msg)) => {
+                    eprintln!("oim operator: --profile-registry: {msg}");
+                    return ExitCode::from(code);
+                }
+            }
+        }
+        (None, None) => {
+            eprintln!("oim operator: pass --profile-registry REF or --catalog DIR");
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let namespace = match args.watch_namespaces.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        _ => {
+            eprintln!("oim operator: --watch-namespaces takes one namespace for now (or none for all)");
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let engines = match &args.engine_images {
+        Some(path) => match oim::profile::engines::Engines::with_overrides(path) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("oim operator: --engine-images {e}");
+                return ExitCode::from(exit::BAD_INPUT);
+            }
+        },
+        None => oim::profile::engines::Engines::builtin(),
+    };
+    block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("oim operator: cannot reach the Kubernetes API: {e}");
+                return exit::RUNTIME;
+            }
+        };
+        // OpenShift is recognised by its security API group.
+        let openshift = client
+            .list_api_groups()
+            .await
+            .map(|g| g.groups.iter().any(|g| g.name == "security.openshift.io"))
+            .unwrap_or(false);
+        let platform = if openshift { oim::render::Platform::Openshift } else { oim::render::Platform::Kubernetes };
+        tracing::info!(?platform, "oim operator starting");
+        oim::controller::run(client, catalog, engines, platform, namespace).await;
+        exit::OK
+    })
 }
 
 fn node_agent(args: NodeAgentArgs) -> ExitCode {

@@ -71,7 +71,7 @@ pub enum Platform {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the operator: reconcile OIMService and OIMCache [not implemented yet].
+    /// Run the operator: reconcile OIMService (OIMCache: not implemented yet).
     Operator(OperatorArgs),
     /// Run the node agent: detect this node's hardware and publish it on the Node.
     NodeAgent(NodeAgentArgs),
@@ -127,8 +127,11 @@ pub struct OperatorArgs {
     #[arg(long, value_delimiter = ',', value_name = "NS,...")]
     pub watch_namespaces: Vec<String>,
     /// Default profile registry, `host[:port]/prefix`.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", required_unless_present = "catalog")]
     pub profile_registry: Option<String>,
+    /// A profile catalog directory instead of a registry (e.g. the seed catalog in the image).
+    #[arg(long, value_name = "DIR", conflicts_with = "profile_registry")]
+    pub catalog: Option<PathBuf>,
     /// Registries a per-service `profile.source` may name (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "REF,...")]
     pub allowed_registries: Vec<String>,
@@ -283,7 +286,7 @@ impl Command {
     /// The issue that implements this subcommand, when it has not landed yet.
     pub fn pending_issue(&self) -> Option<(&'static str, u32)> {
         match self {
-            Command::Operator(_) => Some(("operator", 8)),
+            Command::Operator(_) => None,
             Command::NodeAgent(_) => None,
             Command::Detect(_) => None,
             Command::Crds => None,

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# `make demo`: a local control plane with simulated GPU nodes, the oim CRDs, the examples applied,
-# and what the cluster now shows. The cluster keeps running; `make demo-down` stops it.
+# `make demo`: a local control plane with simulated GPU nodes, the oim CRDs, the operator, the
+# examples applied, and what the cluster shows. The cluster keeps running; `make demo-down` stops
+# it (and the operator, whose PID is recorded with the cluster's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OIM_CLUSTER_STATE=${OIM_CLUSTER_STATE:-/tmp/oim-demo}
+cargo build --locked --quiet
 bash tests/cluster/up.sh
 # shellcheck disable=SC1091
 source "$OIM_CLUSTER_STATE/env"
@@ -13,17 +15,22 @@ run() { say "$*"; "$@"; }
 run kubectl get nodes -L oim.opea.dev/accelerator.vendor,oim.opea.dev/accelerator.product,oim.opea.dev/accelerator.count,oim.opea.dev/accelerator.memory-gib
 run kubectl apply --server-side -f crds/
 run kubectl wait --for=condition=Established --timeout=60s -f crds/
+say "oim operator --catalog profiles &"
+./target/debug/oim operator --catalog profiles >"$OIM_CLUSTER_STATE/log/operator.log" 2>&1 &
+echo "$! operator" >>"$OIM_CLUSTER_STATE/pids"
 run kubectl create namespace oim-demo
 run kubectl apply -n oim-demo -f examples/llama31-8b-latency.yaml -f examples/llama31-70b-cache.yaml -f examples/llama31-70b-throughput.yaml
 say kubectl apply -n oim-demo -f examples/invalid-port-in-args.yaml "   # refused by the CRD's CEL rule"
 kubectl apply -n oim-demo -f examples/invalid-port-in-args.yaml || true
+say "kubectl wait --for=jsonpath='{.status.state}'=Ready oimsvc/llama31-8b-latency -n oim-demo"
+kubectl wait --for=jsonpath='{.status.state}'=Ready oimsvc/llama31-8b-latency -n oim-demo --timeout=120s
 run kubectl get oim -n oim-demo
-run kubectl explain oimservice.spec.profile.kpi
+run kubectl describe oimsvc llama31-8b-latency -n oim-demo
+run kubectl get deploy,svc,pods -n oim-demo -o wide
 cat <<MSG
 
-The API server validated and stored the examples. The operator (\`oim operator\`) is not
-implemented yet; once it lands, this demo starts it and the services above become Ready on the
-simulated GPU nodes, with \`kubectl describe oimsvc\` explaining the chosen profile.
+llama31-8b-latency is Ready on a simulated H100 node with the profile the operator chose; the 70B
+service waits for its OIMCache (the cache controller has not landed yet) and says so in its status.
 
 Use the cluster:   source $OIM_CLUSTER_STATE/env
 Stop it:           make demo-down

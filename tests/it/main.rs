@@ -6,5 +6,6 @@ mod cli;
 mod cluster;
 mod environment;
 mod fixtures;
+mod operator;
 mod profiles;
 mod render;

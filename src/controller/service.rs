@@ -113,6 +113,11 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
     if svc.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    // Selecting from half-synced node or pod caches would report false "nothing fits".
+    let synced = async { ctx.nodes.wait_until_ready().await.is_ok() && ctx.pods.wait_until_ready().await.is_ok() };
+    if !tokio::time::timeout(Duration::from_secs(30), synced).await.unwrap_or(false) {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     let ns = svc.namespace().unwrap_or_else(|| "default".into());
     let name = svc.name_any();
     let nodes: Vec<NodeView> = ctx.nodes.state().iter().filter_map(|n| NodeView::from_node(n)).collect();
@@ -184,6 +189,7 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
             return Ok(Action::await_change());
         }
     };
+    hand_replicas_to_hpa(&ctx, &svc, &ns, &name).await?;
     for mut obj in rendered.objects() {
         if obj["kind"] == "ConfigMap" {
             obj["metadata"]["annotations"][SELECTION_KEY] = serde_json::Value::String(key.clone());
@@ -299,6 +305,28 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
     }
     patch_status(&ctx, &svc, status, false).await?;
     Ok(Action::requeue(if rolled_out { Duration::from_secs(600) } else { Duration::from_secs(15) }))
+}
+
+/// With autoscaling on, the rendered Deployment leaves `replicas` out. Dropping a field we own
+/// would reset it to 1, so first a second field manager takes over the current value: the HPA
+/// then moves it from there and running replicas never drop.
+async fn hand_replicas_to_hpa(ctx: &Context, svc: &OIMService, ns: &str, name: &str) -> Result<(), Error> {
+    const HANDOFF: &str = "oim-operator-replicas-handoff";
+    if svc.spec.scale.as_ref().and_then(|s| s.enabled) != Some(true) {
+        return Ok(());
+    }
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(live) = api.get_opt(name).await? else { return Ok(()) };
+    let we_own_replicas = live.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER)
+            && m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+    });
+    let Some(current) = live.spec.as_ref().and_then(|s| s.replicas).filter(|_| we_own_replicas) else { return Ok(()) };
+    let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": current}});
+    api.patch(name, &PatchParams::apply(HANDOFF), &Patch::Apply(&patch)).await?;
+    ctx.writes.add();
+    info!(service = %name, replicas = current, "replicas handed to the autoscaler");
+    Ok(())
 }
 
 async fn fresh_selection(

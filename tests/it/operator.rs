@@ -156,3 +156,155 @@ async fn llama_70b_on_l4_nodes_waits_with_reasons_and_becomes_ready_when_an_h100
     l4.delete(&client).await;
     h100.delete(&client).await;
 }
+
+fn cpu_inventory() -> oim::hardware::inventory::Inventory {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/nodes/oim-cpu-spr-0.yaml"))
+        .unwrap();
+    let node: k8s_openapi::api::core::v1::Node = serde_saphyr::from_str(&text).unwrap();
+    oim::hardware::inventory::Inventory::parse(&node.metadata.annotations.unwrap()["oim.opea.dev/inventory"]).unwrap()
+}
+
+/// The same service on a cluster with only one kind of hardware.
+async fn same_service_on(scenario: &str, inventory: oim::hardware::inventory::Inventory) -> (Deployment, OIMService) {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, scenario, &[]).await;
+    let node = KwokNode::create(&client, scenario, &inventory, None).await;
+    let _operator = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    svcs.create(&PostParams::default(), &service("llama", "meta-llama/Llama-3.1-8B-Instruct", "throughput", scenario))
+        .await
+        .unwrap();
+    let ready = cluster::wait_for(&svcs, "llama", Duration::from_secs(90), |s| {
+        s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready)
+    })
+    .await;
+    let d = Api::<Deployment>::namespaced(client.clone(), &ns.name).get("llama").await.unwrap();
+    ns.cleanup().await;
+    node.delete(&client).await;
+    (d, ready)
+}
+
+fn container(d: &Deployment) -> k8s_openapi::api::core::v1::Container {
+    d.spec.clone().unwrap().template.spec.unwrap().containers.remove(0)
+}
+
+#[tokio::test]
+async fn on_mi300x_only_the_service_requests_amd_gpus_with_the_rocm_engine() {
+    let (d, svc) = same_service_on("op-mi300x", cluster::inventory_of("mi300x", 8)).await;
+    let c = container(&d);
+    assert_eq!(c.resources.unwrap().limits.unwrap()["amd.com/gpu"].0, "1");
+    assert!(c.image.unwrap().starts_with("rocm/vllm:"));
+    assert!(c.env.unwrap().iter().any(|e| e.name == "VLLM_ROCM_USE_AITER"));
+    assert_eq!(svc.status.unwrap().profile.unwrap().accelerator.unwrap().product, "mi300x");
+}
+
+#[tokio::test]
+async fn on_gaudi2_only_the_service_requests_gaudi_cards_with_hugepages_and_sys_nice() {
+    let (d, _) = same_service_on("op-gaudi2", cluster::inventory_of("gaudi2", 8)).await;
+    let c = container(&d);
+    let limits = c.resources.unwrap().limits.unwrap();
+    assert_eq!(limits["habana.ai/gaudi"].0, "1");
+    assert!(limits.contains_key("hugepages-2Mi"));
+    assert!(c.image.unwrap().contains("gaudi-docker"));
+    assert!(c.env.unwrap().iter().any(|e| e.name == "PT_HPU_ENABLE_LAZY_COLLECTIVES"));
+    assert_eq!(c.security_context.unwrap().capabilities.unwrap().add, Some(vec!["SYS_NICE".to_string()]));
+}
+
+#[tokio::test]
+async fn on_cpu_only_nodes_the_service_requests_no_accelerator() {
+    let (d, svc) = same_service_on("op-cpu", cpu_inventory()).await;
+    let c = container(&d);
+    let limits = c.resources.unwrap().limits.unwrap();
+    assert!(!limits.keys().any(|k| k.contains("gpu") || k.contains("gaudi")), "{limits:?}");
+    assert_eq!(limits.get("cpu"), c_requests_cpu(&d).as_ref(), "Guaranteed CPU");
+    assert!(c.image.unwrap().starts_with("vllm/vllm-openai-cpu:"));
+    assert_eq!(svc.status.unwrap().accelerator.as_deref(), Some("1x cpu"));
+}
+
+fn c_requests_cpu(d: &Deployment) -> Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity> {
+    container(d).resources?.requests?.get("cpu").cloned()
+}
+
+#[tokio::test]
+async fn kpi_changes_roll_env_edits_keep_the_profile_scale_keeps_replicas_and_deletion_keeps_a_retained_pvc() {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "op-life", &[]).await;
+    let node = KwokNode::create(&client, "op-life", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    let _operator = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let mut svc = service("life", "meta-llama/Llama-3.1-8B-Instruct", "latency", "op-life");
+    svc.spec.replicas = Some(3);
+    svc.spec.storage =
+        Some(serde_json::from_value(serde_json::json!({"pvc": {"create": true, "size": "10Gi"}})).unwrap());
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let ready = |s: &OIMService| s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready);
+    cluster::wait_for(&svcs, "life", Duration::from_secs(90), |s| {
+        ready(s) && s.status.as_ref().unwrap().available_replicas == Some(3)
+    })
+    .await;
+    let cm_digest = || async {
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+        cms.get("life-profile").await.unwrap().data.unwrap()["digest"].clone()
+    };
+    let first_digest = cm_digest().await;
+
+    // Editing env updates the Deployment but does not re-resolve the profile.
+    let env = serde_json::json!({"spec": {"env": [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}]}});
+    svcs.patch("life", &PatchParams::default(), &Patch::Merge(&env)).await.unwrap();
+    cluster::wait_for(&deployments, "life", Duration::from_secs(30), |d| {
+        container(d).env.unwrap_or_default().iter().any(|e| e.name == "VLLM_LOGGING_LEVEL")
+    })
+    .await;
+    assert_eq!(cm_digest().await, first_digest);
+
+    // Changing the KPI re-selects and rolls the Deployment.
+    let kpi = serde_json::json!({"spec": {"profile": {"kpi": "throughput"}}});
+    svcs.patch("life", &PatchParams::default(), &Patch::Merge(&kpi)).await.unwrap();
+    let rolled = cluster::wait_for(&svcs, "life", Duration::from_secs(60), |s| {
+        s.status
+            .as_ref()
+            .and_then(|s| s.profile.as_ref())
+            .is_some_and(|p| p.name == "vllm-nvidia-h100-sxm-80gb-x1-throughput-fp8")
+    })
+    .await;
+    assert!(rolled.status.unwrap().profile.unwrap().reason.unwrap().contains("throughput"));
+    let d = deployments.get("life").await.unwrap();
+    assert_eq!(container(&d).args.unwrap()[0], "neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8");
+
+    // Enabling autoscaling on 3 replicas never drops below 3.
+    let scale = serde_json::json!({"spec": {"replicas": null, "scale": {"enabled": true, "hpa": {"minReplicas": 1, "maxReplicas": 5}}}});
+    svcs.patch("life", &PatchParams::default(), &Patch::Merge(&scale)).await.unwrap();
+    cluster::wait_for(&deployments, "life", Duration::from_secs(30), |d| {
+        d.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.manager.as_deref() == Some("oim-operator-replicas-handoff"))
+    })
+    .await;
+    for _ in 0..8 {
+        let d = deployments.get("life").await.unwrap();
+        assert!(d.spec.unwrap().replicas.unwrap_or(0) >= 3, "replicas dropped while handing them to the HPA");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Deleting the service removes its children but keeps the Retain PVC with the weights.
+    svcs.delete("life", &Default::default()).await.unwrap();
+    let gone = async {
+        for _ in 0..120 {
+            if deployments.get_opt("life").await.unwrap().is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    };
+    assert!(gone.await, "the Deployment is garbage-collected with its OIMService");
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    assert!(pvcs.get_opt("life-weights").await.unwrap().is_some(), "the weights PVC survives its service");
+    ns.cleanup().await;
+    node.delete(&client).await;
+}

@@ -92,7 +92,7 @@ fn nvidia_h100_latency_requests_one_gpu_with_the_right_args_probes_and_security(
     let c = engine(d);
     assert_eq!(qty(c, "requests", "nvidia.com/gpu"), Some("1"));
     assert_eq!(qty(c, "limits", "nvidia.com/gpu"), Some("1"));
-    assert_eq!(qty(c, "requests", "memory"), Some("18432Mi"), "16Gi engine + 2Gi /dev/shm");
+    assert_eq!(qty(c, "requests", "memory"), Some("18Gi"), "16Gi engine + 2Gi /dev/shm");
     assert_eq!(qty(c, "limits", "memory"), qty(c, "requests", "memory"));
     assert!(qty(c, "requests", "ephemeral-storage").is_some(), "weights download to local disk");
     let args = c.args.as_ref().unwrap();

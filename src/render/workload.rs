@@ -76,7 +76,11 @@ fn add_memory(a: &str, b: &str) -> Result<Quantity, RenderError> {
         s.parse::<f64>().ok()
     };
     match (bytes(a), bytes(b)) {
-        (Some(x), Some(y)) => Ok(Quantity(format!("{}Mi", ((x + y) / 1024f64.powi(2)).ceil() as u64))),
+        // In the API server's canonical form (18Gi, not 18432Mi), so rendered equals stored.
+        (Some(x), Some(y)) => {
+            let mib = ((x + y) / 1024f64.powi(2)).ceil() as u64;
+            Ok(Quantity(if mib % 1024 == 0 { format!("{}Gi", mib / 1024) } else { format!("{mib}Mi") }))
+        }
         _ => Err(RenderError::InvalidSpec {
             field: "resources.memory".into(),
             message: format!("cannot add {a} and {b}; use binary units such as 64Gi"),

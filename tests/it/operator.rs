@@ -17,14 +17,12 @@ struct Operator(Child);
 
 impl Operator {
     fn start(namespace: &str) -> Operator {
+        Operator::with_catalog(namespace, concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"))
+    }
+
+    fn with_catalog(namespace: &str, catalog: &str) -> Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_oim"))
-            .args([
-                "operator",
-                "--catalog",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"),
-                "--watch-namespaces",
-                namespace,
-            ])
+            .args(["operator", "--catalog", catalog, "--watch-namespaces", namespace])
             .env("KUBECONFIG", &cluster::env().kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
@@ -305,6 +303,110 @@ async fn kpi_changes_roll_env_edits_keep_the_profile_scale_keeps_replicas_and_de
     assert!(gone.await, "the Deployment is garbage-collected with its OIMService");
     let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
     assert!(pvcs.get_opt("life-weights").await.unwrap().is_some(), "the weights PVC survives its service");
+    ns.cleanup().await;
+    node.delete(&client).await;
+}
+
+#[tokio::test]
+async fn with_six_of_eight_h100s_taken_a_two_gpu_profile_wins_and_own_pods_never_cause_a_reselect() {
+    let client = cluster::client().await;
+    let _serial = cluster::serial().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "op-busy", &[]).await;
+    let node = KwokNode::create(&client, "op-busy", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    // Someone else's pods hold 6 of the 8 GPUs.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for i in 0..3 {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("trainer-{i}")},
+            "spec": {"nodeName": node.name, "containers": [{"name": "t", "image": "registry.invalid/train:1", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    let _operator =
+        Operator::with_catalog(&ns.name, concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles-70b"));
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    svcs.create(
+        &PostParams::default(),
+        &service("llama70b", "meta-llama/Llama-3.1-70B-Instruct", "latency", "op-busy"),
+    )
+    .await
+    .unwrap();
+    let ready = cluster::wait_for(&svcs, "llama70b", Duration::from_secs(90), |s| {
+        s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready)
+    })
+    .await;
+    let profile = ready.status.as_ref().unwrap().profile.clone().unwrap();
+    assert_eq!(profile.name, "vllm-nvidia-h100-sxm-80gb-x2-latency-bf16");
+    let x4 = profile.rejected.iter().find(|r| r.name.contains("x4")).expect("the 4-GPU profile is listed as rejected");
+    assert!(x4.reason.contains("InsufficientFreeAccelerators") && x4.reason.contains("free: 2 on"), "{}", x4.reason);
+
+    // Now the service's own pod holds the last 2 GPUs; a resync must keep its choice.
+    let touch = serde_json::json!({"metadata": {"annotations": {"oim.test/resync": "1"}}});
+    svcs.patch("llama70b", &PatchParams::default(), &Patch::Merge(&touch)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = svcs.get("llama70b").await.unwrap();
+    assert_eq!(after.status.as_ref().unwrap().state, Some(ServiceState::Ready));
+    assert_eq!(after.status.unwrap().profile.unwrap().name, "vllm-nvidia-h100-sxm-80gb-x2-latency-bf16");
+    ns.cleanup().await;
+    node.delete(&client).await;
+}
+
+#[tokio::test]
+async fn what_oim_render_prints_is_what_the_operator_applied() {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "op-render", &[]).await;
+    let node = KwokNode::create(&client, "op-render", &cluster::inventory_of("l4", 1), None).await;
+    let _operator = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    let mut svc = service("llama", "meta-llama/Llama-3.1-8B-Instruct", "throughput", "op-render");
+    svc.metadata.namespace = Some(ns.name.clone());
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    cluster::wait_for(&svcs, "llama", Duration::from_secs(90), |s| {
+        s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready)
+    })
+    .await;
+
+    let dir = std::env::temp_dir().join(cluster::unique("op-render"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svc_file = dir.join("svc.yaml");
+    std::fs::write(&svc_file, serde_saphyr::to_string(&svc).unwrap()).unwrap();
+    let nodes_file = dir.join("nodes.json");
+    let live_node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()).get(&node.name).await.unwrap();
+    std::fs::write(
+        &nodes_file,
+        serde_json::json!({"kind": "List", "apiVersion": "v1", "items": [live_node]}).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oim"))
+        .args([
+            "render",
+            "-f",
+            svc_file.to_str().unwrap(),
+            "--inventory",
+            nodes_file.to_str().unwrap(),
+            "--catalog",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let rendered = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let live =
+        serde_json::to_value(Api::<Deployment>::namespaced(client.clone(), &ns.name).get("llama").await.unwrap())
+            .unwrap();
+    let pod = |d: &serde_json::Value| d["spec"]["template"]["spec"].clone();
+    let (r, l) = (pod(rendered), pod(&live));
+    for field in ["nodeSelector", "tolerations", "securityContext", "enableServiceLinks", "volumes"] {
+        assert_eq!(r[field], l[field], "pod spec field {field}");
+    }
+    for field in ["image", "command", "args", "env", "resources", "volumeMounts", "securityContext"] {
+        let (rc, lc) = (&r["containers"][0][field], &l["containers"][0][field]);
+        assert_eq!(rc, lc, "container field {field}");
+    }
     ns.cleanup().await;
     node.delete(&client).await;
 }

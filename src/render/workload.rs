@@ -79,7 +79,7 @@ fn add_memory(a: &str, b: &str) -> Result<Quantity, RenderError> {
         // In the API server's canonical form (18Gi, not 18432Mi), so rendered equals stored.
         (Some(x), Some(y)) => {
             let mib = ((x + y) / 1024f64.powi(2)).ceil() as u64;
-            Ok(Quantity(if mib % 1024 == 0 { format!("{}Gi", mib / 1024) } else { format!("{mib}Mi") }))
+            Ok(Quantity(if mib.is_multiple_of(1024) { format!("{}Gi", mib / 1024) } else { format!("{mib}Mi") }))
         }
         _ => Err(RenderError::InvalidSpec {
             field: "resources.memory".into(),

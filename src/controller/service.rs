@@ -127,7 +127,32 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
     let stored = cms.get_opt(&format!("{name}-profile")).await?;
     let chosen = match stored.as_ref().and_then(|cm| sticky(cm, &key, &nodes, &pods, &svc)) {
         Some(c) => Some(c),
-        None => fresh_selection(&svc, &nodes, &pods, &ctx).await?,
+        None => match fresh_selection(&svc, &nodes, &pods, &ctx).await {
+            Err(Error::Catalog(message)) => {
+                // Nothing resolved earlier to fall back on: say so, retry soon.
+                let conds = conditions(
+                    svc.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or(&[]),
+                    &[
+                        Cond("ProfileSelected", false, "RegistryUnavailable", message.clone()),
+                        Cond("Degraded", true, "RegistryUnavailable", format!("{message}; retrying")),
+                        Cond("Ready", false, "RegistryUnavailable", message.clone()),
+                    ],
+                    svc.metadata.generation,
+                );
+                let status = OIMServiceStatus {
+                    state: Some(state(&conds, false)),
+                    observed_generation: svc.metadata.generation,
+                    conditions: conds,
+                    ..Default::default()
+                };
+                if differs(svc.status.as_ref(), &status) {
+                    publish(&ctx, &svc, EventType::Warning, "RegistryUnavailable", &message).await;
+                }
+                patch_status(&ctx, &svc, status, false).await?;
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            other => other?,
+        },
     };
     let Some(chosen) = chosen else {
         return Ok(Action::requeue(Duration::from_secs(300)));
@@ -429,6 +454,35 @@ fn error_policy(svc: Arc<OIMService>, err: &Error, _ctx: Arc<Context>) -> Action
     Action::requeue(Duration::from_secs(10))
 }
 
+/// What about a Node can change a placement: oim labels, the inventory annotation, allocatable,
+/// taints, cordon and readiness. Heartbeats and other writers (kwok, the controller-manager) do
+/// not requeue every service.
+fn placement_fingerprint(node: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let labels: Vec<_> = node.labels().iter().filter(|(k, _)| k.starts_with("oim.opea.dev/")).collect();
+    labels.hash(&mut h);
+    node.annotations().get(crate::hardware::inventory::INVENTORY_ANNOTATION).hash(&mut h);
+    let status = node.status.as_ref();
+    let allocatable: Vec<_> = status
+        .and_then(|s| s.allocatable.as_ref())
+        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+        .unwrap_or_default();
+    allocatable.hash(&mut h);
+    let spec = node.spec.as_ref();
+    spec.and_then(|s| s.unschedulable).hash(&mut h);
+    let taints: Vec<_> = spec
+        .and_then(|s| s.taints.as_ref())
+        .map(|t| t.iter().map(|t| (t.key.clone(), t.value.clone(), t.effect.clone())).collect())
+        .unwrap_or_default();
+    taints.hash(&mut h);
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    ready.hash(&mut h);
+    h.finish()
+}
+
 /// Runs the controller until SIGTERM; `namespace` limits it to one namespace (None: all).
 pub async fn run(client: Client, catalog: Catalog, engines: Engines, platform: Platform, namespace: Option<String>) {
     let (nodes, node_writer) = reflector::store::<Node>();
@@ -465,7 +519,16 @@ pub async fn run(client: Client, catalog: Catalog, engines: Engines, platform: P
     let controller = Controller::new(scoped::<OIMService>(&client, &namespace), watcher::Config::default());
     // A node change (labels, inventory, allocatable, taints) may open or close placements for
     // every service; pods feed the free-device store only.
-    let node_trigger = node_stream.filter_map(|n| async move { n.ok() }).map(|_: Node| ());
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new()));
+    let node_trigger = node_stream.filter_map(move |n| {
+        let seen = seen.clone();
+        async move {
+            let node = n.ok()?;
+            let fingerprint = placement_fingerprint(&node);
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            (seen.insert(node.name_any(), fingerprint) != Some(fingerprint)).then_some(())
+        }
+    });
     tokio::spawn(pod_stream.for_each(|_| async {}));
     controller
         .owns(scoped::<Deployment>(&client, &namespace), watcher::Config::default())

@@ -21,8 +21,13 @@ impl Operator {
     }
 
     fn with_catalog(namespace: &str, catalog: &str) -> Operator {
+        Operator::with_args(&["--catalog", catalog, "--watch-namespaces", namespace])
+    }
+
+    fn with_args(args: &[&str]) -> Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_oim"))
-            .args(["operator", "--catalog", catalog, "--watch-namespaces", namespace])
+            .arg("operator")
+            .args(args)
             .env("KUBECONFIG", &cluster::env().kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
@@ -407,6 +412,30 @@ async fn what_oim_render_prints_is_what_the_operator_applied() {
         let (rc, lc) = (&r["containers"][0][field], &l["containers"][0][field]);
         assert_eq!(rc, lc, "container field {field}");
     }
+    ns.cleanup().await;
+    node.delete(&client).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_is_reported_as_degraded_registry_unavailable() {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "op-noreg", &[]).await;
+    let node = KwokNode::create(&client, "op-noreg", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    // Port 9 on loopback: nothing listens there.
+    let _operator = Operator::with_args(&["--profile-registry", "127.0.0.1:9/oim", "--watch-namespaces", &ns.name]);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    svcs.create(&PostParams::default(), &service("llama", "meta-llama/Llama-3.1-8B-Instruct", "latency", "op-noreg"))
+        .await
+        .unwrap();
+    let degraded = cluster::wait_for(&svcs, "llama", Duration::from_secs(60), |s| {
+        condition(s, "Degraded").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let c = condition(&degraded, "Degraded").unwrap();
+    assert_eq!(c.reason, "RegistryUnavailable");
+    assert!(c.message.contains("registry 127.0.0.1:9 is unreachable"), "{}", c.message);
+    assert_eq!(degraded.status.unwrap().state, Some(ServiceState::Pending));
     ns.cleanup().await;
     node.delete(&client).await;
 }

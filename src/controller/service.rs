@@ -108,6 +108,21 @@ fn sticky(cm: &ConfigMap, key: &str, nodes: &[NodeView], pods: &[PodUse], svc: &
     })
 }
 
+/// A status of conditions only (nothing running yet), with the state they imply.
+fn conditions_only(svc: &OIMService, wanted: &[Cond]) -> OIMServiceStatus {
+    let conds = conditions(
+        svc.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or(&[]),
+        wanted,
+        svc.metadata.generation,
+    );
+    OIMServiceStatus {
+        state: Some(state(&conds, false)),
+        observed_generation: svc.metadata.generation,
+        conditions: conds,
+        ..Default::default()
+    }
+}
+
 /// Reconciles one OIMService.
 pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action, Error> {
     if svc.meta().deletion_timestamp.is_some() {
@@ -130,21 +145,14 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
         None => match fresh_selection(&svc, &nodes, &pods, &ctx).await {
             Err(Error::Catalog(message)) => {
                 // Nothing resolved earlier to fall back on: say so, retry soon.
-                let conds = conditions(
-                    svc.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or(&[]),
+                let status = conditions_only(
+                    &svc,
                     &[
                         Cond("ProfileSelected", false, "RegistryUnavailable", message.clone()),
                         Cond("Degraded", true, "RegistryUnavailable", format!("{message}; retrying")),
                         Cond("Ready", false, "RegistryUnavailable", message.clone()),
                     ],
-                    svc.metadata.generation,
                 );
-                let status = OIMServiceStatus {
-                    state: Some(state(&conds, false)),
-                    observed_generation: svc.metadata.generation,
-                    conditions: conds,
-                    ..Default::default()
-                };
                 if differs(svc.status.as_ref(), &status) {
                     publish(&ctx, &svc, EventType::Warning, "RegistryUnavailable", &message).await;
                 }
@@ -164,22 +172,15 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
             "OIMCache {} is not Ready: the cache controller is not implemented yet, so the service waits instead of downloading on its own",
             cache.name
         );
-        let conds = conditions(
-            svc.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or(&[]),
+        let status = conditions_only(
+            &svc,
             &[
                 Cond("ProfileSelected", true, "Selected", format!("{}: {}", chosen.profile.name, chosen.reason)),
                 Cond("CacheReady", false, "CacheNotReady", message.clone()),
                 Cond("Available", false, "CacheNotReady", message.clone()),
                 Cond("Ready", false, "CacheNotReady", message),
             ],
-            svc.metadata.generation,
         );
-        let status = OIMServiceStatus {
-            state: Some(state(&conds, false)),
-            observed_generation: svc.metadata.generation,
-            conditions: conds,
-            ..Default::default()
-        };
         patch_status(&ctx, &svc, status, false).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
@@ -378,23 +379,16 @@ async fn fresh_selection(
             .unwrap_or_else(|| "no profile for this model".into());
         let message =
             format!("{} profile(s) for {} considered, none fits; {first}", selection.rejected.len(), req.model);
-        let conds = conditions(
-            svc.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or(&[]),
+        let mut status = conditions_only(
+            svc,
             &[
                 Cond("ProfileSelected", false, &reason, message.clone()),
                 Cond("CacheReady", true, "NotUsed", "no OIMCache is referenced".into()),
                 Cond("Available", false, &reason, "nothing to run until a profile fits".into()),
                 Cond("Ready", false, &reason, message.clone()),
             ],
-            svc.metadata.generation,
         );
-        let status = OIMServiceStatus {
-            state: Some(state(&conds, false)),
-            observed_generation: svc.metadata.generation,
-            conditions: conds,
-            profile: Some(SelectedProfile { name: String::new(), rejected, ..Default::default() }),
-            ..Default::default()
-        };
+        status.profile = Some(SelectedProfile { name: String::new(), rejected, ..Default::default() });
         if differs(svc.status.as_ref(), &status) {
             publish(ctx, svc, EventType::Warning, &reason, &message).await;
         }

@@ -190,6 +190,30 @@ impl Inventory {
     }
 }
 
+/// Fixtures shared by unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A CPU-only two-socket Sapphire Rapids node with AVX-512 and AMX.
+    pub(crate) fn sapphire_rapids(node: &str) -> Inventory {
+        Inventory {
+            node: node.into(),
+            cpu: Some(CpuInfo {
+                vendor: "GenuineIntel".into(),
+                model: "Intel(R) Xeon(R) Platinum 8480+".into(),
+                sockets: 2,
+                cores: 112,
+                threads: 224,
+                flags: vec!["avx512f".into(), "amx_tile".into()],
+                numa_node_count: 2,
+            }),
+            memory_mib: 515_000,
+            ..Inventory::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

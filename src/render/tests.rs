@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Container;
 
 use super::*;
 use crate::hardware::devices;
-use crate::hardware::inventory::{AcceleratorGroup, CpuInfo, Inventory};
+use crate::hardware::inventory::{AcceleratorGroup, Inventory};
 use crate::profile::select::{NodeView, groups};
 
 fn seed(rel: &str) -> Profile {
@@ -34,20 +34,7 @@ fn group_of(slug: &str, count: u32) -> Group {
 }
 
 fn cpu_group() -> Group {
-    let inv = Inventory {
-        node: "spr".into(),
-        cpu: Some(CpuInfo {
-            vendor: "GenuineIntel".into(),
-            model: "x".into(),
-            sockets: 2,
-            cores: 112,
-            threads: 224,
-            flags: vec!["avx512f".into(), "amx_tile".into()],
-            numa_node_count: 2,
-        }),
-        memory_mib: 515_000,
-        ..Inventory::default()
-    };
+    let inv = crate::hardware::inventory::fixtures::sapphire_rapids("spr");
     groups(&[NodeView::offline(inv)], &[], &Default::default()).0.remove(0)
 }
 

@@ -354,20 +354,7 @@ fn a_generated_profile_is_built_when_nothing_published_fits_unless_disallowed() 
 
 #[test]
 fn cpu_only_nodes_offer_numa_nodes_to_cpu_profiles() {
-    let inv = Inventory {
-        node: "spr".into(),
-        cpu: Some(CpuInfo {
-            vendor: "GenuineIntel".into(),
-            model: "x".into(),
-            sockets: 2,
-            cores: 112,
-            threads: 224,
-            flags: vec!["avx512f".into(), "amx_tile".into()],
-            numa_node_count: 2,
-        }),
-        memory_mib: 515_000,
-        ..Inventory::default()
-    };
+    let inv = crate::hardware::inventory::fixtures::sapphire_rapids("spr");
     let cpu = profile("vllm-cpu-any-x1-throughput-bf16", LLAMA8B, Kpi::Throughput, Vendor::Cpu, "any", 1, None, None);
     let s = select(&request(LLAMA8B, Kpi::Throughput), &[cpu], &[NodeView::offline(inv)], &[], &Engines::builtin());
     let chosen = s.selected.unwrap();

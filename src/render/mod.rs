@@ -284,8 +284,12 @@ fn pvc(svc: &OIMService) -> Result<Option<PersistentVolumeClaim>, RenderError> {
         message: "is required with create=true; set it, e.g. 100Gi".into(),
     })?;
     let mut meta = meta(svc, &pvc_name(svc).unwrap_or_default(), "weights");
-    meta.owner_references = None;
     let policy = p.retention_policy.unwrap_or_default();
+    // Retain (default): no owner, the weights outlive the service. Delete: owned, so the
+    // garbage collector removes the PVC with its service and nothing else ever does.
+    if policy == RetentionPolicy::Retain {
+        meta.owner_references = None;
+    }
     meta.annotations.get_or_insert_with(BTreeMap::new).insert(RETENTION_ANNOTATION.into(), format!("{policy:?}"));
     let mode = p.volume_access_mode.unwrap_or(VolumeAccessMode::ReadWriteOnce);
     Ok(Some(PersistentVolumeClaim {
@@ -307,12 +311,6 @@ fn pvc(svc: &OIMService) -> Result<Option<PersistentVolumeClaim>, RenderError> {
 pub fn pvc_name(svc: &OIMService) -> Option<String> {
     let p = svc.spec.storage.as_ref()?.pvc.as_ref()?;
     Some(p.name.clone().unwrap_or_else(|| format!("{}-weights", name_of(svc))))
-}
-
-/// Whether a created PVC should go with its service.
-pub fn pvc_deleted_with_service(svc: &OIMService) -> bool {
-    svc.spec.storage.as_ref().and_then(|s| s.pvc.as_ref()).and_then(|p| p.retention_policy)
-        == Some(RetentionPolicy::Delete)
 }
 
 fn service(svc: &OIMService) -> Service {

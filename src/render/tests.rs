@@ -245,6 +245,14 @@ fn a_created_pvc_has_no_owner_and_keeps_its_retention_policy() {
     assert_eq!(pvc.metadata.name.as_deref(), Some("llama31-8b-latency-weights"));
     let c = engine(&r.deployment);
     assert!(qty(c, "requests", "ephemeral-storage").is_none(), "weights go to the PVC");
+    // retentionPolicy: Delete makes the service own its PVC, so it goes with the service.
+    let svc = service(&format!(
+        "{LLAMA8B_LATENCY}  storage: {{pvc: {{create: true, size: 100Gi, retentionPolicy: Delete}}}}\n"
+    ));
+    let r = render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap();
+    let pvc = r.pvc.unwrap();
+    assert_eq!(pvc.metadata.owner_references.unwrap()[0].kind, "OIMService");
+    assert_eq!(pvc.metadata.annotations.unwrap()[RETENTION_ANNOTATION], "Delete");
 }
 
 #[test]

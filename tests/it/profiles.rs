@@ -260,7 +260,14 @@ impl OwnRegistry {
         OwnRegistry { child, host, dir }
     }
 
-    fn stop(mut self) {
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+/// Stopped even when the test fails half-way, so no registry outlives the test binary.
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

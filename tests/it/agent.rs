@@ -17,8 +17,20 @@ fn fixture(case: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs").join(case)
 }
 
-fn start_agent(node: &str, case: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_oim"))
+/// A running agent process; killed on drop if the test fails before stopping it.
+struct Agent(Option<Child>);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_agent(node: &str, case: &str) -> Agent {
+    let child = Command::new(env!("CARGO_BIN_EXE_oim"))
         .args(["node-agent", "--node-name", node, "--interval", "1", "--root"])
         .arg(fixture(case))
         .env("KUBECONFIG", &cluster::env().kubeconfig)
@@ -26,11 +38,13 @@ fn start_agent(node: &str, case: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start oim node-agent")
+        .expect("start oim node-agent");
+    Agent(Some(child))
 }
 
 /// SIGTERM, then the exit status and everything it logged.
-fn stop_agent(child: Child) -> (bool, String) {
+fn stop_agent(mut agent: Agent) -> (bool, String) {
+    let child = agent.0.take().expect("agent running");
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();

@@ -104,7 +104,7 @@ fn sticky(cm: &ConfigMap, key: &str, nodes: &[NodeView], pods: &[PodUse], svc: &
         generated: profile.generated,
         profile,
         group,
-        rejected: vec![],
+        rejected: data.get("rejected").and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default(),
     })
 }
 
@@ -220,6 +220,9 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
         if obj["kind"] == "ConfigMap" {
             obj["metadata"]["annotations"][SELECTION_KEY] = serde_json::Value::String(key.clone());
             obj["metadata"]["annotations"]["oim.opea.dev/reason"] = serde_json::Value::String(chosen.reason.clone());
+            // Kept with the choice, so a sticky reconcile reports the same rejections.
+            obj["data"]["rejected"] =
+                serde_json::Value::String(serde_json::to_string(&chosen.rejected).unwrap_or_default());
         }
         if apply(&ctx.client, &ns, obj.clone(), &ctx.writes).await? {
             info!(service = %name, kind = %obj["kind"], "applied");
@@ -279,7 +282,7 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
     );
     let port =
         svc.spec.expose.as_ref().and_then(|e| e.service.as_ref()).and_then(|s| s.port).unwrap_or(crate::render::PORT);
-    let mut status = OIMServiceStatus {
+    let status = OIMServiceStatus {
         state: Some(state(&conds, false)),
         observed_generation: svc.metadata.generation,
         available_replicas: Some(available),
@@ -321,14 +324,6 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
                 .map(|h| format!("https://{h}")),
         }),
     };
-    // Keep the stored rejections when the choice was sticky (they were computed at selection).
-    if chosen.rejected.is_empty()
-        && let Some(old) = svc.status.as_ref().and_then(|s| s.profile.as_ref())
-        && let Some(p) = status.profile.as_mut()
-        && old.name == p.name
-    {
-        p.rejected = old.rejected.clone();
-    }
     patch_status(&ctx, &svc, status, false).await?;
     Ok(Action::requeue(if rolled_out { Duration::from_secs(600) } else { Duration::from_secs(15) }))
 }

@@ -59,6 +59,7 @@ fn block_on(f: impl std::future::Future<Output = u8>) -> ExitCode {
 }
 
 fn operator(args: OperatorArgs) -> ExitCode {
+    let refresh = std::time::Duration::from_secs(args.profile_refresh);
     let catalog = match (&args.catalog, &args.profile_registry) {
         (Some(dir), _) => match oim::profile::catalog::DirCatalog::load(dir) {
             Ok(c) => oim::profile::catalog::Catalog::Dir(c),
@@ -68,7 +69,7 @@ fn operator(args: OperatorArgs) -> ExitCode {
             }
         },
         (None, Some(reg)) => {
-            match oim::cli::profiles::registry_catalog(reg, args.insecure, args.registry_config.as_deref()) {
+            match oim::cli::profiles::registry_catalog(reg, args.insecure, args.registry_config.as_deref(), refresh) {
                 Ok(c) => oim::profile::catalog::Catalog::Oci(Box::new(c)),
                 Err((code, msg)) => {
                     eprintln!("oim operator: --profile-registry: {msg}");
@@ -81,13 +82,21 @@ fn operator(args: OperatorArgs) -> ExitCode {
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
-    let namespace = match args.watch_namespaces.as_slice() {
-        [] => None,
-        [one] => Some(one.clone()),
-        _ => {
-            eprintln!("oim operator: --watch-namespaces takes one namespace for now (or none for all)");
+    for r in &args.allowed_registries {
+        if let Err(e) = oim::profile::oci::RegistryRef::parse(r) {
+            eprintln!("oim operator: --allowed-registries: {e}");
             return ExitCode::from(exit::BAD_INPUT);
         }
+    }
+    let metrics_bind = match args.metrics_bind.as_str() {
+        "" | "0" | "off" => None,
+        a => match a.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                eprintln!("oim operator: --metrics-bind {a:?}: expected ADDR:PORT, e.g. 0.0.0.0:8080 (or off)");
+                return ExitCode::from(exit::BAD_INPUT);
+            }
+        },
     };
     let engines = match &args.engine_images {
         Some(path) => match oim::profile::engines::Engines::with_overrides(path) {
@@ -99,6 +108,7 @@ fn operator(args: OperatorArgs) -> ExitCode {
         },
         None => oim::profile::engines::Engines::builtin(),
     };
+    let sources = oim::controller::source::Sources::new(catalog, args.allowed_registries.clone(), refresh);
     block_on(async move {
         let client = match kube::Client::try_default().await {
             Ok(c) => c,
@@ -107,17 +117,56 @@ fn operator(args: OperatorArgs) -> ExitCode {
                 return exit::RUNTIME;
             }
         };
-        // OpenShift is recognised by its security API group.
-        let openshift = client
-            .list_api_groups()
-            .await
-            .map(|g| g.groups.iter().any(|g| g.name == "security.openshift.io"))
-            .unwrap_or(false);
-        let platform = if openshift { oim::render::Platform::Openshift } else { oim::render::Platform::Kubernetes };
-        tracing::info!(?platform, "oim operator starting");
-        oim::controller::run(client, catalog, engines, platform, namespace).await;
+        // OpenShift is recognised by its security API group; Route and ServiceMonitor by theirs.
+        let groups: Vec<String> =
+            client.list_api_groups().await.map(|g| g.groups.into_iter().map(|g| g.name).collect()).unwrap_or_default();
+        let has = |g: &str| groups.iter().any(|x| x == g);
+        let platform = if has("security.openshift.io") {
+            oim::render::Platform::Openshift
+        } else {
+            oim::render::Platform::Kubernetes
+        };
+        let capabilities = oim::render::Capabilities {
+            routes: has("route.openshift.io"),
+            service_monitors: has("monitoring.coreos.com"),
+        };
+        let agent = if args.no_agent {
+            None
+        } else {
+            let image = match args.agent_image.clone() {
+                Some(i) => i,
+                None => own_image(&client).await,
+            };
+            let namespace =
+                args.agent_namespace.clone().unwrap_or_else(|| oim::controller::agent::DEFAULT_NAMESPACE.into());
+            Some(oim::controller::agent::AgentConfig { namespace, image })
+        };
+        tracing::info!(?platform, ?capabilities, ?agent, "oim operator starting");
+        let settings = oim::controller::Settings {
+            namespaces: args.watch_namespaces.clone(),
+            platform,
+            capabilities,
+            agent,
+            metrics_bind,
+        };
+        oim::controller::run(client, sources, engines, settings).await;
         exit::OK
     })
+}
+
+/// The operator's own image, read from its pod (POD_NAME/POD_NAMESPACE from the downward API);
+/// outside a pod, the release image of this version.
+async fn own_image(client: &kube::Client) -> String {
+    let fallback = format!("docker.io/opea/oim:{}", env!("CARGO_PKG_VERSION"));
+    let (Ok(name), Ok(ns)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) else { return fallback };
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), &ns);
+    match pods.get(&name).await {
+        Ok(p) => p.spec.and_then(|s| s.containers.into_iter().next()).and_then(|c| c.image).unwrap_or(fallback),
+        Err(e) => {
+            tracing::warn!(error = %e, "own pod not readable; the agent uses {fallback}");
+            fallback
+        }
+    }
 }
 
 fn node_agent(args: NodeAgentArgs) -> ExitCode {

@@ -135,9 +135,18 @@ pub struct OperatorArgs {
     /// Registries a per-service `profile.source` may name (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "REF,...")]
     pub allowed_registries: Vec<String>,
-    /// Image of the node agent DaemonSet; default the operator's own image.
+    /// Image of the node agent DaemonSet; default the operator's own image (read from its pod).
     #[arg(long, value_name = "IMG")]
     pub agent_image: Option<String>,
+    /// Namespace of the node agent DaemonSet; default the operator's own (POD_NAMESPACE) or oim-system.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NS")]
+    pub agent_namespace: Option<String>,
+    /// Do not deploy the node agent (it is installed some other way, or not wanted).
+    #[arg(long, conflicts_with_all = ["agent_image", "agent_namespace"])]
+    pub no_agent: bool,
+    /// Seconds before a profile tag is resolved again (updatePolicy, ProfileUpdateAvailable).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub profile_refresh: u64,
     /// YAML overriding the vendor engine table (images, env, command).
     #[arg(long, value_name = "FILE")]
     pub engine_images: Option<PathBuf>,

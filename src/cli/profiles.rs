@@ -23,6 +23,7 @@ pub fn registry_catalog(
     registry: &str,
     insecure: bool,
     config: Option<&std::path::Path>,
+    ttl: Duration,
 ) -> Result<OciCatalog, (u8, String)> {
     let r = RegistryRef::parse(registry).map_err(|e| (exit::BAD_INPUT, e.to_string()))?;
     let auth = match config {
@@ -31,16 +32,15 @@ pub fn registry_catalog(
         }
         None => RegistryAuth::Anonymous,
     };
-    OciCatalog::new(r, auth, insecure, TAG_TTL).map_err(|e| (exit::RUNTIME, e.to_string()))
+    OciCatalog::new(r, auth, insecure, ttl).map_err(|e| (exit::RUNTIME, e.to_string()))
 }
 
 /// The catalog named by `--catalog` or `--registry`.
 pub fn catalog(args: &CatalogArgs) -> Result<Catalog, (u8, String)> {
     match (&args.catalog, &args.registry) {
         (Some(dir), _) => DirCatalog::load(dir).map(Catalog::Dir).map_err(|e| (code(&e), e.to_string())),
-        (None, Some(reg)) => {
-            registry_catalog(reg, args.insecure, args.registry_config.as_deref()).map(|c| Catalog::Oci(Box::new(c)))
-        }
+        (None, Some(reg)) => registry_catalog(reg, args.insecure, args.registry_config.as_deref(), TAG_TTL)
+            .map(|c| Catalog::Oci(Box::new(c))),
         (None, None) => Err((exit::BAD_INPUT, "pass --catalog DIR or --registry REF".into())),
     }
 }
@@ -118,6 +118,7 @@ pub async fn push(args: ProfilesPushArgs) -> u8 {
         &args.registry.registry,
         args.registry.insecure,
         args.registry.registry_config.as_deref(),
+        TAG_TTL,
     ) {
         Ok(r) => r,
         Err((code, msg)) => {

@@ -80,7 +80,11 @@ pub fn request_for(svc: &OIMService) -> Request {
         pinned: p.name.clone(),
         allow_generated: p.allow_generated.unwrap_or(true),
         replicas: u32::try_from(replicas.max(1)).unwrap_or(1),
-        service: svc.metadata.name.clone(),
+        service: svc
+            .metadata
+            .name
+            .as_deref()
+            .map(|n| crate::profile::select::service_id(svc.metadata.namespace.as_deref(), n)),
         node_selector: svc.spec.node_selector.clone().unwrap_or_default(),
         tolerations: svc.spec.tolerations.clone().unwrap_or_default(),
     }

@@ -1,8 +1,6 @@
 //! Server-side apply with one field manager, skipped when the live object already carries the
 //! hash of exactly what we would apply, so a reconcile that changes nothing writes nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use serde_json::Value;
@@ -13,18 +11,23 @@ use crate::render::FIELD_MANAGER;
 /// Annotation holding the hash of the applied configuration.
 pub const APPLIED_HASH: &str = "oim.opea.dev/applied-hash";
 
-/// Counts the operator's writes (applies and status patches), for tests and benchmarks.
+/// Counts the operator's writes (applies and status patches); exported on /metrics, read by
+/// tests and the benchmark ("a steady-state resync writes nothing").
 #[derive(Debug, Default)]
-pub struct WriteCounter(AtomicU64);
+pub struct WriteCounter(prometheus_client::metrics::counter::Counter);
 
 impl WriteCounter {
     /// One more write.
     pub fn add(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.inc();
     }
     /// Writes so far.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
+    }
+    /// The counter behind it, for registration.
+    pub fn counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.0.clone()
     }
 }
 

@@ -1,7 +1,11 @@
-//! Reconcilers: the OIMService controller (dereference -> select -> build -> apply -> status).
+//! Reconcilers: the OIMService controller (dereference -> select -> build -> apply -> status),
+//! the node agent it owns, per-service profile sources and the operator's metrics.
 
+pub mod agent;
 pub mod apply;
+pub mod metrics;
 pub mod service;
+pub mod source;
 pub mod status;
 
-pub use service::{Context, run};
+pub use service::{Context, Settings, run};

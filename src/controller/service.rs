@@ -16,10 +16,15 @@ use kube::{Client, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::api::{AcceleratorStatus, ModelStatus, OIMService, OIMServiceStatus, RejectedProfile, SelectedProfile};
+use crate::api::{
+    AcceleratorStatus, ModelStatus, OIMService, OIMServiceStatus, RejectedProfile, SelectedProfile, UpdatePolicy,
+};
 use crate::cli::render::request_for;
-use crate::controller::apply::{WriteCounter, apply};
-use crate::controller::status::{Cond, conditions, differs, state};
+use crate::controller::agent::{self, AgentConfig};
+use crate::controller::apply::apply;
+use crate::controller::metrics::{self, Metrics};
+use crate::controller::source::{SourceError, Sources};
+use crate::controller::status::{Assigned, Cond, conditions, differs, external_endpoint, state};
 use crate::profile::Profile;
 use crate::profile::catalog::Catalog;
 use crate::profile::engines::Engines;
@@ -41,12 +46,22 @@ pub enum Error {
     Catalog(String),
 }
 
+impl Error {
+    /// The metric label of this error.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Catalog(_) => "catalog",
+        }
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     /// The client.
     pub client: Client,
-    /// Where published profiles come from.
-    pub catalog: Catalog,
+    /// Where published profiles come from: the default catalog and per-service sources.
+    pub sources: Sources,
     /// Vendor engines.
     pub engines: Engines,
     /// Nodes, watched.
@@ -55,10 +70,12 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Event recorder.
     pub recorder: Recorder,
-    /// The operator's own writes.
-    pub writes: WriteCounter,
+    /// Writes, reconciles and their durations.
+    pub metrics: Arc<Metrics>,
     /// Platform.
     pub platform: Platform,
+    /// Optional APIs present (Route, ServiceMonitor).
+    pub capabilities: Capabilities,
 }
 
 /// The hash of what selection depends on: model, profile selector, placement and replicas.
@@ -123,8 +140,16 @@ fn conditions_only(svc: &OIMService, wanted: &[Cond]) -> OIMServiceStatus {
     }
 }
 
-/// Reconciles one OIMService.
+/// Reconciles one OIMService, counted in the metrics by outcome.
 pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_service(svc, ctx.clone()).await;
+    let outcome = result.as_ref().err().map_or("ok", Error::label);
+    ctx.metrics.reconciled("oimservice", outcome, started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action, Error> {
     if svc.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -135,14 +160,33 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
     }
     let ns = svc.namespace().unwrap_or_else(|| "default".into());
     let name = svc.name_any();
+    let source = svc.spec.profile.as_ref().and_then(|p| p.source.as_ref());
+    let catalog = match ctx.sources.for_service(&ctx.client, &ns, source).await {
+        Ok(c) => c,
+        Err(SourceError::Kube(e)) => return Err(e.into()),
+        Err(e) => return source_problem(&ctx, &svc, &e).await,
+    };
     let nodes: Vec<NodeView> = ctx.nodes.state().iter().filter_map(|n| NodeView::from_node(n)).collect();
     let pods: Vec<PodUse> = ctx.pods.state().iter().filter_map(|p| PodUse::from_pod(p)).collect();
     let key = selection_key(&svc);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let stored = cms.get_opt(&format!("{name}-profile")).await?;
-    let chosen = match stored.as_ref().and_then(|cm| sticky(cm, &key, &nodes, &pods, &svc)) {
+    let mut kept = stored.as_ref().and_then(|cm| sticky(cm, &key, &nodes, &pods, &svc));
+    // A re-published tag: followed with `updatePolicy: Auto`, otherwise reported.
+    let update = match &kept {
+        Some(c) => republished(&catalog, &svc.spec.model.name, c).await,
+        None => None,
+    };
+    let auto = svc.spec.profile.as_ref().and_then(|p| p.update_policy) == Some(UpdatePolicy::Auto);
+    let kept_name = kept.as_ref().map(|c| c.profile.name.clone()).unwrap_or_default();
+    if let (Some(digest), true) = (&update, auto) {
+        let note = format!("profile {kept_name} was re-published as {digest}; following it (updatePolicy: Auto)");
+        publish(&ctx, &svc, EventType::Normal, "ProfileUpdated", &note).await;
+        kept = None;
+    }
+    let chosen = match kept {
         Some(c) => Some(c),
-        None => match fresh_selection(&svc, &nodes, &pods, &ctx).await {
+        None => match fresh_selection(&svc, &nodes, &pods, &ctx, &catalog).await {
             Err(Error::Catalog(message)) => {
                 // Nothing resolved earlier to fall back on: say so, retry soon.
                 let status = conditions_only(
@@ -192,7 +236,7 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
         group: &chosen.group,
         weights: Weights::Hub,
         platform: ctx.platform,
-        capabilities: Capabilities { routes: ctx.platform == Platform::Openshift, service_monitors: false },
+        capabilities: ctx.capabilities,
         engines: &ctx.engines,
         device_groups: vec![],
     };
@@ -224,7 +268,7 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
             obj["data"]["rejected"] =
                 serde_json::Value::String(serde_json::to_string(&chosen.rejected).unwrap_or_default());
         }
-        if apply(&ctx.client, &ns, obj.clone(), &ctx.writes).await? {
+        if apply(&ctx.client, &ns, obj.clone(), &ctx.metrics.writes).await? {
             info!(service = %name, kind = %obj["kind"], "applied");
         }
     }
@@ -271,12 +315,29 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
                 if rolled_out { "serving".into() } else { "the rollout of this generation is not complete".into() },
             ),
             Cond("Degraded", false, "AsExpected", "no problem detected".into()),
-            Cond(
-                "ProfileUpdateAvailable",
-                false,
-                "Pinned",
-                "the resolved profile is kept until model or profile change".into(),
-            ),
+            match (&update, auto) {
+                (Some(digest), false) => Cond(
+                    "ProfileUpdateAvailable",
+                    true,
+                    "NewDigestPublished",
+                    format!(
+                        "{kept_name} was re-published as {digest}; this service keeps {} (updatePolicy: Pinned); set spec.profile.updatePolicy: Auto to follow it",
+                        chosen.digest
+                    ),
+                ),
+                (_, true) => Cond(
+                    "ProfileUpdateAvailable",
+                    false,
+                    "Auto",
+                    "re-published profiles are followed (updatePolicy: Auto)".into(),
+                ),
+                _ => Cond(
+                    "ProfileUpdateAvailable",
+                    false,
+                    "UpToDate",
+                    "the resolved profile is the published one; it is kept until model or profile change".into(),
+                ),
+            },
         ],
         svc.metadata.generation,
     );
@@ -315,17 +376,36 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
         model: Some(ModelStatus {
             name: svc.spec.model.served_name.clone().unwrap_or_else(|| svc.spec.model.name.clone()),
             cluster_endpoint: Some(format!("http://{name}.{ns}.svc:{port}")),
-            external_endpoint: svc
-                .spec
-                .expose
-                .as_ref()
-                .and_then(|e| e.route.as_ref())
-                .and_then(|r| r.host.clone())
-                .map(|h| format!("https://{h}")),
+            external_endpoint: external_endpoint(&rendered, &assigned_address(&ctx, &rendered, &ns).await?),
         }),
     };
     patch_status(&ctx, &svc, status, false).await?;
-    Ok(Action::requeue(if rolled_out { Duration::from_secs(600) } else { Duration::from_secs(15) }))
+    let revisit = ctx.sources.refresh().clamp(Duration::from_secs(1), Duration::from_secs(600));
+    Ok(Action::requeue(if rolled_out { revisit } else { Duration::from_secs(15) }))
+}
+
+/// What only the cluster knows about the exposure: a LoadBalancer Service's address and a
+/// Route's router-assigned host. Read only when such objects were rendered.
+async fn assigned_address(ctx: &Context, rendered: &crate::render::Rendered, ns: &str) -> Result<Assigned, Error> {
+    let mut out = Assigned::default();
+    let name = rendered.service.metadata.name.clone().unwrap_or_default();
+    if rendered.service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+        && let Some(live) = Api::<Service>::namespaced(ctx.client.clone(), ns).get_opt(&name).await?
+    {
+        let lb = live.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).unwrap_or_default();
+        out.load_balancer = lb.into_iter().find_map(|i| i.hostname.or(i.ip));
+    }
+    if let Some(route) = rendered.route.as_ref().filter(|r| r.data["spec"]["host"].is_null()) {
+        let ar = kube::discovery::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("route.openshift.io", "v1", "Route"),
+            "routes",
+        );
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+        if let Some(live) = api.get_opt(&route.name_any()).await? {
+            out.route_host = live.data["status"]["ingress"][0]["host"].as_str().map(str::to_string);
+        }
+    }
+    Ok(out)
 }
 
 /// With autoscaling on, the rendered Deployment leaves `replicas` out. Dropping a field we own
@@ -345,7 +425,7 @@ async fn hand_replicas_to_hpa(ctx: &Context, svc: &OIMService, ns: &str, name: &
     let Some(current) = live.spec.as_ref().and_then(|s| s.replicas).filter(|_| we_own_replicas) else { return Ok(()) };
     let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": current}});
     api.patch(name, &PatchParams::apply(HANDOFF), &Patch::Apply(&patch)).await?;
-    ctx.writes.add();
+    ctx.metrics.writes.add();
     info!(service = %name, replicas = current, "replicas handed to the autoscaler");
     Ok(())
 }
@@ -355,9 +435,10 @@ async fn fresh_selection(
     nodes: &[NodeView],
     pods: &[PodUse],
     ctx: &Context,
+    catalog: &Catalog,
 ) -> Result<Option<Chosen>, Error> {
     let req = request_for(svc);
-    let profiles = ctx.catalog.list(&req.model).await.map_err(|e| Error::Catalog(e.to_string()))?;
+    let profiles = catalog.list(&req.model).await.map_err(|e| Error::Catalog(e.to_string()))?;
     let selection = select(&req, &profiles, nodes, pods, &ctx.engines);
     let rejected: Vec<RejectedProfile> = selection
         .rejected
@@ -392,7 +473,7 @@ async fn fresh_selection(
     };
     let profile = match &s.document {
         Some(d) => d.clone(),
-        None => ctx.catalog.fetch(&s.profile).await.map_err(|e| Error::Catalog(e.to_string()))?,
+        None => catalog.fetch(&s.profile).await.map_err(|e| Error::Catalog(e.to_string()))?,
     };
     publish(ctx, svc, EventType::Normal, "ProfileSelected", &format!("{}: {}", profile.name, s.reason)).await;
     Ok(Some(Chosen {
@@ -404,6 +485,36 @@ async fn fresh_selection(
         profile,
         rejected,
     }))
+}
+
+/// The new digest of the kept profile's tag, when it was re-published. Registry trouble is not
+/// an update: the kept profile keeps serving.
+async fn republished(catalog: &Catalog, model: &str, kept: &Chosen) -> Option<String> {
+    if kept.generated || kept.digest.is_empty() {
+        return None;
+    }
+    let listed = catalog.list(model).await.ok()?;
+    let now = listed.iter().find(|p| p.name == kept.profile.name)?;
+    (now.digest != kept.digest).then(|| now.digest.clone())
+}
+
+/// A `spec.profile.source` the operator cannot use: Failed when the spec must change, Pending
+/// (retried) when something may still appear.
+async fn source_problem(ctx: &Context, svc: &OIMService, e: &SourceError) -> Result<Action, Error> {
+    let (reason, retry) = match e {
+        SourceError::Refused(_) => ("ProfileSourceRefused", None),
+        _ => ("ProfileSourceUnavailable", Some(Duration::from_secs(30))),
+    };
+    let message = e.to_string();
+    let status = conditions_only(
+        svc,
+        &[Cond("ProfileSelected", false, reason, message.clone()), Cond("Ready", false, reason, message.clone())],
+    );
+    if differs(svc.status.as_ref(), &status) {
+        publish(ctx, svc, EventType::Warning, reason, &message).await;
+    }
+    patch_status(ctx, svc, status, retry.is_none()).await?;
+    Ok(retry.map_or_else(Action::await_change, Action::requeue))
 }
 
 async fn patch_status(
@@ -421,7 +532,7 @@ async fn patch_status(
     let api: Api<OIMService> = Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
     let patch = serde_json::json!({"apiVersion": "oim.opea.dev/v1alpha1", "kind": "OIMService", "status": status});
     api.patch_status(&svc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    ctx.writes.add();
+    ctx.metrics.writes.add();
     Ok(())
 }
 
@@ -472,30 +583,102 @@ fn placement_fingerprint(node: &Node) -> u64 {
     h.finish()
 }
 
-/// Runs the controller until SIGTERM; `namespace` limits it to one namespace (None: all).
-pub async fn run(client: Client, catalog: Catalog, engines: Engines, platform: Platform, namespace: Option<String>) {
+/// How the operator runs, from its flags.
+pub struct Settings {
+    /// Namespaces whose OIMServices are reconciled; empty: all.
+    pub namespaces: Vec<String>,
+    /// Kubernetes or OpenShift.
+    pub platform: Platform,
+    /// Optional APIs present.
+    pub capabilities: Capabilities,
+    /// The node agent to keep deployed; None when it is deployed some other way.
+    pub agent: Option<AgentConfig>,
+    /// Where `/metrics` and `/healthz` listen.
+    pub metrics_bind: Option<std::net::SocketAddr>,
+}
+
+/// Children the operator labels as its own; owned-object watches see only these.
+fn ours() -> watcher::Config {
+    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
+}
+
+/// Runs the controllers until SIGTERM: one OIMService controller per watched namespace (or one
+/// for all), sharing the node and pod caches, plus the node agent's keeper and the metrics.
+pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let node_stream =
         reflector::reflector(node_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
             .applied_objects();
-    let pod_stream =
-        reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
-            .touched_objects();
+    // Every pod in the cluster may hold accelerators; keep only what accounting reads.
+    let pod_stream = reflector::reflector(
+        pod_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).modify(PodUse::slim),
+    )
+    .touched_objects();
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
     );
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = settings.metrics_bind {
+        tokio::spawn(metrics::serve(addr, metrics.clone()));
+    }
+    if let Some(cfg) = settings.agent.clone() {
+        tokio::spawn(agent::keep(client.clone(), cfg, metrics.writes.clone(), Duration::from_secs(60)));
+    }
     let ctx = Arc::new(Context {
         client: client.clone(),
-        catalog,
+        sources,
         engines,
         nodes,
         pods,
         recorder,
-        writes: WriteCounter::default(),
-        platform,
+        metrics,
+        platform: settings.platform,
+        capabilities: settings.capabilities,
     });
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    // A node change (labels, inventory, allocatable, taints) may open or close placements for
+    // every service; it is fanned out to each namespace's controller. Pods feed the store only.
+    let mut senders = vec![];
+    let mut controllers = vec![];
+    for ns in &scopes {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
+        senders.push(tx);
+        controllers.push(controller_for(&client, ns, rx, ctx.clone()));
+    }
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new()));
+    tokio::spawn(node_stream.for_each(move |n| {
+        let seen = seen.clone();
+        let senders = senders.clone();
+        async move {
+            let Ok(node) = n else { return };
+            let fingerprint = placement_fingerprint(&node);
+            let changed = seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.name_any(), fingerprint)
+                != Some(fingerprint);
+            if changed {
+                for tx in &senders {
+                    let _ = tx.unbounded_send(());
+                }
+            }
+        }
+    }));
+    tokio::spawn(pod_stream.for_each(|_| async {}));
+    futures::future::join_all(controllers).await;
+    info!("operator stopped");
+}
+
+fn controller_for(
+    client: &Client,
+    namespace: &Option<String>,
+    node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
+    ctx: Arc<Context>,
+) -> impl std::future::Future<Output = ()> + use<> {
     fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -505,25 +688,11 @@ pub async fn run(client: Client, catalog: Catalog, engines: Engines, platform: P
             None => Api::all(client.clone()),
         }
     }
-    let controller = Controller::new(scoped::<OIMService>(&client, &namespace), watcher::Config::default());
-    // A node change (labels, inventory, allocatable, taints) may open or close placements for
-    // every service; pods feed the free-device store only.
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new()));
-    let node_trigger = node_stream.filter_map(move |n| {
-        let seen = seen.clone();
-        async move {
-            let node = n.ok()?;
-            let fingerprint = placement_fingerprint(&node);
-            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            (seen.insert(node.name_any(), fingerprint) != Some(fingerprint)).then_some(())
-        }
-    });
-    tokio::spawn(pod_stream.for_each(|_| async {}));
-    controller
-        .owns(scoped::<Deployment>(&client, &namespace), watcher::Config::default())
-        .owns(scoped::<Service>(&client, &namespace), watcher::Config::default())
-        .owns(scoped::<ConfigMap>(&client, &namespace), watcher::Config::default())
-        .reconcile_all_on(node_trigger)
+    Controller::new(scoped::<OIMService>(client, namespace), watcher::Config::default())
+        .owns(scoped::<Deployment>(client, namespace), ours())
+        .owns(scoped::<Service>(client, namespace), ours())
+        .owns(scoped::<ConfigMap>(client, namespace), ours())
+        .reconcile_all_on(node_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -531,6 +700,4 @@ pub async fn run(client: Client, catalog: Catalog, engines: Engines, platform: P
                 warn!(error = %e, "controller");
             }
         })
-        .await;
-    info!("operator stopped");
 }

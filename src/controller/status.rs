@@ -4,6 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{OIMServiceStatus, ServiceState};
+use crate::render::Rendered;
 
 /// A condition to set: type, status, reason, message.
 pub struct Cond<'a>(pub &'a str, pub bool, pub &'a str, pub String);
@@ -57,4 +58,98 @@ pub fn differs(a: Option<&OIMServiceStatus>, b: &OIMServiceStatus) -> bool {
         s
     };
     a.map(strip) != Some(strip(b))
+}
+
+/// What the cluster assigned to the exposure objects.
+#[derive(Debug, Default)]
+pub struct Assigned {
+    /// A LoadBalancer Service's hostname or IP.
+    pub load_balancer: Option<String>,
+    /// A Route's host, when the router picked it.
+    pub route_host: Option<String>,
+}
+
+/// The URL users reach the service at from outside, derived from the Route, else the Ingress,
+/// else a LoadBalancer Service — never probed over the network.
+pub fn external_endpoint(r: &Rendered, assigned: &Assigned) -> Option<String> {
+    if let Some(route) = &r.route {
+        let host = route.data["spec"]["host"].as_str().map(str::to_string).or_else(|| assigned.route_host.clone());
+        let scheme = if route.data["spec"]["tls"].is_null() { "http" } else { "https" };
+        if let Some(h) = host {
+            return Some(format!("{scheme}://{h}"));
+        }
+    }
+    if let Some(spec) = r.ingress.as_ref().and_then(|i| i.spec.as_ref()) {
+        let host = spec.rules.iter().flatten().find_map(|rule| rule.host.clone());
+        if let Some(h) = host {
+            let tls = spec.tls.iter().flatten().any(|t| t.hosts.iter().flatten().any(|x| *x == h));
+            return Some(format!("{}://{h}", if tls { "https" } else { "http" }));
+        }
+    }
+    let port = r.service.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p.first()).map_or(8000, |p| p.port);
+    assigned.load_balancer.as_ref().map(|a| format!("http://{a}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hardware::devices;
+    use crate::hardware::inventory::{AcceleratorGroup, Inventory};
+    use crate::profile::engines::Engines;
+    use crate::profile::select::{NodeView, groups};
+    use crate::render::{Capabilities, Input, Platform, Weights, render};
+
+    fn rendered(expose: &str, routes: bool) -> Rendered {
+        let svc: crate::api::OIMService = serde_saphyr::from_str(&format!(
+            "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {{name: llm, namespace: team}}\nspec:\n  model: {{name: meta-llama/Llama-3.1-8B-Instruct}}\n  expose: {expose}\n"
+        ))
+        .unwrap();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/profiles/llama-3.1-8b/vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml"
+        );
+        let profile = crate::profile::Profile::parse(&std::fs::read(path).unwrap(), path).unwrap();
+        let inv = Inventory {
+            node: "n1".into(),
+            accelerators: vec![AcceleratorGroup::of(devices::by_slug("h100-sxm-80gb").unwrap(), 8)],
+            ..Inventory::default()
+        };
+        let group = groups(&[NodeView::offline(inv)], &[], &Default::default()).0.remove(0);
+        render(&Input {
+            service: &svc,
+            profile: &profile,
+            digest: "",
+            source: "",
+            group: &group,
+            weights: Weights::Hub,
+            platform: if routes { Platform::Openshift } else { Platform::Kubernetes },
+            capabilities: Capabilities { routes, service_monitors: false },
+            engines: &Engines::builtin(),
+            device_groups: vec![],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_external_endpoint_comes_from_the_route_then_the_ingress_then_the_load_balancer() {
+        let none = Assigned::default();
+        assert_eq!(
+            external_endpoint(&rendered("{}", false), &none),
+            None,
+            "a ClusterIP service has no external endpoint"
+        );
+        let ingress =
+            "{ingress: {enabled: true, spec: {rules: [{host: llm.example.com}], tls: [{hosts: [llm.example.com]}]}}}";
+        assert_eq!(external_endpoint(&rendered(ingress, false), &none).as_deref(), Some("https://llm.example.com"));
+        let plain = "{ingress: {enabled: true, spec: {rules: [{host: llm.lan}]}}}";
+        assert_eq!(external_endpoint(&rendered(plain, false), &none).as_deref(), Some("http://llm.lan"));
+        let route = "{route: {enabled: true, host: llm.apps.example.com}}";
+        assert_eq!(external_endpoint(&rendered(route, true), &none).as_deref(), Some("https://llm.apps.example.com"));
+        let assigned = Assigned { route_host: Some("llm-team.apps.ocp".into()), ..Default::default() };
+        let route = "{route: {enabled: true}}";
+        assert_eq!(external_endpoint(&rendered(route, true), &assigned).as_deref(), Some("https://llm-team.apps.ocp"));
+        let lb = Assigned { load_balancer: Some("203.0.113.7".into()), ..Default::default() };
+        let svc = "{service: {type: LoadBalancer, port: 9000}}";
+        assert_eq!(external_endpoint(&rendered(svc, false), &lb).as_deref(), Some("http://203.0.113.7:9000"));
+    }
 }

@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, PodStatus, ResourceRequirements, Taint, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::Serialize;
 
 use crate::api::{Kpi, Precision, Vendor};
@@ -80,8 +81,13 @@ pub struct PodUse {
     pub node: String,
     /// Extended-resource requests (resource name -> count).
     pub requests: BTreeMap<String, u32>,
-    /// The OIMService it belongs to, if the operator manages it.
+    /// The OIMService it belongs to (`namespace/name`), if the operator manages it.
     pub service: Option<String>,
+}
+
+/// `namespace/name` of an OIMService as its pods and requests name it; no namespace is `default`.
+pub fn service_id(namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", namespace.unwrap_or("default"))
 }
 
 impl PodUse {
@@ -110,9 +116,43 @@ impl PodUse {
         }
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let service = (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some("oim-operator"))
-            .then(|| labels.get(INSTANCE_LABEL).cloned())
+            .then(|| labels.get(INSTANCE_LABEL).map(|n| service_id(pod.metadata.namespace.as_deref(), n)))
             .flatten();
         Some(PodUse { node, requests, service })
+    }
+
+    /// Strips a watched pod down to what [`PodUse::from_pod`] reads, so a cluster's pods cost
+    /// the operator a few hundred bytes each: identity, two labels, node, phase, and the
+    /// extended-resource requests and limits.
+    pub fn slim(pod: &mut Pod) {
+        let m = &mut pod.metadata;
+        m.annotations = None;
+        m.managed_fields = None;
+        m.owner_references = None;
+        m.finalizers = None;
+        if let Some(labels) = m.labels.as_mut() {
+            labels.retain(|k, _| k == MANAGED_BY_LABEL || k == INSTANCE_LABEL);
+        }
+        if let Some(spec) = pod.spec.take() {
+            let containers = spec
+                .containers
+                .into_iter()
+                .map(|c| {
+                    let keep = |m: Option<BTreeMap<String, Quantity>>| {
+                        m.map(|m| m.into_iter().filter(|(k, _)| k.contains('/')).collect::<BTreeMap<_, _>>())
+                    };
+                    let resources = c.resources.map(|r| ResourceRequirements {
+                        requests: keep(r.requests),
+                        limits: keep(r.limits),
+                        ..Default::default()
+                    });
+                    Container { name: c.name, resources, ..Default::default() }
+                })
+                .collect();
+            pod.spec = Some(PodSpec { node_name: spec.node_name, containers, ..Default::default() });
+        }
+        let phase = pod.status.take().and_then(|s| s.phase);
+        pod.status = Some(PodStatus { phase, ..Default::default() });
     }
 }
 

@@ -7,5 +7,7 @@ mod cluster;
 mod environment;
 mod fixtures;
 mod operator;
+mod ownership;
 mod profiles;
 mod render;
+mod sources;

@@ -12,22 +12,31 @@ use oim::api::{OIMService, ServiceState};
 
 use crate::cluster::{self, KwokNode, SCENARIO_LABEL, TestNs};
 
-/// An operator process watching one namespace; stopped on drop.
-struct Operator(Child);
+/// An operator process; stopped on drop. Unless a test asks, it neither deploys the node agent
+/// (tests share the cluster) nor listens for metrics.
+pub(crate) struct Operator(Child);
 
 impl Operator {
-    fn start(namespace: &str) -> Operator {
+    pub(crate) fn start(namespace: &str) -> Operator {
         Operator::with_catalog(namespace, concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"))
     }
 
-    fn with_catalog(namespace: &str, catalog: &str) -> Operator {
+    pub(crate) fn with_catalog(namespace: &str, catalog: &str) -> Operator {
         Operator::with_args(&["--catalog", catalog, "--watch-namespaces", namespace])
     }
 
-    fn with_args(args: &[&str]) -> Operator {
+    pub(crate) fn with_args(args: &[&str]) -> Operator {
+        let mut defaults = vec![];
+        if !args.contains(&"--metrics-bind") {
+            defaults.extend(["--metrics-bind", "off"]);
+        }
+        if !args.contains(&"--agent-namespace") {
+            defaults.push("--no-agent");
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_oim"))
             .arg("operator")
             .args(args)
+            .args(defaults)
             .env("KUBECONFIG", &cluster::env().kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
@@ -45,14 +54,14 @@ impl Drop for Operator {
     }
 }
 
-fn service(name: &str, model: &str, kpi: &str, scenario: &str) -> OIMService {
+pub(crate) fn service(name: &str, model: &str, kpi: &str, scenario: &str) -> OIMService {
     serde_saphyr::from_str(&format!(
         "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {{name: {name}}}\nspec:\n  model: {{name: {model}}}\n  profile: {{kpi: {kpi}}}\n  nodeSelector: {{{SCENARIO_LABEL}: {scenario}}}\n"
     ))
     .unwrap()
 }
 
-fn condition<'a>(
+pub(crate) fn condition<'a>(
     svc: &'a OIMService,
     type_: &str,
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {

@@ -31,7 +31,7 @@ fn oras(dir: &Path, args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-fn tempdir(prefix: &str) -> PathBuf {
+pub(crate) fn tempdir(prefix: &str) -> PathBuf {
     let d = std::env::temp_dir().join(cluster::unique(prefix));
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -186,7 +186,7 @@ fn list_with_config(registry: &str, config: &Path) -> (i32, String, String) {
     oim(&["profiles", "list", "--model", MODEL, "--registry", registry, "--registry-config", config.to_str().unwrap()])
 }
 
-fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
+pub(crate) fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let path = dir.join("config.json");

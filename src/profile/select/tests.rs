@@ -379,3 +379,56 @@ fn latency_figures_compare_only_at_equal_concurrency() {
     let slower = s.rejected.iter().find(|r| r.name == "slower").unwrap();
     assert_eq!(slower.reason, "feasible, but ttft p50 30 ms vs 20 ms for faster");
 }
+
+#[test]
+fn a_slimmed_pod_counts_the_same_and_a_namesake_service_elsewhere_is_someone_else() {
+    let pod: Pod = serde_saphyr::from_str(
+        "metadata:
+  name: llama70b-abc
+  namespace: team-a
+  labels: {app.kubernetes.io/managed-by: oim-operator, app.kubernetes.io/instance: llama70b, pod-template-hash: x}
+  annotations: {big: payload}
+spec:
+  nodeName: h100
+  containers:
+  - name: vllm
+    image: vllm/vllm-openai:v0.26.0
+    args: [a, b, c]
+    env: [{name: HF_HOME, value: /cache}]
+    resources:
+      requests: {cpu: '8', memory: 64Gi, nvidia.com/gpu: '4'}
+      limits: {memory: 72Gi, nvidia.com/gpu: '4'}
+status:
+  phase: Running
+  podIP: 10.0.0.1
+",
+    )
+    .unwrap();
+    let full = PodUse::from_pod(&pod).unwrap();
+    let mut slim = pod.clone();
+    PodUse::slim(&mut slim);
+    let kept = PodUse::from_pod(&slim).unwrap();
+    assert_eq!(
+        (kept.node.as_str(), &kept.requests, kept.service.as_deref()),
+        ("h100", &full.requests, Some("team-a/llama70b"))
+    );
+    let text = serde_json::to_string(&slim).unwrap();
+    for dropped in ["payload", "vllm-openai", "HF_HOME", "10.0.0.1", "64Gi", "pod-template-hash"] {
+        assert!(!text.contains(dropped), "{dropped} is kept in the cache: {text}");
+    }
+
+    // The same service name in another namespace does not own these GPUs.
+    let nodes = vec![live("h100", "h100-sxm-80gb", 8, 8)];
+    let mut req = request(LLAMA70B, Kpi::Latency);
+    req.service = Some(service_id(Some("team-b"), "llama70b"));
+    let others = vec![kept.clone(), pod_of("h100", 2)];
+    let s = select(&req, &catalog(), &nodes, &others, &Engines::builtin());
+    assert_eq!(s.selected.unwrap().profile.name, "vllm-nvidia-h100-sxm-80gb-x2-latency-bf16");
+    req.service = Some(service_id(Some("team-a"), "llama70b"));
+    let s = select(&req, &catalog(), &nodes, &others, &Engines::builtin());
+    assert_eq!(s.selected.unwrap().profile.name, "vllm-nvidia-h100-sxm-80gb-x4-latency-bf16");
+}
+
+fn pod_of(node: &str, gpus: u32) -> PodUse {
+    pod(node, gpus, None)
+}

@@ -1,0 +1,210 @@
+//! The operator owns the node agent: it applies the `config/agent` objects (namespace, service
+//! account, RBAC, admission policy, DaemonSet) with its own image and puts them back when someone
+//! deletes or edits them. Writes happen only on drift, so a steady cluster costs no writes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::discovery::ApiResource;
+use kube::runtime::watcher;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::controller::apply::WriteCounter;
+use crate::render::FIELD_MANAGER;
+
+/// The namespace `config/agent` installs into; cluster-scoped names stay unsuffixed for it.
+pub const DEFAULT_NAMESPACE: &str = "oim-system";
+const NAME: &str = "oim-node-agent";
+
+/// Where and with what image the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Namespace of the DaemonSet and its service account.
+    pub namespace: String,
+    /// The agent's image (the operator's own by default).
+    pub image: String,
+}
+
+/// The `config/agent` objects for `cfg`, typed-checked and adjusted: image, namespace, and the
+/// service-account name the RBAC binding and admission policy refer to. Two installs in two
+/// namespaces get distinct cluster-scoped names, so they never fight over one object.
+pub fn objects(cfg: &AgentConfig) -> Result<Vec<Value>, String> {
+    let bad = |file: &str, e: &dyn std::fmt::Display| format!("config/agent/{file}: {e}");
+    let mut ns: Namespace =
+        serde_saphyr::from_str(include_str!("../../config/agent/namespace.yaml")).map_err(|e| bad("namespace", &e))?;
+    let mut sa: ServiceAccount = serde_saphyr::from_str(include_str!("../../config/agent/serviceaccount.yaml"))
+        .map_err(|e| bad("serviceaccount", &e))?;
+    let rbac = include_str!("../../config/agent/rbac.yaml");
+    let (role, binding) = rbac.split_once("\n---\n").ok_or_else(|| bad("rbac", &"expected two documents"))?;
+    let mut role: ClusterRole = serde_saphyr::from_str(role).map_err(|e| bad("rbac", &e))?;
+    let mut binding: ClusterRoleBinding = serde_saphyr::from_str(binding).map_err(|e| bad("rbac", &e))?;
+    let vap = include_str!("../../config/agent/admission-policy.yaml");
+    let (policy, policy_binding) =
+        vap.split_once("\n---\n").ok_or_else(|| bad("admission-policy", &"expected two documents"))?;
+    let mut policy: ValidatingAdmissionPolicy =
+        serde_saphyr::from_str(policy).map_err(|e| bad("admission-policy", &e))?;
+    let mut policy_binding: ValidatingAdmissionPolicyBinding =
+        serde_saphyr::from_str(policy_binding).map_err(|e| bad("admission-policy", &e))?;
+    let mut ds: DaemonSet =
+        serde_saphyr::from_str(include_str!("../../config/agent/daemonset.yaml")).map_err(|e| bad("daemonset", &e))?;
+
+    let cluster_name =
+        if cfg.namespace == DEFAULT_NAMESPACE { NAME.to_string() } else { format!("{NAME}-{}", cfg.namespace) };
+    ns.metadata.name = Some(cfg.namespace.clone());
+    sa.metadata.namespace = Some(cfg.namespace.clone());
+    ds.metadata.namespace = Some(cfg.namespace.clone());
+    role.metadata.name = Some(cluster_name.clone());
+    binding.metadata.name = Some(cluster_name.clone());
+    binding.role_ref.name = cluster_name.clone();
+    for s in binding.subjects.iter_mut().flatten() {
+        s.namespace = Some(cfg.namespace.clone());
+    }
+    policy.metadata.name = Some(cluster_name.clone());
+    policy_binding.metadata.name = Some(cluster_name.clone());
+    if let Some(spec) = policy_binding.spec.as_mut() {
+        spec.policy_name = Some(cluster_name.clone());
+    }
+    let user = format!("system:serviceaccount:{}:{NAME}", cfg.namespace);
+    for c in policy.spec.as_mut().and_then(|s| s.match_conditions.as_mut()).into_iter().flatten() {
+        c.expression = c.expression.replace(&format!("system:serviceaccount:{DEFAULT_NAMESPACE}:{NAME}"), &user);
+    }
+    let pod = ds.spec.as_mut().and_then(|s| s.template.spec.as_mut()).ok_or_else(|| bad("daemonset", &"no pod"))?;
+    for c in &mut pod.containers {
+        c.image = Some(cfg.image.clone());
+    }
+    let json = |v: Result<Value, serde_json::Error>| v.map_err(|e| e.to_string());
+    Ok(vec![
+        json(serde_json::to_value(ns))?,
+        json(serde_json::to_value(sa))?,
+        json(serde_json::to_value(role))?,
+        json(serde_json::to_value(binding))?,
+        json(serde_json::to_value(policy))?,
+        json(serde_json::to_value(policy_binding))?,
+        json(serde_json::to_value(ds))?,
+    ])
+}
+
+/// What we last wrote of one object: its generation (objects with a spec) or resourceVersion.
+type Seen = HashMap<String, String>;
+
+fn api_for(client: &kube::Client, obj: &Value) -> (Api<DynamicObject>, String) {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let plural = match kind {
+        "ValidatingAdmissionPolicy" => "validatingadmissionpolicies".to_string(),
+        k => format!("{}s", k.to_ascii_lowercase()),
+    };
+    let ar = ApiResource::from_gvk_with_plural(&kube::api::GroupVersionKind::gvk(group, version, kind), &plural);
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let api = match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    (api, format!("{kind}/{name}"))
+}
+
+/// The mark of a live object that moves when anyone changes it: generation where the API keeps
+/// one (status writes do not move it), else resourceVersion.
+fn mark(o: &DynamicObject) -> String {
+    match o.metadata.generation {
+        Some(g) => format!("g{g}"),
+        None => o.metadata.resource_version.clone().unwrap_or_default(),
+    }
+}
+
+/// Applies every object that is missing or changed since our last apply.
+async fn ensure(client: &kube::Client, objects: &[Value], seen: &mut Seen, writes: &WriteCounter) {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for obj in objects {
+        let (api, key) = api_for(client, obj);
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        match api.get_opt(name).await {
+            Ok(Some(live)) if seen.get(&key) == Some(&mark(&live)) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(object = %key, error = %e, "node agent object not readable");
+                continue;
+            }
+        }
+        match api.patch(name, &params, &Patch::Apply(obj)).await {
+            Ok(applied) => {
+                writes.add();
+                info!(object = %key, "node agent object applied");
+                seen.insert(key, mark(&applied));
+            }
+            Err(e) => warn!(object = %key, error = %e, "node agent object not applied; retrying"),
+        }
+    }
+}
+
+/// Keeps the agent objects in shape until the process ends: at start, on every change to the
+/// DaemonSet, and every `period` for the others.
+pub async fn keep(client: kube::Client, cfg: AgentConfig, writes: std::sync::Arc<WriteCounter>, period: Duration) {
+    let objects = match objects(&cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            warn!(error = %e, "node agent objects not built; the agent is not managed");
+            return;
+        }
+    };
+    let mut seen = Seen::new();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &cfg.namespace);
+    let changes = watcher(daemonsets, watcher::Config::default().fields(&format!("metadata.name={NAME}"))).map(|_| ());
+    let ticks = futures::stream::unfold((), move |_| async move {
+        tokio::time::sleep(period).await;
+        Some(((), ()))
+    });
+    let mut triggers = futures::stream::select(futures::stream::once(async {}).chain(changes), ticks).boxed();
+    while triggers.next().await.is_some() {
+        ensure(&client, &objects, &mut seen, &writes).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_runs_the_given_image_in_the_given_namespace_and_the_policy_names_its_account() {
+        let cfg = AgentConfig { namespace: "platform".into(), image: "registry.example/oim:1.2.3".into() };
+        let objs = objects(&cfg).unwrap();
+        let kinds: Vec<&str> = objs.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
+                "DaemonSet"
+            ]
+        );
+        let ds = &objs[6];
+        assert_eq!(ds["metadata"]["namespace"], "platform");
+        assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/oim:1.2.3");
+        assert_eq!(objs[3]["subjects"][0]["namespace"], "platform");
+        assert_eq!(objs[3]["roleRef"]["name"], "oim-node-agent-platform");
+        let rule = objs[4]["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+        assert!(rule.contains("system:serviceaccount:platform:oim-node-agent"), "{rule}");
+        assert_eq!(objs[5]["spec"]["policyName"], "oim-node-agent-platform");
+    }
+
+    #[test]
+    fn in_the_default_namespace_the_objects_are_the_checked_in_ones() {
+        let cfg = AgentConfig { namespace: DEFAULT_NAMESPACE.into(), image: "docker.io/opea/oim:0.1.0".into() };
+        let objs = objects(&cfg).unwrap();
+        assert_eq!(objs[2]["metadata"]["name"], "oim-node-agent");
+        let rule = objs[4]["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+        assert!(rule.contains("system:serviceaccount:oim-system:oim-node-agent"));
+    }
+}

@@ -1,0 +1,126 @@
+//! The operator's `/metrics` (OpenMetrics text) and `/healthz`, on `--metrics-bind`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+use crate::controller::apply::WriteCounter;
+
+/// Labels of a finished reconcile: which controller, and `ok` or the error variant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `oimservice` or `oimcache`.
+    pub controller: String,
+    /// `ok`, or the error enum's variant (`kube`, `catalog`, ...).
+    pub outcome: String,
+}
+
+/// Everything the operator counts.
+pub struct Metrics {
+    registry: Registry,
+    /// API writes (applies and status patches).
+    pub writes: Arc<WriteCounter>,
+    reconciles: Family<Outcome, Counter>,
+    duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("oim_operator");
+        let writes = Arc::new(WriteCounter::default());
+        registry.register(
+            "api_writes",
+            "Writes to the API server (server-side applies, status patches)",
+            writes.counter(),
+        );
+        let reconciles = Family::<Outcome, Counter>::default();
+        registry.register("reconciles", "Finished reconciles by controller and outcome", reconciles.clone());
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("reconcile_duration_seconds", "Time per reconcile", duration.clone());
+        Metrics { registry, writes, reconciles, duration }
+    }
+}
+
+impl Metrics {
+    /// Counts one reconcile of `controller` ending in `outcome` after `seconds`.
+    pub fn reconciled(&self, controller: &str, outcome: &str, seconds: f64) {
+        self.reconciles.get_or_create(&Outcome { controller: controller.into(), outcome: outcome.into() }).inc();
+        self.duration.observe(seconds);
+    }
+
+    fn encode(&self) -> String {
+        let mut buf = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut buf, &self.registry) {
+            warn!(error = %e, "metrics not encoded");
+        }
+        buf
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(%addr, error = %e, "metrics endpoint not started");
+            return;
+        }
+    };
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint listening");
+    while let Ok((stream, _)) = listener.accept().await {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let handler = service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(req.uri().path(), &metrics)) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await;
+        });
+    }
+}
+
+fn respond(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode()),
+        "/healthz" | "/readyz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics or /healthz\n".to_string()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_and_reconciles_appear_in_the_exposition() {
+        let m = Metrics::default();
+        m.writes.add();
+        m.writes.add();
+        m.reconciled("oimservice", "ok", 0.01);
+        m.reconciled("oimservice", "kube", 0.2);
+        let text = m.encode();
+        assert!(text.contains("oim_operator_api_writes_total 2"), "{text}");
+        assert!(text.contains(r#"oim_operator_reconciles_total{controller="oimservice",outcome="kube"} 1"#), "{text}");
+        assert!(text.contains("oim_operator_reconcile_duration_seconds_count 2"), "{text}");
+        assert_eq!(respond("/nope", &m).status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -12,10 +12,6 @@ fn main() -> ExitCode {
     // One crypto provider for kube and oci-client alike; ignore "already installed".
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    if let Some((name, issue)) = cli.command.pending_issue() {
-        eprintln!("oim {name}: not implemented yet (lands with issue #{issue}); nothing was done");
-        return ExitCode::from(exit::RUNTIME);
-    }
     match cli.command {
         Command::Crds => print_crds(),
         Command::Detect(args) => detect(&args),
@@ -25,7 +21,27 @@ fn main() -> ExitCode {
         Command::Profiles(ProfilesCommand::Select(args)) => block_on(oim::cli::profiles::select(args)),
         Command::Render(args) => block_on(oim::cli::render::run(args)),
         Command::Operator(args) => operator(args),
-        _ => unreachable!("pending_issue covers every other subcommand"),
+        Command::Download(args) => block_on(download(args)),
+    }
+}
+
+async fn download(args: oim::cli::DownloadArgs) -> u8 {
+    let hub = match oim::hub::Hub::from_env() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("oim download: {e}");
+            return e.exit_code();
+        }
+    };
+    match oim::hub::download(&hub, &args.repo, &args.revision, &args.dest, &args.include, &args.exclude).await {
+        Ok(dir) => {
+            println!("{}", dir.display());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("oim download: {e}");
+            e.exit_code()
+        }
     }
 }
 

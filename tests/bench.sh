@@ -11,3 +11,5 @@ source "$OIM_CLUSTER_STATE/env"
 cargo bench --locked --bench detect
 cargo bench --locked --bench catalog
 cargo bench --locked --bench select
+"$OIM_CLUSTER_BIN/kubectl" apply --server-side -f crds/oim.opea.dev.yaml >/dev/null
+cargo bench --locked --bench operator

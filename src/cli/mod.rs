@@ -71,7 +71,7 @@ pub enum Platform {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the operator: reconcile OIMService (OIMCache: not implemented yet).
+    /// Run the operator: reconcile OIMService and OIMCache, keep the node agent deployed.
     Operator(OperatorArgs),
     /// Run the node agent: detect this node's hardware and publish it on the Node.
     NodeAgent(NodeAgentArgs),
@@ -79,7 +79,7 @@ pub enum Command {
     Detect(DetectArgs),
     /// Print every CRD as YAML.
     Crds,
-    /// Download model weights from a Hugging Face hub into DEST/<repo>/<commit>/ [not implemented yet].
+    /// Download model weights from a Hugging Face hub into DEST/<repo>/<commit>/ (the OIMCache Job).
     Download(DownloadArgs),
     /// List, select and publish launch profiles.
     #[command(subcommand)]
@@ -289,21 +289,4 @@ pub struct RenderArgs {
     /// Profile source.
     #[command(flatten)]
     pub source: CatalogArgs,
-}
-
-impl Command {
-    /// The issue that implements this subcommand, when it has not landed yet.
-    pub fn pending_issue(&self) -> Option<(&'static str, u32)> {
-        match self {
-            Command::Operator(_) => None,
-            Command::NodeAgent(_) => None,
-            Command::Detect(_) => None,
-            Command::Crds => None,
-            Command::Download(_) => Some(("download", 9)),
-            Command::Profiles(ProfilesCommand::List(_)) => None,
-            Command::Profiles(ProfilesCommand::Push(_)) => None,
-            Command::Profiles(ProfilesCommand::Select(_)) => None,
-            Command::Render(_) => None,
-        }
-    }
 }

@@ -74,19 +74,6 @@ fn oim_crds_prints_exactly_the_checked_in_crds() {
 }
 
 #[test]
-fn unfinished_subcommands_say_so_and_exit_1_without_pretending() {
-    let cases: &[&[&str]] = &[&["download", "--repo", "a/b", "--dest", "/tmp/x"]];
-    for args in cases {
-        let out = oim(args);
-        assert_eq!(out.status.code(), Some(1), "oim {args:?}");
-        assert!(stderr(&out).contains("not implemented yet"), "oim {args:?}: {}", stderr(&out));
-        assert!(stdout(&out).is_empty(), "oim {args:?} printed a result it did not compute");
-    }
-    // The help says so up front too.
-    assert_help_lists(&["--help"], &["not implemented yet"]);
-}
-
-#[test]
 fn bad_usage_exits_2_and_names_the_problem() {
     let out = oim(&["profiles", "list", "--model", "a/b"]);
     assert_eq!(out.status.code(), Some(2));

@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod cluster;
+mod download;
 mod environment;
 mod fixtures;
 mod operator;

@@ -26,20 +26,33 @@ fn main() -> ExitCode {
 }
 
 async fn download(args: oim::cli::DownloadArgs) -> u8 {
-    let hub = match oim::hub::Hub::from_env() {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("oim download: {e}");
-            return e.exit_code();
-        }
+    let result = match oim::hub::Hub::from_env() {
+        Ok(hub) => oim::hub::download(&hub, &args.repo, &args.revision, &args.dest, &args.include, &args.exclude).await,
+        Err(e) => Err(e),
     };
-    match oim::hub::download(&hub, &args.repo, &args.revision, &args.dest, &args.include, &args.exclude).await {
+    // In a Job, the outcome goes to the termination message the operator reads.
+    let report = match &result {
+        Ok(dir) => serde_json::json!({
+            "repo": args.repo,
+            "revision": args.revision,
+            "commit": dir.file_name().map(|c| c.to_string_lossy().to_string()),
+            "path": dir.display().to_string(),
+        })
+        .to_string(),
+        Err(e) => format!("oim download: {e}"),
+    };
+    if let Some(path) = std::env::var_os("OIM_TERMINATION_LOG")
+        && let Err(e) = std::fs::write(&path, &report)
+    {
+        tracing::warn!(error = %e, "termination message not written");
+    }
+    match result {
         Ok(dir) => {
             println!("{}", dir.display());
             exit::OK
         }
         Err(e) => {
-            eprintln!("oim download: {e}");
+            eprintln!("{report}");
             e.exit_code()
         }
     }
@@ -146,13 +159,11 @@ fn operator(args: OperatorArgs) -> ExitCode {
             routes: has("route.openshift.io"),
             service_monitors: has("monitoring.coreos.com"),
         };
+        let own = own_image(&client).await;
         let agent = if args.no_agent {
             None
         } else {
-            let image = match args.agent_image.clone() {
-                Some(i) => i,
-                None => own_image(&client).await,
-            };
+            let image = args.agent_image.clone().unwrap_or_else(|| own.clone());
             let namespace =
                 args.agent_namespace.clone().unwrap_or_else(|| oim::controller::agent::DEFAULT_NAMESPACE.into());
             Some(oim::controller::agent::AgentConfig { namespace, image })
@@ -164,6 +175,7 @@ fn operator(args: OperatorArgs) -> ExitCode {
             capabilities,
             agent,
             metrics_bind,
+            own_image: own,
         };
         oim::controller::run(client, sources, engines, settings).await;
         exit::OK

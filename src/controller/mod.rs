@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod cache;
 pub mod metrics;
 pub mod service;
 pub mod source;

@@ -4,20 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::api::{
-    AcceleratorStatus, ModelStatus, OIMService, OIMServiceStatus, RejectedProfile, SelectedProfile, UpdatePolicy,
+    AcceleratorStatus, CacheState, CachedProfile, ModelStatus, OIMCache, OIMService, OIMServiceStatus, RejectedProfile,
+    SelectedProfile, UpdatePolicy,
 };
 use crate::cli::render::request_for;
 use crate::controller::agent::{self, AgentConfig};
@@ -44,6 +45,12 @@ pub enum Error {
     /// The catalog could not be read.
     #[error("profiles: {0}")]
     Catalog(String),
+    /// Adding or removing a finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// A cache PVC to delete is still mounted by services; retried.
+    #[error("{0}")]
+    InUse(String),
 }
 
 impl Error {
@@ -52,6 +59,8 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Catalog(_) => "catalog",
+            Error::Finalizer(_) => "finalizer",
+            Error::InUse(_) => "in_use",
         }
     }
 }
@@ -76,6 +85,15 @@ pub struct Context {
     pub platform: Platform,
     /// Optional APIs present (Route, ServiceMonitor).
     pub capabilities: Capabilities,
+    /// The operator's own image: the default downloader of OIMCache Jobs.
+    pub own_image: String,
+}
+
+impl Context {
+    /// The image a cache's download Job runs: its `modelPuller`, else the operator's own.
+    pub fn puller_image(&self, cache: &crate::api::OIMCache) -> String {
+        cache.spec.source.hf.model_puller.clone().unwrap_or_else(|| self.own_image.clone())
+    }
 }
 
 /// The hash of what selection depends on: model, profile selector, placement and replicas.
@@ -166,12 +184,24 @@ async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Ac
         Err(SourceError::Kube(e)) => return Err(e.into()),
         Err(e) => return source_problem(&ctx, &svc, &e).await,
     };
+    // With an OIMCache, only what it holds can run: wait for it, then select among its weights.
+    let cache = match svc.spec.storage.as_ref().and_then(|s| s.oim_cache.as_ref()) {
+        Some(r) => match ready_cache(&ctx, &svc, &ns, &r.name).await? {
+            Ok(c) => Some(c),
+            Err(action) => return Ok(action),
+        },
+        None => None,
+    };
+    let held = cache.as_ref().map(|c| c.status.clone().unwrap_or_default().profiles);
     let nodes: Vec<NodeView> = ctx.nodes.state().iter().filter_map(|n| NodeView::from_node(n)).collect();
     let pods: Vec<PodUse> = ctx.pods.state().iter().filter_map(|p| PodUse::from_pod(p)).collect();
     let key = selection_key(&svc);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let stored = cms.get_opt(&format!("{name}-profile")).await?;
-    let mut kept = stored.as_ref().and_then(|cm| sticky(cm, &key, &nodes, &pods, &svc));
+    let mut kept = stored
+        .as_ref()
+        .and_then(|cm| sticky(cm, &key, &nodes, &pods, &svc))
+        .filter(|c| held.as_deref().is_none_or(|h| cached_path(h, &c.profile).is_some()));
     // A re-published tag: followed with `updatePolicy: Auto`, otherwise reported.
     let update = match &kept {
         Some(c) => republished(&catalog, &svc.spec.model.name, c).await,
@@ -186,7 +216,7 @@ async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Ac
     }
     let chosen = match kept {
         Some(c) => Some(c),
-        None => match fresh_selection(&svc, &nodes, &pods, &ctx, &catalog).await {
+        None => match fresh_selection(&svc, &nodes, &pods, &ctx, &catalog, held.as_deref()).await {
             Err(Error::Catalog(message)) => {
                 // Nothing resolved earlier to fall back on: say so, retry soon.
                 let status = conditions_only(
@@ -210,31 +240,27 @@ async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Ac
         return Ok(Action::requeue(Duration::from_secs(300)));
     };
 
-    if let Some(cache) = svc.spec.storage.as_ref().and_then(|s| s.oim_cache.as_ref()) {
-        // Serving from an OIMCache needs the cache controller, which has not landed: wait, say so.
-        let message = format!(
-            "OIMCache {} is not Ready: the cache controller is not implemented yet, so the service waits instead of downloading on its own",
-            cache.name
-        );
-        let status = conditions_only(
-            &svc,
-            &[
-                Cond("ProfileSelected", true, "Selected", format!("{}: {}", chosen.profile.name, chosen.reason)),
-                Cond("CacheReady", false, "CacheNotReady", message.clone()),
-                Cond("Available", false, "CacheNotReady", message.clone()),
-                Cond("Ready", false, "CacheNotReady", message),
-            ],
-        );
-        patch_status(&ctx, &svc, status, false).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    }
+    let (weights, cache_cond, shared) = match (&cache, held.as_deref()) {
+        (Some(c), Some(h)) => {
+            let Some(path) = cached_path(h, &chosen.profile) else {
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            };
+            let pvc = c.status.as_ref().and_then(|s| s.pvc.clone()).unwrap_or_else(|| super::cache::pvc_name(c));
+            let message = format!("weights from OIMCache {} (PVC {pvc}, {path})", c.name_any());
+            let replicas = svc.spec.replicas.unwrap_or(1).max(
+                svc.spec.scale.as_ref().and_then(|x| x.hpa.as_ref()).map(|h| h.max_replicas).unwrap_or(0),
+            );
+            (Weights::Cache { pvc, path }, Cond("CacheReady", true, "Ready", message), super::cache::rwo_shared(c, replicas))
+        }
+        _ => (Weights::Hub, Cond("CacheReady", true, "NotUsed", "no OIMCache is referenced".into()), None),
+    };
     let input = Input {
         service: &svc,
         profile: &chosen.profile,
         digest: &chosen.digest,
         source: &chosen.source,
         group: &chosen.group,
-        weights: Weights::Hub,
+        weights,
         platform: ctx.platform,
         capabilities: ctx.capabilities,
         engines: &ctx.engines,
@@ -301,7 +327,7 @@ async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Ac
                 if chosen.generated { "Generated" } else { "Selected" },
                 format!("{}: {}", chosen.profile.name, chosen.reason),
             ),
-            Cond("CacheReady", true, "NotUsed", "no OIMCache is referenced".into()),
+            cache_cond,
             Cond(
                 "Available",
                 available > 0,
@@ -314,7 +340,10 @@ async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Ac
                 if rolled_out { "Ready" } else { "RolloutInProgress" },
                 if rolled_out { "serving".into() } else { "the rollout of this generation is not complete".into() },
             ),
-            Cond("Degraded", false, "AsExpected", "no problem detected".into()),
+            match shared {
+                Some(why) => Cond("Degraded", true, "RWOSharedAcrossNodes", why),
+                None => Cond("Degraded", false, "AsExpected", "no problem detected".into()),
+            },
             match (&update, auto) {
                 (Some(digest), false) => Cond(
                     "ProfileUpdateAvailable",
@@ -381,7 +410,8 @@ async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Ac
     };
     patch_status(&ctx, &svc, status, false).await?;
     let revisit = ctx.sources.refresh().clamp(Duration::from_secs(1), Duration::from_secs(600));
-    Ok(Action::requeue(if rolled_out { revisit } else { Duration::from_secs(15) }))
+    // The owned Deployment's status changes wake us during a rollout; the timer is a backstop.
+    Ok(Action::requeue(if rolled_out { revisit } else { Duration::from_secs(60) }))
 }
 
 /// What only the cluster knows about the exposure: a LoadBalancer Service's address and a
@@ -436,9 +466,14 @@ async fn fresh_selection(
     pods: &[PodUse],
     ctx: &Context,
     catalog: &Catalog,
+    held: Option<&[CachedProfile]>,
 ) -> Result<Option<Chosen>, Error> {
-    let req = request_for(svc);
-    let profiles = catalog.list(&req.model).await.map_err(|e| Error::Catalog(e.to_string()))?;
+    let mut req = request_for(svc);
+    let mut profiles = catalog.list(&req.model).await.map_err(|e| Error::Catalog(e.to_string()))?;
+    if let Some(h) = held {
+        profiles.retain(|p| in_cache(h, &p.weights, p.weights_revision.as_deref()));
+        req.allow_generated &= in_cache(h, &req.model, None);
+    }
     let selection = select(&req, &profiles, nodes, pods, &ctx.engines);
     let rejected: Vec<RejectedProfile> = selection
         .rejected
@@ -485,6 +520,61 @@ async fn fresh_selection(
         profile,
         rejected,
     }))
+}
+
+/// Whether a cache holds `weights` (at `revision`, when the profile pins one).
+fn in_cache(held: &[CachedProfile], weights: &str, revision: Option<&str>) -> bool {
+    held.iter().any(|c| c.weights == weights && revision.is_none_or(|r| r == c.weights_revision))
+}
+
+/// Where a profile's weights are in the cache: its own entry, else one of the same weights.
+fn cached_path(held: &[CachedProfile], p: &Profile) -> Option<String> {
+    let weights = p.weights();
+    held.iter()
+        .find(|c| c.name == p.name)
+        .or_else(|| {
+            held.iter().find(|c| {
+                c.weights == weights && p.weights_revision.as_deref().is_none_or(|r| r == c.weights_revision)
+            })
+        })
+        .map(|c| c.path.clone())
+}
+
+/// The referenced OIMCache when it is Ready; otherwise the status says why the service waits
+/// (the cache's own message included) and the action to take.
+async fn ready_cache(
+    ctx: &Context,
+    svc: &OIMService,
+    ns: &str,
+    name: &str,
+) -> Result<Result<OIMCache, Action>, Error> {
+    let live = Api::<OIMCache>::namespaced(ctx.client.clone(), ns).get_opt(name).await?;
+    let (reason, message) = match &live {
+        Some(c) if c.status.as_ref().and_then(|s| s.state) == Some(CacheState::Ready) => return Ok(Ok(c.clone())),
+        Some(c) => {
+            let st = c.status.clone().unwrap_or_default();
+            let why = st.conditions.iter().find(|x| x.type_ == "Ready").map(|x| x.message.clone()).unwrap_or_default();
+            let state = st.state.map(|s| enum_str(&s)).unwrap_or_else(|| "Pending".into());
+            ("CacheNotReady", format!("OIMCache {name} is {state}: {why}"))
+        }
+        None => (
+            "CacheNotFound",
+            format!("spec.storage.oimCache.name: OIMCache {name} does not exist in {ns}; create it or remove spec.storage.oimCache"),
+        ),
+    };
+    let status = conditions_only(
+        svc,
+        &[
+            Cond("CacheReady", false, reason, message.clone()),
+            Cond("Available", false, reason, "nothing runs until the cache is Ready".into()),
+            Cond("Ready", false, reason, message.clone()),
+        ],
+    );
+    if differs(svc.status.as_ref(), &status) {
+        publish(ctx, svc, EventType::Normal, reason, &message).await;
+    }
+    patch_status(ctx, svc, status, false).await?;
+    Ok(Err(Action::requeue(Duration::from_secs(30))))
 }
 
 /// The new digest of the kept profile's tag, when it was re-published. Registry trouble is not
@@ -537,6 +627,17 @@ async fn patch_status(
 }
 
 async fn publish(ctx: &Context, svc: &OIMService, type_: EventType, reason: &str, note: &str) {
+    publish_for(ctx, &svc.object_ref(&()), type_, reason, note).await;
+}
+
+/// Records a Kubernetes Event on `object`; a failure to record is logged, never fatal.
+pub async fn publish_for(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let ev = Event {
         type_,
         reason: reason.chars().take(128).collect(),
@@ -544,7 +645,7 @@ async fn publish(ctx: &Context, svc: &OIMService, type_: EventType, reason: &str
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &svc.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, object).await {
         warn!(error = %e, "event not published");
     }
 }
@@ -595,7 +696,13 @@ pub struct Settings {
     pub agent: Option<AgentConfig>,
     /// Where `/metrics` and `/healthz` listen.
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// The operator's own image (default downloader of OIMCache Jobs).
+    pub own_image: String,
 }
+
+/// Reconciles in flight per controller. Unbounded, a cold start over 1,000 services opens a
+/// connection per reconcile and swamps a small API server.
+const CONCURRENCY: u16 = 8;
 
 /// Children the operator labels as its own; owned-object watches see only these.
 fn ours() -> watcher::Config {
@@ -637,6 +744,7 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         metrics,
         platform: settings.platform,
         capabilities: settings.capabilities,
+        own_image: settings.own_image.clone(),
     });
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -650,7 +758,10 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     for ns in &scopes {
         let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
         senders.push(tx);
-        controllers.push(controller_for(&client, ns, rx, ctx.clone()));
+        controllers.push(controller_for(&client, ns, rx, ctx.clone()).boxed());
+        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
+        senders.push(tx);
+        controllers.push(cache_controller_for(&client, ns, rx, ctx.clone()).boxed());
     }
     let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new()));
     tokio::spawn(node_stream.for_each(move |n| {
@@ -673,26 +784,43 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     info!("operator stopped");
 }
 
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 fn controller_for(
     client: &Client,
     namespace: &Option<String>,
     node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    Controller::new(scoped::<OIMService>(client, namespace), watcher::Config::default())
+    let controller = Controller::new(scoped::<OIMService>(client, namespace), watcher::Config::default());
+    let services = controller.store();
+    // A cache becoming Ready (or going away) wakes the services that mount it.
+    let users = move |cache: OIMCache| {
+        let ns = cache.namespace();
+        let name = cache.name_any();
+        services
+            .state()
+            .into_iter()
+            .filter(|s| s.namespace() == ns)
+            .filter(|s| s.spec.storage.as_ref().and_then(|x| x.oim_cache.as_ref()).is_some_and(|c| c.name == name))
+            .map(|s| ObjectRef::from_obj(&*s))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .watches(scoped::<OIMCache>(client, namespace), watcher::Config::default(), users)
         .owns(scoped::<Deployment>(client, namespace), ours())
         .owns(scoped::<Service>(client, namespace), ours())
         .owns(scoped::<ConfigMap>(client, namespace), ours())
         .reconcile_all_on(node_changes)
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -700,4 +828,28 @@ fn controller_for(
                 warn!(error = %e, "controller");
             }
         })
+}
+
+fn cache_controller_for(
+    client: &Client,
+    namespace: &Option<String>,
+    node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
+    ctx: Arc<Context>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    Controller::new(scoped::<OIMCache>(client, namespace), watcher::Config::default())
+        .owns(scoped::<k8s_openapi::api::batch::v1::Job>(client, namespace), ours())
+        .reconcile_all_on(node_changes)
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+        .shutdown_on_signal()
+        .run(super::cache::reconcile, cache_error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "cache controller");
+            }
+        })
+}
+
+fn cache_error_policy(cache: Arc<OIMCache>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(cache = %cache.name_any(), error = %err, "cache reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(10))
 }

@@ -94,11 +94,12 @@ pub struct Wanted {
     pub precision: crate::api::Precision,
 }
 
-impl Wanted {
-    /// `/<weights>/<commit>` inside the PVC, when the revision is a commit.
-    pub fn path(&self) -> Option<String> {
-        is_commit(&self.revision).then(|| format!("/{}/{}", self.weights, self.revision))
-    }
+/// What the PVC annotation records per downloaded repository: asked revision and its commit.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Done {
+    weights: String,
+    revision: String,
+    commit: String,
 }
 
 fn is_commit(rev: &str) -> bool {
@@ -263,7 +264,11 @@ pub fn build_job(cache: &OIMCache, wanted: &[Wanted], group: &Group, image: &str
         envs.push(EnvVar {
             name: "HF_TOKEN".into(),
             value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector { name: secret.clone(), key: "HF_TOKEN".into(), optional: None }),
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: "HF_TOKEN".into(),
+                    optional: None,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -562,13 +567,14 @@ async fn apply_cache(cache: Arc<OIMCache>, ctx: Arc<Context>) -> Result<Action, 
             .collect()
     };
     // Complete already (an adopted PVC): no Job.
-    let complete: Vec<CachedProfile> = live
+    let complete: Vec<Done> = live
         .as_ref()
         .and_then(|p| p.annotations().get(COMPLETE_ANNOTATION).and_then(|a| serde_json::from_str(a).ok()))
         .unwrap_or_default();
-    let covered = |w: &Wanted| complete.iter().any(|c| c.weights == w.weights && c.weights_revision == w.revision);
+    let covered = |w: &Wanted| complete.iter().any(|c| c.weights == w.weights && c.revision == w.revision);
     if wanted.iter().all(covered) {
-        let profiles = paths(&BTreeMap::new());
+        let commits = complete.iter().map(|d| (d.weights.clone(), d.commit.clone())).collect();
+        let profiles = paths(&commits);
         let report = Report {
             state: CacheState::Ready,
             conds: vec![("Ready", true, "Ready", format!("weights of {} profile(s) in PVC {pvc}", profiles.len()))],
@@ -589,8 +595,11 @@ async fn apply_cache(cache: Arc<OIMCache>, ctx: Arc<Context>) -> Result<Action, 
         && old.labels().get(JOB_HASH) != want_hash.as_ref()
     {
         // A Job's pod template is immutable: replace it when what it downloads changed.
-        jobs.delete(&job_name, &DeleteParams { propagation_policy: Some(PropagationPolicy::Foreground), ..Default::default() })
-            .await?;
+        jobs.delete(
+            &job_name,
+            &DeleteParams { propagation_policy: Some(PropagationPolicy::Foreground), ..Default::default() },
+        )
+        .await?;
         ctx.metrics.writes.add();
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
@@ -608,8 +617,31 @@ async fn apply_cache(cache: Arc<OIMCache>, ctx: Arc<Context>) -> Result<Action, 
     let failed = job_conds.iter().find(|c| c.type_ == "Failed" && c.status == "True");
     let succeeded = status.succeeded.unwrap_or(0) > 0;
     let reasons = pod_reasons(&pods);
+    let mut done = None;
     let report = if succeeded {
-        let commits = commits_from(&pods);
+        let reported = commits_from(&pods);
+        let commits: BTreeMap<String, String> = wanted
+            .iter()
+            .map(|w| {
+                let commit = reported.get(&w.weights).cloned().unwrap_or_else(|| {
+                    if !is_commit(&w.revision) {
+                        tracing::warn!(weights = %w.weights, revision = %w.revision, "the downloader reported no commit; the path uses the revision");
+                    }
+                    w.revision.clone()
+                });
+                (w.weights.clone(), commit)
+            })
+            .collect();
+        done = Some(
+            wanted
+                .iter()
+                .map(|w| Done {
+                    weights: w.weights.clone(),
+                    revision: w.revision.clone(),
+                    commit: commits[&w.weights].clone(),
+                })
+                .collect::<Vec<_>>(),
+        );
         let profiles = paths(&commits);
         Report {
             state: CacheState::Ready,
@@ -621,10 +653,8 @@ async fn apply_cache(cache: Arc<OIMCache>, ctx: Arc<Context>) -> Result<Action, 
         }
     } else if let Some(f) = failed {
         let why = reasons.first().cloned().unwrap_or_else(|| f.message.clone().unwrap_or_default());
-        let message = format!(
-            "download Job {job_name} failed ({}): {why}",
-            f.reason.clone().unwrap_or_else(|| "Failed".into())
-        );
+        let message =
+            format!("download Job {job_name} failed ({}): {why}", f.reason.clone().unwrap_or_else(|| "Failed".into()));
         Report {
             state: CacheState::Failed,
             conds: vec![("Ready", false, "DownloadFailed", message)],
@@ -638,15 +668,19 @@ async fn apply_cache(cache: Arc<OIMCache>, ctx: Arc<Context>) -> Result<Action, 
         let names: Vec<String> = wanted.iter().map(|w| format!("{}@{}", w.weights, w.revision)).collect();
         Report {
             state: CacheState::InProgress,
-            conds: vec![("Ready", false, "Downloading", format!("Job {job_name} downloads {}{detail}", names.join(", ")))],
+            conds: vec![(
+                "Ready",
+                false,
+                "Downloading",
+                format!("Job {job_name} downloads {}{detail}", names.join(", ")),
+            )],
             profiles: vec![],
             size,
             start: status.start_time.clone(),
             completion: None,
         }
     };
-    let complete_now = succeeded.then(|| report.profiles.clone());
-    finish(&ctx, &cache, &pvc, report, complete_now).await
+    finish(&ctx, &cache, &pvc, report, done).await
 }
 
 /// Commits the downloader reported in its termination messages (`{"repo", "commit"}`).
@@ -673,7 +707,7 @@ async fn finish(
     cache: &OIMCache,
     pvc: &str,
     report: Report,
-    complete: Option<Vec<CachedProfile>>,
+    complete: Option<Vec<Done>>,
 ) -> Result<Action, Error> {
     let ns = cache.namespace().unwrap_or_default();
     if let Some(done) = complete {
@@ -761,11 +795,20 @@ async fn cleanup(cache: Arc<OIMCache>, ctx: Arc<Context>) -> Result<Action, Erro
     let ns = cache.namespace().unwrap_or_default();
     let pvc = pvc_name(&cache);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let ours = pvcs.get_opt(&pvc).await?.filter(|p| p.annotations().contains_key(SOURCE_HASH));
+    // Only a PVC holding this cache's source is ours to keep or delete (never one we refused).
+    let hash = source_hash(&cache.spec);
+    let ours = pvcs.get_opt(&pvc).await?.filter(|p| p.annotations().get(SOURCE_HASH) == Some(&hash));
     let Some(live) = ours else { return Ok(Action::await_change()) };
     if cache.spec.retention_policy.unwrap_or_default() == RetentionPolicy::Retain {
         info!(cache = %cache.name_any(), %pvc, "OIMCache deleted; PVC retained");
-        publish_for(&ctx, &cache.object_ref(&()), EventType::Normal, "PVCRetained", &format!("PVC {pvc} is kept (retentionPolicy: Retain); a new OIMCache of the same source adopts it")).await;
+        publish_for(
+            &ctx,
+            &cache.object_ref(&()),
+            EventType::Normal,
+            "PVCRetained",
+            &format!("PVC {pvc} is kept (retentionPolicy: Retain); a new OIMCache of the same source adopts it"),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let users = users(&ctx, &cache).await?;
@@ -795,4 +838,149 @@ pub fn rwo_shared(cache: &OIMCache, replicas: i32) -> Option<String> {
             crate::profile::oci::enum_str(&mode)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hardware::devices;
+    use crate::hardware::inventory::{AcceleratorGroup, Inventory};
+    use crate::profile::engines::Engines;
+
+    fn cache(yaml: &str) -> OIMCache {
+        let mut c: OIMCache = serde_saphyr::from_str(yaml).unwrap();
+        c.metadata.namespace = Some("models".into());
+        c.metadata.uid = Some("0b6c5a4e-0000-4000-8000-00000000000c".into());
+        c
+    }
+
+    const LLAMA70B: &str = "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMCache\nmetadata: {name: llama70b}\nspec:\n  source: {hf: {namespace: meta-llama, modelName: Llama-3.1-70B-Instruct, authSecret: hf}}\n  profile: {kpi: throughput}\n";
+
+    fn node(slug: &str, count: u32) -> NodeView {
+        NodeView::offline(Inventory {
+            node: format!("{slug}-0"),
+            accelerators: vec![AcceleratorGroup::of(devices::by_slug(slug).unwrap(), count)],
+            ..Inventory::default()
+        })
+    }
+
+    fn seed() -> Vec<ProfileSummary> {
+        let dir = crate::profile::catalog::DirCatalog::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/profiles"
+        )))
+        .unwrap();
+        dir.entries()
+            .filter(|(_, _, p)| p.model == "meta-llama/Llama-3.1-70B-Instruct")
+            .map(|(path, bytes, p)| {
+                ProfileSummary::of(p, crate::profile::catalog::digest_of(bytes), path.display().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_hardware_group_present_gets_its_own_weights_and_nothing_else() {
+        let c = cache(LLAMA70B);
+        let nodes = [node("h100-sxm-80gb", 8), node("a100-sxm-40gb", 8)];
+        let (wanted, group) = plan(&c, &seed(), &nodes, &Engines::builtin()).unwrap();
+        let mut repos: Vec<&str> = wanted.iter().map(|w| w.weights.as_str()).collect();
+        repos.sort();
+        assert_eq!(repos, ["meta-llama/Llama-3.1-70B-Instruct", "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8"]);
+        assert!(wanted.iter().all(|w| w.revision == "main"), "no pin, no spec revision: main");
+        assert!(["h100-sxm-80gb", "a100-sxm-40gb"].contains(&group.product.as_str()));
+        // H100 and MI300X load the same FP8 repository: fetched once, for both profiles.
+        let (shared, _) =
+            plan(&c, &seed(), &[node("h100-sxm-80gb", 8), node("mi300x", 8)], &Engines::builtin()).unwrap();
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0].profiles.len(), 2);
+        // Only H100s: the BF16 variant the A100s would need is not fetched.
+        let (only, _) = plan(&c, &seed(), &[node("h100-sxm-80gb", 8)], &Engines::builtin()).unwrap();
+        assert_eq!(only.len(), 1);
+    }
+
+    #[test]
+    fn the_size_is_the_spec_or_the_weights_plus_headroom_or_unknown() {
+        let c = cache(LLAMA70B);
+        let (wanted, _) = plan(&c, &seed(), &[node("h100-sxm-80gb", 8)], &Engines::builtin()).unwrap();
+        let fp8 = size_for(&c.spec, &wanted).unwrap();
+        let gib: u64 = fp8.trim_end_matches("Gi").parse().unwrap();
+        assert!((70..=100).contains(&gib), "70B at fp8 is ~66 GiB of weights plus headroom: {fp8}");
+        let mut sized = c.clone();
+        sized.spec.storage.pvc.size = Some("500Gi".into());
+        assert_eq!(size_for(&sized.spec, &wanted).as_deref(), Some("500Gi"));
+        let unknown = Wanted {
+            profiles: vec![],
+            weights: "acme/unknown".into(),
+            revision: "main".into(),
+            precision: crate::api::Precision::Bf16,
+        };
+        let mut other = c.clone();
+        other.spec.source.hf.namespace = Some("acme".into());
+        other.spec.source.hf.model_name = "unknown".into();
+        assert_eq!(size_for(&other.spec, &[unknown]), None);
+    }
+
+    #[test]
+    fn the_job_downloads_each_weights_repo_on_the_group_without_a_gpu_request_and_hardened() {
+        let mut c = cache(LLAMA70B);
+        c.spec.source.hf.allow_patterns = Some(vec!["*.safetensors".into()]);
+        c.spec.proxy = Some(serde_saphyr::from_str("{httpsProxy: 'http://proxy:3128'}").unwrap());
+        let (wanted, group) = plan(&c, &seed(), &[node("h100-sxm-80gb", 8)], &Engines::builtin()).unwrap();
+        let job = build_job(&c, &wanted, &group, "docker.io/opea/oim:0.1.0", Platform::Kubernetes);
+        assert_eq!(job.metadata.owner_references.as_ref().unwrap()[0].kind, "OIMCache");
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(2));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.node_selector.unwrap()[LABEL_PRODUCT], "h100-sxm-80gb");
+        let ctr = &pod.containers[0];
+        let args = ctr.args.clone().unwrap();
+        assert_eq!(
+            args[..7],
+            [
+                "download",
+                "--repo",
+                "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8",
+                "--revision",
+                "main",
+                "--dest",
+                "/cache"
+            ]
+        );
+        assert!(args.windows(2).any(|w| w == ["--include", "*.safetensors"]));
+        let env = ctr.env.clone().unwrap();
+        assert!(env.iter().any(|e| e.name == "https_proxy" && e.value.as_deref() == Some("http://proxy:3128")));
+        let token = env.iter().find(|e| e.name == "HF_TOKEN").unwrap();
+        assert_eq!(token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "hf");
+        assert!(ctr.resources.as_ref().unwrap().limits.as_ref().unwrap().keys().all(|k| k == "cpu" || k == "memory"));
+        let sc = ctr.security_context.as_ref().unwrap();
+        assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation), (Some(true), Some(false)));
+        assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(PULLER_UID), "the PVC is writable");
+        let openshift = build_job(&c, &wanted, &group, "img", Platform::Openshift).spec.unwrap().template.spec.unwrap();
+        assert_eq!(openshift.security_context.unwrap().run_as_user, None, "restricted-v2 assigns the uid");
+    }
+
+    #[test]
+    fn the_pvc_is_never_owned_and_carries_the_source_hash() {
+        let c = cache(LLAMA70B);
+        let pvc = build_pvc(&c, "90Gi");
+        assert!(pvc.metadata.owner_references.is_none());
+        assert_eq!(pvc.metadata.annotations.unwrap()[SOURCE_HASH], source_hash(&c.spec));
+        let mut other = c.clone();
+        other.spec.source.hf.revision = Some("refs/pr/1".into());
+        assert_ne!(source_hash(&other.spec), source_hash(&c.spec), "another revision is another source");
+        other = c.clone();
+        other.spec.source.hf.auth_secret = Some("another-token".into());
+        assert_eq!(source_hash(&other.spec), source_hash(&c.spec), "credentials are not the source");
+    }
+
+    #[test]
+    fn a_read_write_once_cache_shared_by_replicas_is_reported() {
+        let c = cache(LLAMA70B);
+        assert_eq!(rwo_shared(&c, 1), None);
+        assert!(rwo_shared(&c, 2).unwrap().contains("ReadWriteMany"));
+        let mut rwx = c.clone();
+        rwx.spec.storage.pvc.volume_access_mode = Some(VolumeAccessMode::ReadWriteMany);
+        assert_eq!(rwo_shared(&rwx, 3), None);
+    }
 }

@@ -247,10 +247,16 @@ async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Ac
             };
             let pvc = c.status.as_ref().and_then(|s| s.pvc.clone()).unwrap_or_else(|| super::cache::pvc_name(c));
             let message = format!("weights from OIMCache {} (PVC {pvc}, {path})", c.name_any());
-            let replicas = svc.spec.replicas.unwrap_or(1).max(
-                svc.spec.scale.as_ref().and_then(|x| x.hpa.as_ref()).map(|h| h.max_replicas).unwrap_or(0),
-            );
-            (Weights::Cache { pvc, path }, Cond("CacheReady", true, "Ready", message), super::cache::rwo_shared(c, replicas))
+            let replicas = svc
+                .spec
+                .replicas
+                .unwrap_or(1)
+                .max(svc.spec.scale.as_ref().and_then(|x| x.hpa.as_ref()).map(|h| h.max_replicas).unwrap_or(0));
+            (
+                Weights::Cache { pvc, path },
+                Cond("CacheReady", true, "Ready", message),
+                super::cache::rwo_shared(c, replicas),
+            )
         }
         _ => (Weights::Hub, Cond("CacheReady", true, "NotUsed", "no OIMCache is referenced".into()), None),
     };
@@ -533,21 +539,15 @@ fn cached_path(held: &[CachedProfile], p: &Profile) -> Option<String> {
     held.iter()
         .find(|c| c.name == p.name)
         .or_else(|| {
-            held.iter().find(|c| {
-                c.weights == weights && p.weights_revision.as_deref().is_none_or(|r| r == c.weights_revision)
-            })
+            held.iter()
+                .find(|c| c.weights == weights && p.weights_revision.as_deref().is_none_or(|r| r == c.weights_revision))
         })
         .map(|c| c.path.clone())
 }
 
 /// The referenced OIMCache when it is Ready; otherwise the status says why the service waits
 /// (the cache's own message included) and the action to take.
-async fn ready_cache(
-    ctx: &Context,
-    svc: &OIMService,
-    ns: &str,
-    name: &str,
-) -> Result<Result<OIMCache, Action>, Error> {
+async fn ready_cache(ctx: &Context, svc: &OIMService, ns: &str, name: &str) -> Result<Result<OIMCache, Action>, Error> {
     let live = Api::<OIMCache>::namespaced(ctx.client.clone(), ns).get_opt(name).await?;
     let (reason, message) = match &live {
         Some(c) if c.status.as_ref().and_then(|s| s.state) == Some(CacheState::Ready) => return Ok(Ok(c.clone())),
@@ -559,7 +559,9 @@ async fn ready_cache(
         }
         None => (
             "CacheNotFound",
-            format!("spec.storage.oimCache.name: OIMCache {name} does not exist in {ns}; create it or remove spec.storage.oimCache"),
+            format!(
+                "spec.storage.oimCache.name: OIMCache {name} does not exist in {ns}; create it or remove spec.storage.oimCache"
+            ),
         ),
     };
     let status = conditions_only(

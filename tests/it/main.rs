@@ -2,6 +2,7 @@
 //! read its kubeconfig and registries from the environment `make test` sets up.
 
 mod agent;
+mod cache;
 mod cli;
 mod cluster;
 mod download;

@@ -24,13 +24,21 @@ say kubectl apply -n oim-demo -f examples/invalid-port-in-args.yaml "   # refuse
 kubectl apply -n oim-demo -f examples/invalid-port-in-args.yaml || true
 say "kubectl wait --for=jsonpath='{.status.state}'=Ready oimsvc/llama31-8b-latency -n oim-demo"
 kubectl wait --for=jsonpath='{.status.state}'=Ready oimsvc/llama31-8b-latency -n oim-demo --timeout=120s
+say "kubectl wait --for=jsonpath='{.status.state}'=Ready oimcache/llama31-70b oimsvc/llama31-70b-throughput -n oim-demo"
+kubectl wait --for=jsonpath='{.status.state}'=Ready oimcache/llama31-70b -n oim-demo --timeout=120s
+kubectl wait --for=jsonpath='{.status.state}'=Ready oimsvc/llama31-70b-throughput -n oim-demo --timeout=120s
 run kubectl get oim -n oim-demo
 run kubectl describe oimsvc llama31-8b-latency -n oim-demo
-run kubectl get deploy,svc,pods -n oim-demo -o wide
+run kubectl get oimcache llama31-70b -n oim-demo -o jsonpath='{.status.profiles}{"\n"}'
+run kubectl get deploy,svc,pods,jobs,pvc -n oim-demo -o wide
+run kubectl get daemonset -n oim-system
 cat <<MSG
 
-llama31-8b-latency is Ready on a simulated H100 node with the profile the operator chose; the 70B
-service waits for its OIMCache (the cache controller has not landed yet) and says so in its status.
+llama31-8b-latency is Ready on a simulated H100 node with the profile the operator chose. The
+llama31-70b OIMCache downloaded (kwok simulates the Job) the FP8 weights the H100 profile loads
+into a PVC sized from them, and llama31-70b-throughput serves them read-only from /models; it is
+Degraded (RWOSharedAcrossNodes) because its autoscaler may add a replica that a ReadWriteOnce
+cache cannot follow to another node. The operator also deployed the node agent into oim-system.
 
 Use the cluster:   source $OIM_CLUSTER_STATE/env
 Stop it:           make demo-down

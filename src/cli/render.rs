@@ -70,24 +70,12 @@ pub fn request_for(svc: &OIMService) -> Request {
         Some(s) => s.hpa.as_ref().and_then(|h| h.min_replicas).unwrap_or(1),
         None => svc.spec.replicas.unwrap_or(1),
     };
-    Request {
-        model: svc.spec.model.name.clone(),
-        kpi: p.kpi.unwrap_or_default(),
-        precision: p.precision,
-        tensor_parallelism: p.tensor_parallelism.and_then(|t| u32::try_from(t).ok()),
-        vendor: p.accelerator.as_ref().and_then(|a| a.vendor),
-        product: p.accelerator.as_ref().and_then(|a| a.product.clone()),
-        pinned: p.name.clone(),
-        allow_generated: p.allow_generated.unwrap_or(true),
-        replicas: u32::try_from(replicas.max(1)).unwrap_or(1),
-        service: svc
-            .metadata
-            .name
-            .as_deref()
-            .map(|n| crate::profile::select::service_id(svc.metadata.namespace.as_deref(), n)),
-        node_selector: svc.spec.node_selector.clone().unwrap_or_default(),
-        tolerations: svc.spec.tolerations.clone().unwrap_or_default(),
-    }
+    let mut req = Request::from_selector(svc.spec.model.name.clone(), &p, u32::try_from(replicas.max(1)).unwrap_or(1));
+    req.service =
+        svc.metadata.name.as_deref().map(|n| crate::profile::select::service_id(svc.metadata.namespace.as_deref(), n));
+    req.node_selector = svc.spec.node_selector.clone().unwrap_or_default();
+    req.tolerations = svc.spec.tolerations.clone().unwrap_or_default();
+    req
 }
 
 /// Where a service's weights come from, given the caches known.

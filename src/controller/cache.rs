@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SecretKeySelector, SecurityContext, Toleration, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Container, EmptyDirVolumeSource, EnvVar, LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecurityContext, Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -110,20 +109,10 @@ fn is_commit(rev: &str) -> bool {
 /// and the cache's node selector and tolerations narrow the nodes.
 fn request_for(cache: &OIMCache) -> Request {
     let p = cache.spec.profile.clone().unwrap_or_default();
-    Request {
-        model: model_of(&cache.spec),
-        kpi: p.kpi.unwrap_or_default(),
-        precision: p.precision,
-        tensor_parallelism: p.tensor_parallelism.and_then(|t| u32::try_from(t).ok()),
-        vendor: p.accelerator.as_ref().and_then(|a| a.vendor),
-        product: p.accelerator.as_ref().and_then(|a| a.product.clone()),
-        pinned: p.name.clone(),
-        allow_generated: p.allow_generated.unwrap_or(true),
-        replicas: 1,
-        service: None,
-        node_selector: cache.spec.node_selector.clone().unwrap_or_default(),
-        tolerations: cache.spec.tolerations.clone().unwrap_or_default(),
-    }
+    let mut req = Request::from_selector(model_of(&cache.spec), &p, 1);
+    req.node_selector = cache.spec.node_selector.clone().unwrap_or_default();
+    req.tolerations = cache.spec.tolerations.clone().unwrap_or_default();
+    req
 }
 
 /// For each node group present, the profile the selector picks there; their weights, deduplicated.
@@ -261,30 +250,9 @@ pub fn build_job(cache: &OIMCache, wanted: &[Wanted], group: &Group, image: &str
         envs.push(env("HF_ENDPOINT", e));
     }
     if let Some(secret) = &hf.auth_secret {
-        envs.push(EnvVar {
-            name: "HF_TOKEN".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.clone(),
-                    key: "HF_TOKEN".into(),
-                    optional: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        envs.push(crate::render::token_env(secret));
     }
-    if let Some(p) = &cache.spec.proxy {
-        for (keys, v) in [
-            (["HTTP_PROXY", "http_proxy"], &p.http_proxy),
-            (["HTTPS_PROXY", "https_proxy"], &p.https_proxy),
-            (["NO_PROXY", "no_proxy"], &p.no_proxy),
-        ] {
-            if let Some(v) = v {
-                envs.extend(keys.iter().map(|k| env(k, v)));
-            }
-        }
-    }
+    envs.extend(cache.spec.proxy.as_ref().map(crate::render::proxy_env).unwrap_or_default());
     for e in cache.spec.env.iter().flatten() {
         envs.retain(|x| x.name != e.name);
         envs.push(e.clone());

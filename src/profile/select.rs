@@ -185,6 +185,25 @@ pub struct Request {
     pub tolerations: Vec<Toleration>,
 }
 
+impl Request {
+    /// A request from a resource's profile selector (OIMService and OIMCache share it), for
+    /// `replicas`, with no placement constraints yet.
+    pub fn from_selector(model: String, p: &crate::api::ProfileSelector, replicas: u32) -> Request {
+        Request {
+            model,
+            kpi: p.kpi.unwrap_or_default(),
+            precision: p.precision,
+            tensor_parallelism: p.tensor_parallelism.and_then(|t| u32::try_from(t).ok()),
+            vendor: p.accelerator.as_ref().and_then(|a| a.vendor),
+            product: p.accelerator.as_ref().and_then(|a| a.product.clone()),
+            pinned: p.name.clone(),
+            allow_generated: p.allow_generated.unwrap_or(true),
+            replicas,
+            ..Request::default()
+        }
+    }
+}
+
 /// Candidate nodes with equal (vendor, product, resource, devices per node).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

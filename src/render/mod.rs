@@ -29,7 +29,7 @@ use crate::profile::engines::Engines;
 use crate::profile::oci::enum_str;
 use crate::profile::select::Group;
 
-pub use workload::deployment;
+pub use workload::{deployment, proxy_env, token_env};
 
 /// The container port vLLM listens on.
 pub const PORT: i32 = 8000;

@@ -135,6 +135,41 @@ fn resources(input: &Input, shm: &str) -> Result<ResourceRequirements, RenderErr
     Ok(ResourceRequirements { requests: Some(requests), limits: Some(limits), ..Default::default() })
 }
 
+/// `HF_TOKEN` from a Secret's key of that name: never inline.
+pub fn token_env(secret: &str) -> EnvVar {
+    EnvVar {
+        name: "HF_TOKEN".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: "HF_TOKEN".into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Proxy settings in both spellings tools read.
+pub fn proxy_env(p: &crate::api::ProxySpec) -> Vec<EnvVar> {
+    let mut out = vec![];
+    for (names, v) in [
+        (["HTTP_PROXY", "http_proxy"], &p.http_proxy),
+        (["HTTPS_PROXY", "https_proxy"], &p.https_proxy),
+        (["NO_PROXY", "no_proxy"], &p.no_proxy),
+    ] {
+        if let Some(v) = v {
+            out.extend(names.iter().map(|n| EnvVar {
+                name: n.to_string(),
+                value: Some(v.clone()),
+                ..Default::default()
+            }));
+        }
+    }
+    out
+}
+
 fn env(input: &Input) -> Vec<EnvVar> {
     let svc = input.service;
     let value = |n: &str, v: &str| EnvVar { name: n.into(), value: Some(v.into()), ..Default::default() };
@@ -160,31 +195,10 @@ fn env(input: &Input) -> Vec<EnvVar> {
         }
     }
     if let Some(secret) = &svc.spec.auth_secret {
-        put(EnvVar {
-            name: "HF_TOKEN".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.clone(),
-                    key: "HF_TOKEN".into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        put(token_env(secret));
     }
-    if let Some(p) = &svc.spec.proxy {
-        for (names, v) in [
-            (["HTTP_PROXY", "http_proxy"], &p.http_proxy),
-            (["HTTPS_PROXY", "https_proxy"], &p.https_proxy),
-            (["NO_PROXY", "no_proxy"], &p.no_proxy),
-        ] {
-            if let Some(v) = v {
-                for n in names {
-                    put(value(n, v));
-                }
-            }
-        }
+    for e in svc.spec.proxy.as_ref().map(proxy_env).unwrap_or_default() {
+        put(e);
     }
     for (k, v) in &input.profile.env {
         put(value(k, v));

@@ -8,6 +8,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -706,7 +707,9 @@ pub struct Settings {
 /// connection per reconcile and swamps a small API server.
 const CONCURRENCY: u16 = 8;
 
-/// Children the operator labels as its own; owned-object watches see only these.
+/// Children the operator labels as its own; owned-object watches see only these, and only their
+/// metadata (`Api<PartialObjectMeta<_>>` asks for metadata only): the owner reference is all a
+/// trigger needs.
 fn ours() -> watcher::Config {
     watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
 }
@@ -818,9 +821,9 @@ fn controller_for(
     };
     controller
         .watches(scoped::<OIMCache>(client, namespace), watcher::Config::default(), users)
-        .owns(scoped::<Deployment>(client, namespace), ours())
-        .owns(scoped::<Service>(client, namespace), ours())
-        .owns(scoped::<ConfigMap>(client, namespace), ours())
+        .owns(scoped::<PartialObjectMeta<Deployment>>(client, namespace), ours())
+        .owns(scoped::<PartialObjectMeta<Service>>(client, namespace), ours())
+        .owns(scoped::<PartialObjectMeta<ConfigMap>>(client, namespace), ours())
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .shutdown_on_signal()
@@ -839,7 +842,7 @@ fn cache_controller_for(
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
     Controller::new(scoped::<OIMCache>(client, namespace), watcher::Config::default())
-        .owns(scoped::<k8s_openapi::api::batch::v1::Job>(client, namespace), ours())
+        .owns(scoped::<PartialObjectMeta<k8s_openapi::api::batch::v1::Job>>(client, namespace), ours())
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .shutdown_on_signal()

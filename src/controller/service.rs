@@ -858,3 +858,45 @@ fn cache_error_policy(cache: Arc<OIMCache>, err: &Error, _ctx: Arc<Context>) -> 
     warn!(cache = %cache.name_any(), error = %err, "cache reconcile failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(name: &str, weights: &str, commit: &str) -> CachedProfile {
+        CachedProfile {
+            name: name.into(),
+            weights: weights.into(),
+            weights_revision: commit.into(),
+            path: format!("/{weights}/{commit}"),
+        }
+    }
+
+    fn profile(name: &str, weights: &str, revision: Option<&str>) -> Profile {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/profiles/llama-3.1-8b/vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml"
+        );
+        let mut p = Profile::parse(&std::fs::read(path).unwrap(), path).unwrap();
+        p.name = name.into();
+        p.weights = Some(weights.into());
+        p.weights_revision = revision.map(str::to_string);
+        p
+    }
+
+    #[test]
+    fn only_weights_the_cache_holds_are_candidates_and_they_run_from_its_path() {
+        let h = vec![held("a", "org/model-fp8", "c0ffee")];
+        assert!(in_cache(&h, "org/model-fp8", None), "an unpinned profile takes whatever commit the cache has");
+        assert!(in_cache(&h, "org/model-fp8", Some("c0ffee")));
+        assert!(!in_cache(&h, "org/model-fp8", Some("deadbeef")), "a pinned revision must match");
+        assert!(!in_cache(&h, "org/model", None), "another variant is not in the cache");
+        assert_eq!(cached_path(&h, &profile("a", "org/model-fp8", None)).as_deref(), Some("/org/model-fp8/c0ffee"));
+        assert_eq!(
+            cached_path(&h, &profile("b", "org/model-fp8", None)).as_deref(),
+            Some("/org/model-fp8/c0ffee"),
+            "another profile loading the same weights uses them too"
+        );
+        assert_eq!(cached_path(&h, &profile("c", "org/model", None)), None);
+    }
+}

@@ -41,8 +41,20 @@ fn hash(obj: &Value) -> String {
 pub async fn apply(
     client: &kube::Client,
     namespace: &str,
+    obj: Value,
+    writes: &WriteCounter,
+) -> Result<bool, kube::Error> {
+    apply_known(client, namespace, obj, writes, None).await
+}
+
+/// [`apply`], with the live object's applied hash already known from a cache (`Some(None)`: it
+/// does not exist); None looks it up.
+pub async fn apply_known(
+    client: &kube::Client,
+    namespace: &str,
     mut obj: Value,
     writes: &WriteCounter,
+    known: Option<Option<String>>,
 ) -> Result<bool, kube::Error> {
     let h = hash(&obj);
     obj["metadata"]["annotations"][APPLIED_HASH] = Value::String(h.clone());
@@ -54,9 +66,11 @@ pub async fn apply(
     let plural = plural_of(&kind);
     let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
-    if let Some(live) = api.get_opt(&name).await?
-        && live.metadata.annotations.as_ref().and_then(|a| a.get(APPLIED_HASH)) == Some(&h)
-    {
+    let live = match known {
+        Some(k) => k,
+        None => api.get_opt(&name).await?.and_then(|l| l.metadata.annotations.and_then(|mut a| a.remove(APPLIED_HASH))),
+    };
+    if live.as_ref() == Some(&h) {
         return Ok(false);
     }
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj)).await?;

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apply;
 pub mod cache;
+pub mod children;
 pub mod metrics;
 pub mod service;
 pub mod source;

@@ -23,7 +23,8 @@ use crate::api::{
 };
 use crate::cli::render::request_for;
 use crate::controller::agent::{self, AgentConfig};
-use crate::controller::apply::apply;
+use crate::controller::apply::apply_known;
+use crate::controller::children::ChildCaches;
 use crate::controller::metrics::{self, Metrics};
 use crate::controller::source::{SourceError, Sources};
 use crate::controller::status::{Assigned, Cond, conditions, differs, external_endpoint, state};
@@ -88,6 +89,8 @@ pub struct Context {
     pub capabilities: Capabilities,
     /// The operator's own image: the default downloader of OIMCache Jobs.
     pub own_image: String,
+    /// Metadata of our children, to skip unchanged applies without a GET.
+    pub children: ChildCaches,
 }
 
 impl Context {
@@ -173,11 +176,19 @@ async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Ac
         return Ok(Action::await_change());
     }
     // Selecting from half-synced node or pod caches would report false "nothing fits".
-    let synced = async { ctx.nodes.wait_until_ready().await.is_ok() && ctx.pods.wait_until_ready().await.is_ok() };
+    let ns = svc.namespace().unwrap_or_else(|| "default".into());
+    let children = ctx.children.of(&ns);
+    let synced = async {
+        ctx.nodes.wait_until_ready().await.is_ok()
+            && ctx.pods.wait_until_ready().await.is_ok()
+            && match children {
+                Some(c) => c.ready().await,
+                None => true,
+            }
+    };
     if !tokio::time::timeout(Duration::from_secs(30), synced).await.unwrap_or(false) {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    let ns = svc.namespace().unwrap_or_else(|| "default".into());
     let name = svc.name_any();
     let source = svc.spec.profile.as_ref().and_then(|p| p.source.as_ref());
     let catalog = match ctx.sources.for_service(&ctx.client, &ns, source).await {
@@ -301,7 +312,10 @@ async fn reconcile_service(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Ac
             obj["data"]["rejected"] =
                 serde_json::Value::String(serde_json::to_string(&chosen.rejected).unwrap_or_default());
         }
-        if apply(&ctx.client, &ns, obj.clone(), &ctx.metrics.writes).await? {
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let known =
+            children.and_then(|c| c.applied_hash(kind, &ns, obj["metadata"]["name"].as_str().unwrap_or_default()));
+        if apply_known(&ctx.client, &ns, obj.clone(), &ctx.metrics.writes, known).await? {
             info!(service = %name, kind = %obj["kind"], "applied");
         }
     }
@@ -739,6 +753,11 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     if let Some(cfg) = settings.agent.clone() {
         tokio::spawn(agent::keep(client.clone(), cfg, metrics.writes.clone(), Duration::from_secs(60)));
     }
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         sources,
@@ -750,12 +769,8 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         platform: settings.platform,
         capabilities: settings.capabilities,
         own_image: settings.own_image.clone(),
+        children: ChildCaches::watch(&client, &scopes),
     });
-    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
     // A node change (labels, inventory, allocatable, taints) may open or close placements for
     // every service; it is fanned out to each namespace's controller. Pods feed the store only.
     let mut senders = vec![];

@@ -43,6 +43,16 @@ fn service_on_cache(name: &str, model: &str, kpi: &str, cache: &str, scenario: &
     .unwrap()
 }
 
+/// Deletes every cache while the operator still runs, so their finalizers are carried out and
+/// the namespace can go.
+async fn delete_caches(caches: &Api<OIMCache>) {
+    let _ = caches.delete_collection(&DeleteParams::default(), &Default::default()).await;
+    cluster::wait_until("every OIMCache gone", Duration::from_secs(60), || async {
+        caches.list(&Default::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ())
+    })
+    .await;
+}
+
 fn state(c: &OIMCache) -> Option<CacheState> {
     c.status.as_ref().and_then(|s| s.state)
 }
@@ -152,6 +162,7 @@ async fn the_70b_cache_fills_a_pvc_of_the_computed_size_serves_read_only_and_a_r
     assert_eq!(c.reason, "PVCConflict");
     assert!(c.message.contains("llama31-70b-weights") && c.message.contains("another source"), "{}", c.message);
 
+    delete_caches(&caches).await;
     ns.cleanup().await;
     node.delete(&client).await;
 }
@@ -211,6 +222,7 @@ async fn a_failed_download_says_why_and_a_delete_cache_keeps_its_pvc_while_a_ser
         (pvc_gone && cache_gone).then_some(())
     })
     .await;
+    delete_caches(&caches).await;
     ns.cleanup().await;
     node.delete(&client).await;
 }

@@ -448,3 +448,42 @@ async fn an_unreachable_registry_is_reported_as_degraded_registry_unavailable() 
     ns.cleanup().await;
     node.delete(&client).await;
 }
+
+#[tokio::test]
+async fn an_operator_killed_mid_reconcile_is_replaced_and_every_service_converges_once() {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "op-kill", &[]).await;
+    let node = KwokNode::create(&client, "op-kill", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    let mut first = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    let names: Vec<String> = (0..6).map(|i| format!("llm-{i}")).collect();
+    for n in &names {
+        svcs.create(&PostParams::default(), &service(n, "meta-llama/Llama-3.1-8B-Instruct", "latency", "op-kill"))
+            .await
+            .unwrap();
+    }
+    // SIGKILL as soon as the first Deployment exists: some services are half applied.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    cluster::wait_until("a first Deployment", Duration::from_secs(60), || async {
+        deployments.list(&ListParams::default()).await.ok().filter(|l| !l.items.is_empty()).map(|_| ())
+    })
+    .await;
+    first.0.kill().unwrap();
+    let _ = first.0.wait();
+    let _second = Operator::start(&ns.name);
+    for n in &names {
+        cluster::wait_for(&svcs, n, Duration::from_secs(90), |s| {
+            s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready)
+        })
+        .await;
+    }
+    let all = deployments.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(all.len(), names.len(), "one Deployment per service, none duplicated or lost");
+    for d in &all {
+        let gpus = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].resources.as_ref().unwrap();
+        assert_eq!(gpus.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+    }
+    ns.cleanup().await;
+    node.delete(&client).await;
+}

@@ -6,8 +6,10 @@ pub mod apply;
 pub mod cache;
 pub mod children;
 pub mod metrics;
+pub mod run;
 pub mod service;
 pub mod source;
 pub mod status;
 
-pub use service::{Context, Settings, run};
+pub use run::{Settings, run};
+pub use service::Context;

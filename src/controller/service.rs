@@ -4,15 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -22,10 +19,9 @@ use crate::api::{
     SelectedProfile, UpdatePolicy,
 };
 use crate::cli::render::request_for;
-use crate::controller::agent::{self, AgentConfig};
 use crate::controller::apply::apply_known;
 use crate::controller::children::ChildCaches;
-use crate::controller::metrics::{self, Metrics};
+use crate::controller::metrics::Metrics;
 use crate::controller::source::{SourceError, Sources};
 use crate::controller::status::{Assigned, Cond, conditions, differs, external_endpoint, state};
 use crate::profile::Profile;
@@ -665,213 +661,6 @@ pub async fn publish_for(
     if let Err(e) = ctx.recorder.publish(&ev, object).await {
         warn!(error = %e, "event not published");
     }
-}
-
-fn error_policy(svc: Arc<OIMService>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(service = %svc.name_any(), error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
-}
-
-/// What about a Node can change a placement: oim labels, the inventory annotation, allocatable,
-/// taints, cordon and readiness. Heartbeats and other writers (kwok, the controller-manager) do
-/// not requeue every service.
-fn placement_fingerprint(node: &Node) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let labels: Vec<_> = node.labels().iter().filter(|(k, _)| k.starts_with("oim.opea.dev/")).collect();
-    labels.hash(&mut h);
-    node.annotations().get(crate::hardware::inventory::INVENTORY_ANNOTATION).hash(&mut h);
-    let status = node.status.as_ref();
-    let allocatable: Vec<_> = status
-        .and_then(|s| s.allocatable.as_ref())
-        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
-        .unwrap_or_default();
-    allocatable.hash(&mut h);
-    let spec = node.spec.as_ref();
-    spec.and_then(|s| s.unschedulable).hash(&mut h);
-    let taints: Vec<_> = spec
-        .and_then(|s| s.taints.as_ref())
-        .map(|t| t.iter().map(|t| (t.key.clone(), t.value.clone(), t.effect.clone())).collect())
-        .unwrap_or_default();
-    taints.hash(&mut h);
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    ready.hash(&mut h);
-    h.finish()
-}
-
-/// How the operator runs, from its flags.
-pub struct Settings {
-    /// Namespaces whose OIMServices are reconciled; empty: all.
-    pub namespaces: Vec<String>,
-    /// Kubernetes or OpenShift.
-    pub platform: Platform,
-    /// Optional APIs present.
-    pub capabilities: Capabilities,
-    /// The node agent to keep deployed; None when it is deployed some other way.
-    pub agent: Option<AgentConfig>,
-    /// Where `/metrics` and `/healthz` listen.
-    pub metrics_bind: Option<std::net::SocketAddr>,
-    /// The operator's own image (default downloader of OIMCache Jobs).
-    pub own_image: String,
-}
-
-/// Reconciles in flight per controller. Unbounded, a cold start over 1,000 services opens a
-/// connection per reconcile and swamps a small API server.
-const CONCURRENCY: u16 = 8;
-
-/// Children the operator labels as its own; owned-object watches see only these, and only their
-/// metadata (`Api<PartialObjectMeta<_>>` asks for metadata only): the owner reference is all a
-/// trigger needs.
-fn ours() -> watcher::Config {
-    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
-}
-
-/// Runs the controllers until SIGTERM: one OIMService controller per watched namespace (or one
-/// for all), sharing the node and pod caches, plus the node agent's keeper and the metrics.
-pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) {
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let node_stream =
-        reflector::reflector(node_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
-            .applied_objects();
-    // Every pod in the cluster may hold accelerators; keep only what accounting reads.
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).modify(PodUse::slim),
-    )
-    .touched_objects();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
-    );
-    let metrics = Arc::new(Metrics::default());
-    if let Some(addr) = settings.metrics_bind {
-        tokio::spawn(metrics::serve(addr, metrics.clone()));
-    }
-    if let Some(cfg) = settings.agent.clone() {
-        tokio::spawn(agent::keep(client.clone(), cfg, metrics.writes.clone(), Duration::from_secs(60)));
-    }
-    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        sources,
-        engines,
-        nodes,
-        pods,
-        recorder,
-        metrics,
-        platform: settings.platform,
-        capabilities: settings.capabilities,
-        own_image: settings.own_image.clone(),
-        children: ChildCaches::watch(&client, &scopes),
-    });
-    // A node change (labels, inventory, allocatable, taints) may open or close placements for
-    // every service; it is fanned out to each namespace's controller. Pods feed the store only.
-    let mut senders = vec![];
-    let mut controllers = vec![];
-    for ns in &scopes {
-        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
-        senders.push(tx);
-        controllers.push(controller_for(&client, ns, rx, ctx.clone()).boxed());
-        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
-        senders.push(tx);
-        controllers.push(cache_controller_for(&client, ns, rx, ctx.clone()).boxed());
-    }
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new()));
-    tokio::spawn(node_stream.for_each(move |n| {
-        let seen = seen.clone();
-        let senders = senders.clone();
-        async move {
-            let Ok(node) = n else { return };
-            let fingerprint = placement_fingerprint(&node);
-            let changed = seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.name_any(), fingerprint)
-                != Some(fingerprint);
-            if changed {
-                for tx in &senders {
-                    let _ = tx.unbounded_send(());
-                }
-            }
-        }
-    }));
-    tokio::spawn(pod_stream.for_each(|_| async {}));
-    futures::future::join_all(controllers).await;
-    info!("operator stopped");
-}
-
-fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-fn controller_for(
-    client: &Client,
-    namespace: &Option<String>,
-    node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
-    ctx: Arc<Context>,
-) -> impl std::future::Future<Output = ()> + use<> {
-    let controller = Controller::new(scoped::<OIMService>(client, namespace), watcher::Config::default());
-    let services = controller.store();
-    // A cache becoming Ready (or going away) wakes the services that mount it.
-    let users = move |cache: OIMCache| {
-        let ns = cache.namespace();
-        let name = cache.name_any();
-        services
-            .state()
-            .into_iter()
-            .filter(|s| s.namespace() == ns)
-            .filter(|s| s.spec.storage.as_ref().and_then(|x| x.oim_cache.as_ref()).is_some_and(|c| c.name == name))
-            .map(|s| ObjectRef::from_obj(&*s))
-            .collect::<Vec<_>>()
-    };
-    controller
-        .watches(scoped::<OIMCache>(client, namespace), watcher::Config::default(), users)
-        .owns(scoped::<PartialObjectMeta<Deployment>>(client, namespace), ours())
-        .owns(scoped::<PartialObjectMeta<Service>>(client, namespace), ours())
-        .owns(scoped::<PartialObjectMeta<ConfigMap>>(client, namespace), ours())
-        .reconcile_all_on(node_changes)
-        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "controller");
-            }
-        })
-}
-
-fn cache_controller_for(
-    client: &Client,
-    namespace: &Option<String>,
-    node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
-    ctx: Arc<Context>,
-) -> impl std::future::Future<Output = ()> + use<> {
-    Controller::new(scoped::<OIMCache>(client, namespace), watcher::Config::default())
-        .owns(scoped::<PartialObjectMeta<k8s_openapi::api::batch::v1::Job>>(client, namespace), ours())
-        .reconcile_all_on(node_changes)
-        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .shutdown_on_signal()
-        .run(super::cache::reconcile, cache_error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "cache controller");
-            }
-        })
-}
-
-fn cache_error_policy(cache: Arc<OIMCache>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(cache = %cache.name_any(), error = %err, "cache reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
 }
 
 #[cfg(test)]

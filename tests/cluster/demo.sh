@@ -34,11 +34,13 @@ run kubectl get deploy,svc,pods,jobs,pvc -n oim-demo -o wide
 run kubectl get daemonset -n oim-system
 cat <<MSG
 
-llama31-8b-latency is Ready on a simulated H100 node with the profile the operator chose. The
-llama31-70b OIMCache downloaded (kwok simulates the Job) the FP8 weights the H100 profile loads
-into a PVC sized from them, and llama31-70b-throughput serves them read-only from /models; it is
-Degraded (RWOSharedAcrossNodes) because its autoscaler may add a replica that a ReadWriteOnce
-cache cannot follow to another node. The operator also deployed the node agent into oim-system.
+llama31-8b-latency is Ready on a simulated H100 node with the profile the operator chose. For each
+kind of accelerator in the cluster, the llama31-70b OIMCache picked the throughput profile that
+would run there and downloaded the weights it loads — each repository once — into its PVC (kwok
+simulates the Job; the paths carry the commit the downloader reports). llama31-70b-throughput
+serves one of them read-only from /models and is Degraded (RWOSharedAcrossNodes): its autoscaler
+may add a replica that a ReadWriteOnce cache cannot follow to another node. The operator also
+deployed the node agent into oim-system.
 
 Use the cluster:   source $OIM_CLUSTER_STATE/env
 Stop it:           make demo-down

@@ -502,6 +502,16 @@ async fn apply_cache(cache: Arc<OIMCache>, ctx: Arc<Context>) -> Result<Action, 
             apply(&ctx.client, &ns, with_kind(&build_pvc(&cache, &size)), &ctx.metrics.writes).await?;
             publish_for(&ctx, &cache.object_ref(&()), EventType::Normal, "PVCCreated", &format!("PVC {pvc} ({size})"))
                 .await;
+            // A Job that filled an earlier PVC of this name says nothing about this empty one.
+            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+            let job_name = format!("{name}-download");
+            if jobs.get_opt(&job_name).await?.is_some() {
+                let background =
+                    DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+                jobs.delete(&job_name, &background).await?;
+                ctx.metrics.writes.add();
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
         }
         (Some(_), _) => {
             // Ours from an earlier cache of the same source (or a user's PVC): label it to this one.
@@ -559,7 +569,11 @@ async fn apply_cache(cache: Arc<OIMCache>, ctx: Arc<Context>) -> Result<Action, 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job_name = job.metadata.name.clone().unwrap_or_default();
     let want_hash = job.metadata.labels.as_ref().and_then(|l| l.get(JOB_HASH)).cloned();
-    if let Some(old) = jobs.get_opt(&job_name).await?
+    let old = jobs.get_opt(&job_name).await?;
+    if old.as_ref().is_some_and(|j| j.metadata.deletion_timestamp.is_some()) {
+        return Ok(Action::requeue(Duration::from_secs(2))); // a replaced Job is still going
+    }
+    if let Some(old) = old
         && old.labels().get(JOB_HASH) != want_hash.as_ref()
     {
         // A Job's pod template is immutable: replace it when what it downloads changed.

@@ -11,12 +11,11 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::discovery::ApiResource;
 use kube::runtime::watcher;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::controller::apply::WriteCounter;
+use crate::controller::apply::{WriteCounter, api_for};
 use crate::render::FIELD_MANAGER;
 
 /// The namespace `config/agent` installs into; cluster-scoped names stay unsuffixed for it.
@@ -41,17 +40,15 @@ pub fn objects(cfg: &AgentConfig) -> Result<Vec<Value>, String> {
         serde_saphyr::from_str(include_str!("../../config/agent/namespace.yaml")).map_err(|e| bad("namespace", &e))?;
     let mut sa: ServiceAccount = serde_saphyr::from_str(include_str!("../../config/agent/serviceaccount.yaml"))
         .map_err(|e| bad("serviceaccount", &e))?;
-    let rbac = include_str!("../../config/agent/rbac.yaml");
-    let (role, binding) = rbac.split_once("\n---\n").ok_or_else(|| bad("rbac", &"expected two documents"))?;
-    let mut role: ClusterRole = serde_saphyr::from_str(role).map_err(|e| bad("rbac", &e))?;
-    let mut binding: ClusterRoleBinding = serde_saphyr::from_str(binding).map_err(|e| bad("rbac", &e))?;
-    let vap = include_str!("../../config/agent/admission-policy.yaml");
-    let (policy, policy_binding) =
-        vap.split_once("\n---\n").ok_or_else(|| bad("admission-policy", &"expected two documents"))?;
+    let [role, binding] = two_documents(include_str!("../../config/agent/rbac.yaml")).map_err(|e| bad("rbac", &e))?;
+    let mut role: ClusterRole = serde_json::from_value(role).map_err(|e| bad("rbac", &e))?;
+    let mut binding: ClusterRoleBinding = serde_json::from_value(binding).map_err(|e| bad("rbac", &e))?;
+    let [policy, policy_binding] = two_documents(include_str!("../../config/agent/admission-policy.yaml"))
+        .map_err(|e| bad("admission-policy", &e))?;
     let mut policy: ValidatingAdmissionPolicy =
-        serde_saphyr::from_str(policy).map_err(|e| bad("admission-policy", &e))?;
+        serde_json::from_value(policy).map_err(|e| bad("admission-policy", &e))?;
     let mut policy_binding: ValidatingAdmissionPolicyBinding =
-        serde_saphyr::from_str(policy_binding).map_err(|e| bad("admission-policy", &e))?;
+        serde_json::from_value(policy_binding).map_err(|e| bad("admission-policy", &e))?;
     let mut ds: DaemonSet =
         serde_saphyr::from_str(include_str!("../../config/agent/daemonset.yaml")).map_err(|e| bad("daemonset", &e))?;
 
@@ -91,25 +88,14 @@ pub fn objects(cfg: &AgentConfig) -> Result<Vec<Value>, String> {
     ])
 }
 
+/// A file of exactly two YAML documents.
+fn two_documents(text: &str) -> Result<[Value; 2], String> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
+    docs.try_into().map_err(|d: Vec<Value>| format!("expected two documents, found {}", d.len()))
+}
+
 /// What we last wrote of one object: its generation (objects with a spec) or resourceVersion.
 type Seen = HashMap<String, String>;
-
-fn api_for(client: &kube::Client, obj: &Value) -> (Api<DynamicObject>, String) {
-    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-    let kind = obj["kind"].as_str().unwrap_or_default();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let plural = match kind {
-        "ValidatingAdmissionPolicy" => "validatingadmissionpolicies".to_string(),
-        k => format!("{}s", k.to_ascii_lowercase()),
-    };
-    let ar = ApiResource::from_gvk_with_plural(&kube::api::GroupVersionKind::gvk(group, version, kind), &plural);
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let api = match obj["metadata"]["namespace"].as_str() {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-        None => Api::all_with(client.clone(), &ar),
-    };
-    (api, format!("{kind}/{name}"))
-}
 
 /// The mark of a live object that moves when anyone changes it: generation where the API keeps
 /// one (status writes do not move it), else resourceVersion.
@@ -124,8 +110,9 @@ fn mark(o: &DynamicObject) -> String {
 async fn ensure(client: &kube::Client, objects: &[Value], seen: &mut Seen, writes: &WriteCounter) {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for obj in objects {
-        let (api, key) = api_for(client, obj);
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let (api, name) = api_for(client, obj);
+        let name = name.as_str();
+        let key = format!("{}/{name}", obj["kind"].as_str().unwrap_or_default());
         match api.get_opt(name).await {
             Ok(Some(live)) if seen.get(&key) == Some(&mark(&live)) => continue,
             Ok(_) => {}

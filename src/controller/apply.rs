@@ -58,14 +58,8 @@ pub async fn apply_known(
 ) -> Result<bool, kube::Error> {
     let h = hash(&obj);
     obj["metadata"]["annotations"][APPLIED_HASH] = Value::String(h.clone());
-    let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
-    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, &kind);
-    let plural = plural_of(&kind);
-    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    obj["metadata"]["namespace"] = Value::String(namespace.to_string());
+    let (api, name) = api_for(client, &obj);
     let live = match known {
         Some(k) => k,
         None => api.get_opt(&name).await?.and_then(|l| l.metadata.annotations.and_then(|mut a| a.remove(APPLIED_HASH))),
@@ -78,10 +72,47 @@ pub async fn apply_known(
     Ok(true)
 }
 
+/// The dynamic API of a full object (apiVersion, kind, metadata.name, and metadata.namespace
+/// unless cluster-scoped), and its name.
+pub fn api_for(client: &kube::Client, obj: &Value) -> (Api<DynamicObject>, String) {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural_of(kind));
+    let api = match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    (api, obj["metadata"]["name"].as_str().unwrap_or_default().to_string())
+}
+
+/// The resource name of a kind, by English plural rules (`Ingress` -> `ingresses`,
+/// `ValidatingAdmissionPolicy` -> `validatingadmissionpolicies`).
 fn plural_of(kind: &str) -> String {
-    match kind {
-        "Ingress" => "ingresses".into(),
-        "HorizontalPodAutoscaler" => "horizontalpodautoscalers".into(),
-        k => format!("{}s", k.to_ascii_lowercase()),
+    let k = kind.to_ascii_lowercase();
+    if let Some(stem) = k.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if k.ends_with('s') {
+        format!("{k}es")
+    } else {
+        format!("{k}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plurals_match_the_api_resource_names() {
+        for (kind, plural) in [
+            ("Deployment", "deployments"),
+            ("Ingress", "ingresses"),
+            ("HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+            ("ValidatingAdmissionPolicy", "validatingadmissionpolicies"),
+            ("ServiceMonitor", "servicemonitors"),
+            ("PersistentVolumeClaim", "persistentvolumeclaims"),
+        ] {
+            assert_eq!(super::plural_of(kind), plural);
+        }
     }
 }

@@ -30,12 +30,12 @@ use crate::api::{
 use crate::controller::apply::apply;
 use crate::controller::service::{Context, Error, publish_for};
 use crate::controller::source::SourceError;
-use crate::controller::status::{Cond, conditions};
+use crate::controller::status::{Cond, conditions, differs_but_times};
 use crate::hardware::inventory::LABEL_PRODUCT;
 use crate::profile::catalog::ProfileSummary;
 use crate::profile::estimate;
 use crate::profile::select::{Group, NodeView, Request, groups, select};
-use crate::render::{FIELD_MANAGER, Platform};
+use crate::render::{FIELD_MANAGER, Platform, with_kind};
 
 /// Keeps the cache until its retention policy has been carried out.
 pub const FINALIZER: &str = "oim.opea.dev/cache-retention";
@@ -370,13 +370,6 @@ pub fn build_job(cache: &OIMCache, wanted: &[Wanted], group: &Group, image: &str
         }),
         status: None,
     }
-}
-
-fn with_kind<K: Resource<DynamicType = ()> + serde::Serialize>(o: &K) -> serde_json::Value {
-    let mut v = serde_json::to_value(o).unwrap_or_default();
-    v["apiVersion"] = json!(K::api_version(&()));
-    v["kind"] = json!(K::kind(&()));
-    v
 }
 
 /// Why a Job's pods failed or wait, from their container states: image pulls, auth errors in
@@ -755,14 +748,7 @@ async fn pending(
 
 /// Patches the status when it differs (ignoring condition timestamps); returns whether it wrote.
 async fn write_status(ctx: &Context, cache: &OIMCache, status: OIMCacheStatus) -> Result<bool, Error> {
-    let strip = |s: &OIMCacheStatus| {
-        let mut s = s.clone();
-        for c in &mut s.conditions {
-            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-        }
-        s
-    };
-    if cache.status.as_ref().map(strip) == Some(strip(&status)) {
+    if !differs_but_times(cache.status.as_ref(), &status, |s| &mut s.conditions) {
         return Ok(false);
     }
     let api: Api<OIMCache> = Api::namespaced(ctx.client.clone(), &cache.namespace().unwrap_or_default());

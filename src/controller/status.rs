@@ -50,14 +50,24 @@ pub fn state(conditions: &[Condition], spec_error: bool) -> ServiceState {
 
 /// Whether two statuses differ in anything but condition timestamps.
 pub fn differs(a: Option<&OIMServiceStatus>, b: &OIMServiceStatus) -> bool {
-    let strip = |s: &OIMServiceStatus| {
+    differs_but_times(a, b, |s| &mut s.conditions)
+}
+
+/// Whether two statuses of any kind differ in anything but the timestamps of the conditions
+/// `conditions` points at: a status write is skipped when only time would change.
+pub fn differs_but_times<S: Clone + PartialEq>(
+    a: Option<&S>,
+    b: &S,
+    conditions: impl Fn(&mut S) -> &mut Vec<Condition>,
+) -> bool {
+    let strip = |s: &S| {
         let mut s = s.clone();
-        for c in &mut s.conditions {
+        for c in conditions(&mut s) {
             c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
         }
         s
     };
-    a.map(strip) != Some(strip(b))
+    a.map(&strip) != Some(strip(b))
 }
 
 /// What the cluster assigned to the exposure objects.

@@ -174,7 +174,7 @@ impl Rendered {
 }
 
 /// Wraps a typed object so it serializes with apiVersion and kind.
-fn with_kind<K: Resource<DynamicType = ()> + serde::Serialize + Clone>(obj: &K) -> serde_json::Value {
+pub fn with_kind<K: Resource<DynamicType = ()> + serde::Serialize + Clone>(obj: &K) -> serde_json::Value {
     let mut v = serde_json::to_value(obj).expect("typed objects serialize");
     v["apiVersion"] = json!(K::api_version(&()));
     v["kind"] = json!(K::kind(&()));

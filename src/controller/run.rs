@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -19,17 +18,21 @@ use tracing::{info, warn};
 
 use crate::api::{OIMCache, OIMService};
 use crate::controller::agent::{self, AgentConfig};
-use crate::controller::children::ChildCaches;
+use crate::controller::children::{ChildCaches, ours};
+use crate::controller::context::{Backoff, Context, Error};
 use crate::controller::metrics::{self, Metrics};
-use crate::controller::service::{Context, Error, reconcile};
+use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
 use crate::profile::engines::Engines;
 use crate::profile::select::PodUse;
 use crate::render::{Capabilities, FIELD_MANAGER, Platform};
 
-fn error_policy(svc: Arc<OIMService>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(service = %svc.name_any(), error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
+/// A failed reconcile is retried after a backoff by error class: transient errors back off
+/// exponentially with jitter, refusals wait (a change to the object wakes it sooner).
+fn error_policy(svc: Arc<OIMService>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.failures.failed(&crate::controller::service::failure_key(&svc), err);
+    warn!(service = %svc.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// What about a Node can change a placement: oim labels, the inventory annotation, allocatable,
@@ -81,13 +84,6 @@ pub struct Settings {
 /// connection per reconcile and swamps a small API server.
 const CONCURRENCY: u16 = 8;
 
-/// Children the operator labels as its own; owned-object watches see only these, and only their
-/// metadata (`Api<PartialObjectMeta<_>>` asks for metadata only): the owner reference is all a
-/// trigger needs.
-fn ours() -> watcher::Config {
-    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
-}
-
 /// Runs the controllers until SIGTERM: one OIMService controller per watched namespace (or one
 /// for all), sharing the node and pod caches, plus the node agent's keeper and the metrics.
 pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) {
@@ -129,7 +125,8 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         platform: settings.platform,
         capabilities: settings.capabilities,
         own_image: settings.own_image.clone(),
-        children: ChildCaches::watch(&client, &scopes),
+        children: ChildCaches::watch(&client, &scopes, settings.capabilities),
+        failures: Backoff::default(),
     });
     // A node change (labels, inventory, allocatable, taints) may open or close placements for
     // every service; it is fanned out to each namespace's controller. Pods feed the store only.
@@ -194,11 +191,16 @@ fn controller_for(
             .map(|s| ObjectRef::from_obj(&*s))
             .collect::<Vec<_>>()
     };
+    // Every kind we may own wakes its owner when it changes (drift is repaired) or goes.
+    let mut controller = controller.watches(scoped::<OIMCache>(client, namespace), watcher::Config::default(), users);
+    for ar in crate::controller::children::service_child_kinds(ctx.capabilities) {
+        let api: Api<kube::api::DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        controller = controller.owns_with(api, ar, ours());
+    }
     controller
-        .watches(scoped::<OIMCache>(client, namespace), watcher::Config::default(), users)
-        .owns(scoped::<PartialObjectMeta<Deployment>>(client, namespace), ours())
-        .owns(scoped::<PartialObjectMeta<Service>>(client, namespace), ours())
-        .owns(scoped::<PartialObjectMeta<ConfigMap>>(client, namespace), ours())
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .shutdown_on_signal()
@@ -229,7 +231,8 @@ fn cache_controller_for(
         })
 }
 
-fn cache_error_policy(cache: Arc<OIMCache>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(cache = %cache.name_any(), error = %err, "cache reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
+fn cache_error_policy(cache: Arc<OIMCache>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.failures.failed(&crate::controller::cache::failure_key(&cache), err);
+    warn!(cache = %cache.name_any(), error = %err, retry_in = ?delay, "cache reconcile failed");
+    Action::requeue(delay)
 }

@@ -214,7 +214,7 @@ pub fn build_job(cache: &OIMCache, wanted: &[Wanted], group: &Group, image: &str
                 name: "weights".into(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                     claim_name: pvc_name(cache),
-                    read_only: Some(false),
+                    read_only: None,
                 }),
                 ..Default::default()
             },

@@ -10,6 +10,7 @@ mod environment;
 mod fixtures;
 mod operator;
 mod ownership;
+mod pipeline;
 mod profiles;
 mod render;
 mod sources;

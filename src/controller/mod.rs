@@ -12,6 +12,7 @@ pub mod apply;
 pub mod cache;
 pub mod children;
 pub mod context;
+pub mod decode;
 pub mod events;
 pub mod metrics;
 pub mod run;

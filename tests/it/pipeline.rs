@@ -334,3 +334,71 @@ async fn oim_render_prints_the_pvc_and_job_the_operator_creates_for_a_cache() {
     ns.cleanup().await;
     node.delete(&client).await;
 }
+
+/// The OIMService CRD with an unchecked spec, so an object the operator's types cannot read can
+/// be stored (as an older or newer CRD version might have).
+fn loosened_service_crd() -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/oim.opea.dev.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let mut crd = docs.into_iter().find(|d| d["spec"]["names"]["kind"] == "OIMService").unwrap();
+    for v in crd["spec"]["versions"].as_array_mut().unwrap() {
+        let schema = &mut v["schema"]["openAPIV3Schema"];
+        schema["properties"]["spec"] = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+        schema.as_object_mut().unwrap().remove("x-kubernetes-validations");
+    }
+    crd.to_string()
+}
+
+#[tokio::test]
+async fn a_service_the_operator_cannot_read_is_reported_and_the_others_keep_reconciling() {
+    let client = cluster::client().await;
+    let _serial = cluster::serial().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "pl-undecodable", &[]).await;
+    let node = KwokNode::create(&client, "pl-undecodable", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    let bad = json!({"apiVersion": "oim.opea.dev/v1alpha1", "kind": "OIMService", "metadata": {"name": "from-the-future", "namespace": ns.name},
+                     "spec": {"model": 42}});
+    // Other tests re-install the strict CRD at any time: loosen it and create until it sticks.
+    let created = cluster::wait_until("the unreadable service stored", Duration::from_secs(60), || async {
+        let apply = ["apply", "--server-side", "--force-conflicts", "--field-manager", "oim-tests", "-f", "-"];
+        cluster::tool_stdin("kubectl", &apply, &loosened_service_crd());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (ok, _, _) = cluster::tool_stdin("kubectl", &["create", "-f", "-"], &bad.to_string());
+        ok.then_some(())
+    });
+    created.await;
+    cluster::install_oim_crds();
+    let _operator = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["a", "b", "c"] {
+        svcs.create(
+            &PostParams::default(),
+            &service(name, "meta-llama/Llama-3.1-8B-Instruct", "latency", "pl-undecodable"),
+        )
+        .await
+        .unwrap();
+    }
+    for name in ["a", "b", "c"] {
+        cluster::wait_for(&svcs, name, Duration::from_secs(90), ready).await;
+    }
+    let events = cluster::wait_until("an InvalidObject event", Duration::from_secs(30), || async {
+        let out = cluster::kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "--field-selector",
+            "reason=InvalidObject",
+            "-o",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["items"].as_array().filter(|i| !i.is_empty()).cloned()
+    })
+    .await;
+    let note = events[0]["message"].as_str().unwrap_or_default().to_string();
+    assert!(note.contains("from-the-future") && note.contains("spec.model"), "{note}");
+    cluster::kubectl(&["delete", "oimservice", "-n", &ns.name, "from-the-future", "--wait=false"]);
+    ns.cleanup().await;
+    node.delete(&client).await;
+}

@@ -126,9 +126,12 @@ impl Owner<'_> {
         }
         let unowned = meta.owner_references.as_ref().is_none_or(|o| o.is_empty());
         let labels = meta.labels.clone().unwrap_or_default();
+        let is = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
+        // A service's own retained PVC; never an OIMCache's (`oim-cache`) of the same name.
         unowned
-            && labels.get("app.kubernetes.io/managed-by").map(String::as_str) == Some(FIELD_MANAGER)
-            && labels.get("app.kubernetes.io/instance").map(String::as_str) == Some(self.name)
+            && is("app.kubernetes.io/managed-by", FIELD_MANAGER)
+            && is("app.kubernetes.io/name", "oim-service")
+            && is("app.kubernetes.io/instance", self.name)
     }
 }
 
@@ -144,8 +147,22 @@ pub fn verdict(live: Option<&ObjectMeta>, owner: Option<&Owner>, hash: &str, rec
     }
     match recorded {
         Some(m) if m != mark(live) => Verdict::Apply,
+        // First sight (e.g. after a restart): an edit made meanwhile shows as another writer
+        // of the spec.
+        None if edited_by_others(live) => Verdict::Apply,
         _ => Verdict::Unchanged,
     }
+}
+
+/// Whether a field manager other than ours holds spec fields through the object itself (not a
+/// status or scale subresource, which controllers and autoscalers write).
+fn edited_by_others(live: &ObjectMeta) -> bool {
+    live.managed_fields.iter().flatten().any(|m| {
+        let ours = m.manager.as_deref().is_some_and(|n| n.starts_with(FIELD_MANAGER));
+        let subresource = m.subresource.as_deref().is_some_and(|s| !s.is_empty());
+        let spec = m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").is_some());
+        !ours && !subresource && spec
+    })
 }
 
 /// Adds the hash annotation and namespace to a rendered object; returns the hash.
@@ -183,7 +200,7 @@ pub fn key(kind: &str, namespace: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, OwnerReference};
 
     fn live(owner_uid: Option<&str>, hash: &str, generation: i64) -> ObjectMeta {
         ObjectMeta {
@@ -214,17 +231,47 @@ mod tests {
         assert_eq!(verdict(Some(&ours), Some(&me), "h", Some("g3")), Verdict::Unchanged, "steady state");
         assert_eq!(verdict(Some(&ours), Some(&me), "h2", Some("g3")), Verdict::Apply, "the render changed");
         assert_eq!(verdict(Some(&ours), Some(&me), "h", Some("g2")), Verdict::Apply, "edited by someone else");
+        let mut edited = ours.clone();
+        edited.managed_fields = Some(vec![
+            ManagedFieldsEntry {
+                manager: Some("kube-controller-manager".into()),
+                subresource: Some("status".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({"f:status": {}}))),
+                ..Default::default()
+            },
+            ManagedFieldsEntry {
+                manager: Some("kube-controller-manager".into()),
+                subresource: Some("scale".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:replicas": {}}}))),
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(verdict(Some(&edited), Some(&me), "h", None), Verdict::Unchanged, "controllers are not edits");
+        edited.managed_fields.as_mut().unwrap().push(ManagedFieldsEntry {
+            manager: Some("kubectl-set".into()),
+            operation: Some("Update".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:template": {}}}))),
+            ..Default::default()
+        });
+        assert_eq!(verdict(Some(&edited), Some(&me), "h", None), Verdict::Apply, "edited while we were not looking");
         let foreign = live(None, "h", 1);
         assert_eq!(verdict(Some(&foreign), Some(&me), "h", None), Verdict::Foreign, "not created by us");
         let other_owner = live(Some("u2"), "h", 1);
         assert_eq!(verdict(Some(&other_owner), Some(&me), "h", None), Verdict::Foreign, "another owner's");
         let mut retained_pvc = live(None, "h", 0);
         retained_pvc.labels = Some(
-            [("app.kubernetes.io/managed-by", FIELD_MANAGER), ("app.kubernetes.io/instance", "llm")]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .into(),
+            [
+                ("app.kubernetes.io/managed-by", FIELD_MANAGER),
+                ("app.kubernetes.io/name", "oim-service"),
+                ("app.kubernetes.io/instance", "llm"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
         );
         assert_eq!(verdict(Some(&retained_pvc), Some(&me), "h", None), Verdict::Unchanged, "ours by label");
+        let mut cache_pvc = retained_pvc.clone();
+        cache_pvc.labels.as_mut().unwrap().insert("app.kubernetes.io/name".into(), "oim-cache".into());
+        assert_eq!(verdict(Some(&cache_pvc), Some(&me), "h", None), Verdict::Foreign, "an OIMCache's PVC");
         assert_eq!(mark(&retained_pvc), "100", "no generation: the resourceVersion");
     }
 

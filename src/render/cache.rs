@@ -246,8 +246,6 @@ pub fn build_job(cache: &OIMCache, wanted: &[Wanted], group: &Group, image: &str
     }
 }
 
-/// Why a Job's pods failed or wait, from their container states: image pulls, auth errors in
-
 /// A service's access mode problem: a ReadWriteOnce cache PVC shared by several replicas.
 pub fn rwo_shared(cache: &OIMCache, replicas: i32) -> Option<String> {
     let mode = cache.spec.storage.pvc.volume_access_mode.unwrap_or_default();

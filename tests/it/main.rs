@@ -14,3 +14,4 @@ mod pipeline;
 mod profiles;
 mod render;
 mod sources;
+mod trust;

@@ -166,7 +166,11 @@ fn operator(args: OperatorArgs) -> ExitCode {
             let image = args.agent_image.clone().unwrap_or_else(|| own.clone());
             let namespace =
                 args.agent_namespace.clone().unwrap_or_else(|| oim::controller::agent::DEFAULT_NAMESPACE.into());
-            Some(oim::controller::agent::AgentConfig { namespace, image })
+            Some(oim::controller::agent::AgentConfig {
+                namespace,
+                image,
+                without_admission_policy: args.agent_without_admission_policy,
+            })
         };
         tracing::info!(?platform, ?capabilities, ?agent, "oim operator starting");
         let settings = oim::controller::Settings {

@@ -144,6 +144,10 @@ pub struct OperatorArgs {
     /// Do not deploy the node agent (it is installed some other way, or not wanted).
     #[arg(long, conflicts_with_all = ["agent_image", "agent_namespace"])]
     pub no_agent: bool,
+    /// Deploy the node agent even where its ValidatingAdmissionPolicy cannot be applied (clusters
+    /// without the API): its ClusterRole may then patch any Node. Off by default: fail closed.
+    #[arg(long)]
+    pub agent_without_admission_policy: bool,
     /// Seconds before a profile tag is resolved again (updatePolicy, ProfileUpdateAvailable).
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub profile_refresh: u64,

@@ -67,12 +67,20 @@ pub fn parse_meminfo(text: &str) -> Option<u64> {
         .map(|kib| kib / 1024)
 }
 
+/// `/proc/cpuinfo` of a 2,048-thread host is about 3 MiB.
+const MAX_CPUINFO_BYTES: u64 = 16 << 20;
+/// `/proc/meminfo` is a few KiB.
+const MAX_MEMINFO_BYTES: u64 = 64 << 10;
+/// More NUMA nodes than any host has (Linux allows 1,024).
+const MAX_NODE_ENTRIES: usize = 4096;
+
 /// Number of `nodeN` entries under `ROOT/sys/devices/system/node` (1 when absent).
 pub fn numa_node_count(root: &Path) -> u32 {
     let dir = root.join("sys/devices/system/node");
     let count = fs::read_dir(dir)
         .map(|entries| {
             entries
+                .take(MAX_NODE_ENTRIES)
                 .filter_map(Result::ok)
                 .filter(|e| {
                     let name = e.file_name();
@@ -87,11 +95,20 @@ pub fn numa_node_count(root: &Path) -> u32 {
 
 /// CPU facts and host memory under `root`; missing files mean "unknown", not an error.
 pub fn detect(root: &Path) -> Result<(Option<CpuInfo>, u64), DetectError> {
-    let cpu = fs::read_to_string(root.join("proc/cpuinfo")).ok().and_then(|t| parse_cpuinfo(&t)).map(|mut c| {
+    // Bounded and regular files only: `cpuinfo -> /dev/urandom` is refused, not read forever.
+    let read = |name: &str, limit: u64| match crate::bounded::read_text(&root.join(name), limit) {
+        Ok(t) => Some(t),
+        Err(crate::bounded::ReadError::Io { .. }) => None,
+        Err(e) => {
+            tracing::warn!("{e}; CPU facts from it are left out");
+            None
+        }
+    };
+    let cpu = read("proc/cpuinfo", MAX_CPUINFO_BYTES).and_then(|t| parse_cpuinfo(&t)).map(|mut c| {
         c.numa_node_count = numa_node_count(root);
         c
     });
-    let memory = fs::read_to_string(root.join("proc/meminfo")).ok().and_then(|t| parse_meminfo(&t)).unwrap_or(0);
+    let memory = read("proc/meminfo", MAX_MEMINFO_BYTES).and_then(|t| parse_meminfo(&t)).unwrap_or(0);
     Ok((cpu, memory))
 }
 

@@ -1,6 +1,7 @@
 //! Pure builders (DESIGN §7): from an OIMService, its selected profile and node group, to the
 //! typed objects the operator applies. No client calls; `oim render` prints exactly these.
 
+pub mod checks;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -236,6 +237,7 @@ fn name_of(svc: &OIMService) -> String {
 /// Renders every object for one service.
 pub fn render(input: &Input) -> Result<Rendered, RenderError> {
     let svc = input.service;
+    checks::check_spec(svc)?;
     let name = name_of(svc);
     let pvc = pvc(svc)?;
     let deployment = workload::deployment(input, pvc.as_ref())?;
@@ -451,7 +453,7 @@ fn service_monitor(input: &Input) -> Option<DynamicObject> {
 
 /// `2x h100-sxm-80gb`, the status accelerator string.
 pub fn accelerator_string(profile: &Profile, group: &Group) -> String {
-    format!("{}x {}", profile.parallelism.tensor * profile.parallelism.pipeline, group.product)
+    format!("{}x {}", profile.parallelism.tensor.saturating_mul(profile.parallelism.pipeline), group.product)
 }
 
 /// Short description used in events.

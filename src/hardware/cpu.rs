@@ -127,6 +127,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cpuinfo_that_is_a_device_or_too_large_is_refused_at_once() {
+        let root = std::env::temp_dir().join(format!("oim-cpuinfo-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("/dev/urandom", root.join("proc/cpuinfo")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("proc/meminfo")).unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(detect(&root).unwrap(), (None, 0));
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        fs::remove_file(root.join("proc/meminfo")).unwrap();
+        let f = fs::File::create(root.join("proc/meminfo")).unwrap();
+        f.set_len(MAX_MEMINFO_BYTES + 1).unwrap();
+        assert_eq!(detect(&root).unwrap().1, 0, "an oversized meminfo is not read");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn meminfo_total_in_mib() {
         assert_eq!(parse_meminfo("MemTotal:       2112512000 kB\nMemFree: 1 kB\n"), Some(2_063_000));
         assert_eq!(parse_meminfo("garbage"), None);

@@ -176,3 +176,45 @@ fn resource_name(vendor: Vendor, known: Option<&devices::Device>, driver: Option
 pub fn devices_dir(root: &Path) -> PathBuf {
     root.join("sys/bus/pci/devices")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function(root: &Path, address: &str, vendor: &[u8], device: &[u8]) {
+        let d = root.join("sys/bus/pci/devices").join(address);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("vendor"), vendor).unwrap();
+        fs::write(d.join("device"), device).unwrap();
+        fs::write(d.join("class"), b"0x030200\n").unwrap();
+    }
+
+    #[test]
+    fn functions_with_bad_ids_are_skipped_and_slugs_hold_only_validated_hex() {
+        let root = std::env::temp_dir().join(format!("oim-pci-ids-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        function(&root, "0000:01:00.0", b"0x10de\n", b"../../x y\n");
+        function(&root, "0000:02:00.0", b"0x10de\n", b"0x2999\n");
+        function(&root, "0000:03:00.0", b"0x10de\n", &vec![b'0'; 5000]);
+        function(&root, "0000:04:00.0", b"0x10dex\n", b"0x2999\n");
+        let found = scan(&root).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].vendor.as_str(), found[0].device.as_str()), ("10de", "2999"));
+        let groups = accelerator_groups(&found);
+        assert_eq!(groups[0].product, "pci-10de-2999");
+        let e = read_function(&root.join("sys/bus/pci/devices/0000:01:00.0")).unwrap_err();
+        assert!(e.contains("not a hex PCI id"), "{e}");
+        let e = read_function(&root.join("sys/bus/pci/devices/0000:03:00.0")).unwrap_err();
+        assert!(e.contains("more than 4096 bytes"), "{e}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn ids_parse_only_as_one_to_four_hex_digits() {
+        assert_eq!(parse_id("0x10DE").as_deref(), Some("10de"));
+        assert_eq!(parse_id("abc").as_deref(), Some("0abc"));
+        for bad in ["", "0x", "0x12345", "../x", "10 de", "0xg1"] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
+    }
+}

@@ -125,22 +125,32 @@ impl PodUse {
         if matches!(phase, "Succeeded" | "Failed") {
             return None;
         }
-        let mut running: BTreeMap<String, u32> = BTreeMap::new();
-        let mut init_peak: BTreeMap<String, u32> = BTreeMap::new();
-        let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
-        for c in spec.containers.iter().chain(sidecars) {
-            for (k, n) in container_devices(c) {
-                let e = running.entry(k).or_insert(0);
-                *e = e.saturating_add(n);
+        let add = |into: &mut BTreeMap<String, u32>, from: &BTreeMap<String, u32>| {
+            for (k, n) in from {
+                let e = into.entry(k.clone()).or_insert(0);
+                *e = e.saturating_add(*n);
             }
-        }
-        for c in spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() != Some("Always")) {
-            for (k, n) in container_devices(c) {
+        };
+        // Init containers run in order; a regular one runs beside the sidecars started before it.
+        let mut sidecars: BTreeMap<String, u32> = BTreeMap::new();
+        let mut init_peak: BTreeMap<String, u32> = BTreeMap::new();
+        for c in spec.init_containers.iter().flatten() {
+            let own = container_devices(c);
+            if c.restart_policy.as_deref() == Some("Always") {
+                add(&mut sidecars, &own);
+                continue;
+            }
+            let mut with_sidecars = own;
+            add(&mut with_sidecars, &sidecars);
+            for (k, n) in with_sidecars {
                 let e = init_peak.entry(k).or_insert(0);
                 *e = (*e).max(n);
             }
         }
-        let mut requests = running;
+        let mut requests = sidecars;
+        for c in &spec.containers {
+            add(&mut requests, &container_devices(c));
+        }
         for (k, n) in init_peak {
             let e = requests.entry(k).or_insert(0);
             *e = (*e).max(n);
@@ -936,3 +946,5 @@ fn generated_profile(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod count_tests;

@@ -147,6 +147,24 @@ mod tests {
     }
 
     #[test]
+    fn proxy_credentials_come_from_the_secret_by_reference() {
+        let p = crate::api::ProxySpec {
+            credentials_secret: Some("proxy-creds".into()),
+            no_proxy: Some(".svc".into()),
+            ..Default::default()
+        };
+        let env = crate::render::proxy_env(&p);
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"]);
+        for e in &env[..4] {
+            assert!(e.value.is_none(), "{}: no inline value", e.name);
+            let r = e.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).unwrap();
+            assert_eq!((r.name.as_str(), r.optional), ("proxy-creds", Some(true)));
+            assert_eq!(r.key, e.name.to_ascii_uppercase());
+        }
+    }
+
+    #[test]
     fn env_names_and_sub_paths_are_checked_like_the_api_server_does() {
         assert!(env_name("HTTP_PROXY").is_ok() && env_name("my.var-1").is_ok());
         assert!(env_name("A=B").unwrap_err().contains("without '='"));

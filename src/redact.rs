@@ -41,7 +41,11 @@ mod tests {
         assert_eq!(redact_url("http://user:pa55@mirror.local:8080/hf?x=1"), "http://***@mirror.local:8080/hf?x=1");
         assert_eq!(redact_url("https://tok@proxy.corp"), "https://***@proxy.corp");
         assert_eq!(redact_url("user:pw@proxy:3128"), "***@proxy:3128");
-        assert_eq!(redact_url("https://huggingface.co/a@b"), "https://huggingface.co/a@b", "an @ in the path is not userinfo");
+        assert_eq!(
+            redact_url("https://huggingface.co/a@b"),
+            "https://huggingface.co/a@b",
+            "an @ in the path is not userinfo"
+        );
         assert_eq!(redact_url("http://u:p@ss@host/x"), "http://***@host/x", "the last @ ends the userinfo");
         assert_eq!(redact_url("no url"), "no url");
     }

@@ -85,8 +85,8 @@ fn translate(node: &Value) -> Value {
                 out.insert(k.clone(), Value::Array(branches));
             }
             "type" | "enum" | "pattern" | "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum"
-            | "multipleOf" | "minLength" | "maxLength" | "minItems" | "maxItems" | "uniqueItems"
-            | "minProperties" | "maxProperties" | "required" | "additionalItems" => {
+            | "multipleOf" | "minLength" | "maxLength" | "minItems" | "maxItems" | "uniqueItems" | "minProperties"
+            | "maxProperties" | "required" | "additionalItems" => {
                 out.insert(k.clone(), v.clone());
             }
             _ => {}
@@ -181,7 +181,9 @@ fn describe(doc: &Value, e: &jsonschema::ValidationError<'_>) -> Vec<String> {
             let name = property.as_str().map(str::to_string).unwrap_or_else(|| property.to_string());
             vec![format!("{}: Required value", join(&path, &name))]
         }
-        K::Minimum { limit } => vec![format!("{at}: Invalid value: {value}: should be greater than or equal to {limit}")],
+        K::Minimum { limit } => {
+            vec![format!("{at}: Invalid value: {value}: should be greater than or equal to {limit}")]
+        }
         K::Maximum { limit } => vec![format!("{at}: Invalid value: {value}: should be less than or equal to {limit}")],
         K::Enum { options } => vec![format!("{at}: Unsupported value: {value}: supported values: {}", short(options))],
         K::Pattern { pattern } => vec![format!("{at}: Invalid value: {value}: should match '{pattern}'")],
@@ -246,6 +248,9 @@ mod tests {
             "profile": {"accelerator": {"product": "H100!"}}}));
         let e = errors(&doc);
         assert!(e.iter().any(|l| l.starts_with("spec.authSecret: Too long: may not be more than 253")), "{e:#?}");
-        assert!(e.iter().any(|l| l.starts_with("spec.profile.accelerator.product: Invalid value: \"H100!\": should match")), "{e:#?}");
+        assert!(
+            e.iter().any(|l| l.starts_with("spec.profile.accelerator.product: Invalid value: \"H100!\": should match")),
+            "{e:#?}"
+        );
     }
 }

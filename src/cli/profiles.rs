@@ -145,7 +145,8 @@ pub async fn push(args: ProfilesPushArgs) -> u8 {
 pub fn read_nodes(path: &std::path::Path) -> Result<Vec<crate::profile::select::NodeView>, String> {
     use crate::hardware::inventory::Inventory;
     use crate::profile::select::NodeView;
-    let text = crate::bounded::read_text(path, crate::bounded::MAX_INPUT_BYTES).map_err(|e| format!("--inventory {e}"))?;
+    let text =
+        crate::bounded::read_text(path, crate::bounded::MAX_INPUT_BYTES).map_err(|e| format!("--inventory {e}"))?;
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
         .map_err(|e| format!("--inventory {}: not YAML or JSON: {e}", path.display()))?;
     let mut nodes = vec![];

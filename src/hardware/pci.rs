@@ -59,7 +59,9 @@ pub fn scan(root: &Path) -> Result<Vec<PciFunction>, DetectError> {
 
 /// A sysfs attribute, trimmed; bounded and only from a regular file.
 fn attribute(path: &Path, name: &str) -> Result<String, String> {
-    crate::bounded::read_text(&path.join(name), MAX_ATTRIBUTE_BYTES).map(|s| s.trim().to_string()).map_err(|e| e.to_string())
+    crate::bounded::read_text(&path.join(name), MAX_ATTRIBUTE_BYTES)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// A PCI vendor or device id: `0x` and one to four hex digits, as four lowercase digits.

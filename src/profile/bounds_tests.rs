@@ -176,8 +176,9 @@ fn tree(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn catalog_walks_end_on_symlink_loops_and_refuse_fifos_and_devices() {
-    let profile = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles/llama31-8b/h100-latency.yaml"))
-        .unwrap();
+    let profile =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles/llama31-8b/h100-latency.yaml"))
+            .unwrap();
     let d = tree("loops");
     std::fs::create_dir_all(d.join("a/b")).unwrap();
     std::fs::write(d.join("a/b/p.yaml"), &profile).unwrap();

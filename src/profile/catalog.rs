@@ -263,7 +263,8 @@ struct Walk {
 impl Walk {
     fn collect(&mut self, dir: &Path, depth: usize) -> Result<(), CatalogError> {
         use std::os::unix::fs::MetadataExt;
-        let io = |p: &Path, e: std::io::Error| CatalogError::Io { path: p.display().to_string(), message: e.to_string() };
+        let io =
+            |p: &Path, e: std::io::Error| CatalogError::Io { path: p.display().to_string(), message: e.to_string() };
         if depth > MAX_WALK_DEPTH {
             return Err(CatalogError::Io {
                 path: dir.display().to_string(),
@@ -484,7 +485,8 @@ impl OciCatalog {
             }
             pages += 1;
             self.count(|c| c.tag_pages += 1);
-            let page = self.reader.tags_page(&repo, 100, last.as_deref()).await.map_err(|e| self.read_error(&repo, e))?;
+            let page =
+                self.reader.tags_page(&repo, 100, last.as_deref()).await.map_err(|e| self.read_error(&repo, e))?;
             let before = tags.len();
             let short_page = page.len() < 100;
             for t in page {

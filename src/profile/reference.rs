@@ -203,7 +203,8 @@ impl AllowEntry {
         } else {
             (false, trimmed)
         };
-        let location = Location::parse(rest).map_err(|e| BadReference { input: input.to_string(), reason: e.reason })?;
+        let location =
+            Location::parse(rest).map_err(|e| BadReference { input: input.to_string(), reason: e.reason })?;
         Ok(AllowEntry { location, plain_http })
     }
 
@@ -262,8 +263,7 @@ pub fn admit(reference: &Location, insecure: bool, allowed: &[String]) -> Result
     }
     Err(format!(
         "spec.profile.source.insecure: the operator allows {reference} over HTTPS only (its --allowed-registries entry is {}); remove insecure, or ask the platform team to allow plain HTTP with an entry http://{}",
-        covering[0],
-        covering[0].location
+        covering[0], covering[0].location
     ))
 }
 
@@ -282,7 +282,10 @@ mod tests {
     #[test]
     fn references_parse_into_host_port_and_segments() {
         let l = loc("Registry.Example.com:5000/acme/profiles");
-        assert_eq!((l.host.as_str(), l.port, l.path.clone()), ("registry.example.com", Some(5000), list(&["acme", "profiles"])));
+        assert_eq!(
+            (l.host.as_str(), l.port, l.path.clone()),
+            ("registry.example.com", Some(5000), list(&["acme", "profiles"]))
+        );
         assert_eq!(l.to_string(), "registry.example.com:5000/acme/profiles");
         assert_eq!(loc("[::1]:5000/x").authority(), "[::1]:5000");
         assert!(loc("[::1]:5000").is_loopback() && loc("127.0.0.2").is_loopback() && !loc("ghcr.io").is_loopback());
@@ -321,7 +324,10 @@ mod tests {
         assert!(!ok("ghcr.io:443/acme"), "an explicit port is another registry");
         assert!(ok("registry.local:5000/anything") && !ok("registry.local:5001/x") && !ok("registry.local/x"));
         let e = admit(&loc("evil.io/acme"), false, &allowed).unwrap_err();
-        assert!(e.contains("evil.io/acme") && e.contains("--allowed-registries (ghcr.io/acme, registry.local:5000)"), "{e}");
+        assert!(
+            e.contains("evil.io/acme") && e.contains("--allowed-registries (ghcr.io/acme, registry.local:5000)"),
+            "{e}"
+        );
     }
 
     #[test]

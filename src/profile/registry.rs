@@ -216,9 +216,9 @@ impl RegistryReader {
         let Some(params) = challenge.strip_prefix("Bearer ").map(parse_challenge) else {
             return Err(RegistryError::Unauthorized(format!("{url}: 401 Unauthorized")));
         };
-        let realm = params.get("realm").ok_or_else(|| {
-            RegistryError::Invalid(format!("{url}: the registry's Bearer challenge names no realm"))
-        })?;
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| RegistryError::Invalid(format!("{url}: the registry's Bearer challenge names no realm")))?;
         let mut token_url = reqwest::Url::parse(realm)
             .map_err(|e| RegistryError::Invalid(format!("{url}: token realm {realm:?}: {e}")))?;
         {
@@ -300,7 +300,8 @@ mod tests {
 
     #[test]
     fn bearer_challenges_parse_with_quoted_commas() {
-        let p = parse_challenge(r#"realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull,push""#);
+        let p =
+            parse_challenge(r#"realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull,push""#);
         assert_eq!(p["realm"], "https://auth.io/token");
         assert_eq!(p["service"], "registry.io");
         assert_eq!(p["scope"], "repository:a/b:pull,push");

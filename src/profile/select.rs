@@ -93,7 +93,9 @@ pub enum InventoryProblem {
     #[error("has no {INVENTORY_ANNOTATION} annotation; is the node agent running on it?")]
     Missing,
     /// An annotation that does not parse.
-    #[error("has an unparseable {INVENTORY_ANNOTATION} annotation ({0}); the node agent rewrites it on its next pass, or remove it")]
+    #[error(
+        "has an unparseable {INVENTORY_ANNOTATION} annotation ({0}); the node agent rewrites it on its next pass, or remove it"
+    )]
     Unparseable(String),
 }
 
@@ -215,7 +217,11 @@ fn is_device(resource: &str) -> bool {
 fn container_devices(c: &Container) -> BTreeMap<String, u32> {
     let mut out: BTreeMap<String, u32> = BTreeMap::new();
     let r = c.resources.as_ref();
-    let merged = r.and_then(|r| r.requests.as_ref()).into_iter().flatten().chain(r.and_then(|r| r.limits.as_ref()).into_iter().flatten());
+    let merged = r
+        .and_then(|r| r.requests.as_ref())
+        .into_iter()
+        .flatten()
+        .chain(r.and_then(|r| r.limits.as_ref()).into_iter().flatten());
     for (k, q) in merged.filter(|(k, _)| is_device(k)) {
         let e = out.entry(k.clone()).or_insert(0);
         *e = (*e).max(device_count(&q.0));
@@ -241,10 +247,7 @@ pub fn device_count(q: &str) -> u32 {
         ("E", 1_000_000_000_000_000_000),
     ];
     let q = q.trim();
-    let (digits, scale) = SUFFIXES
-        .iter()
-        .find_map(|(s, m)| q.strip_suffix(s).map(|d| (d, *m)))
-        .unwrap_or((q, 1));
+    let (digits, scale) = SUFFIXES.iter().find_map(|(s, m)| q.strip_suffix(s).map(|d| (d, *m))).unwrap_or((q, 1));
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return 0;
     }
@@ -945,6 +948,6 @@ fn generated_profile(
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod count_tests;
+#[cfg(test)]
+mod tests;

@@ -95,7 +95,10 @@ pub fn image_ref(i: &ImageSpec) -> Result<String, RenderError> {
         && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !tag_ok {
-        return Err(invalid(field, format!("{tag:?} is not an image tag (letters, digits, '_', '.', '-'; at most 128)")));
+        return Err(invalid(
+            field,
+            format!("{tag:?} is not an image tag (letters, digits, '_', '.', '-'; at most 128)"),
+        ));
     }
     let image = format!("{}:{tag}", i.repository);
     if !pinned(&image) {

@@ -359,7 +359,11 @@ fn an_endless_revision_document_and_an_endless_file_end_with_clear_errors() {
     let started = std::time::Instant::now();
     let out = download(&endpoint, None, "acme/tiny-llm", &dest, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("more than 33554432 bytes") && text(&out).contains("revision document"), "{}", text(&out));
+    assert!(
+        text(&out).contains("more than 33554432 bytes") && text(&out).contains("revision document"),
+        "{}",
+        text(&out)
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
 
     let state = Arc::new(Mutex::new(Hub { oversize: true, ..Hub::default() }));
@@ -367,7 +371,10 @@ fn an_endless_revision_document_and_an_endless_file_end_with_clear_errors() {
     let out = download(&endpoint, None, "acme/tiny-llm", &dest, &["--include", "model.safetensors"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("model.safetensors: size mismatch") && t.contains(&format!("more than {}", weights().len())), "{t}");
+    assert!(
+        t.contains("model.safetensors: size mismatch") && t.contains(&format!("more than {}", weights().len())),
+        "{t}"
+    );
     assert!(!partial(&dest).exists(), "the overlong partial file is removed");
     std::fs::remove_dir_all(&dest).unwrap();
 }

@@ -266,8 +266,10 @@ async fn offline_render_refuses_what_the_api_server_refuses_with_the_same_field_
         let (code, _, err) = render(&[file.display().to_string()], inventory, "kubernetes");
         assert_eq!(code, 2, "{extra}: oim render accepted it: {err}");
         assert!(err.contains(&format!("{path}:")), "{extra}: oim render does not name {path}: {err}");
-        let (ok, _, server) =
-            cluster::tool("kubectl", &["create", "--dry-run=server", "--validate=strict", "-f", file.to_str().unwrap()]);
+        let (ok, _, server) = cluster::tool(
+            "kubectl",
+            &["create", "--dry-run=server", "--validate=strict", "-f", file.to_str().unwrap()],
+        );
         assert!(!ok, "{extra}: the API server accepted it");
         assert!(server.contains(path), "{extra}: the API server names another field: {server}");
     }

@@ -15,7 +15,12 @@ fn gpus(n: &str) -> Option<ResourceRequirements> {
 }
 
 fn container(n: &str, restart: Option<&str>) -> Container {
-    Container { name: "c".into(), resources: gpus(n), restart_policy: restart.map(str::to_string), ..Default::default() }
+    Container {
+        name: "c".into(),
+        resources: gpus(n),
+        restart_policy: restart.map(str::to_string),
+        ..Default::default()
+    }
 }
 
 fn pod(containers: Vec<Container>, init: Vec<Container>, overhead: Option<&str>) -> Pod {
@@ -43,7 +48,10 @@ fn pods_count_as_the_scheduler_counts_them() {
     // An init container of 6 runs alone before them: max(4, 6) = 6.
     assert_eq!(used(&pod(vec![container("2", None), container("2", None)], vec![container("6", None)], None)), 6);
     // A sidecar (restartable init container) runs beside the containers: 2 + 2 + 1.
-    assert_eq!(used(&pod(vec![container("2", None), container("2", None)], vec![container("1", Some("Always"))], None)), 5);
+    assert_eq!(
+        used(&pod(vec![container("2", None), container("2", None)], vec![container("1", Some("Always"))], None)),
+        5
+    );
     // Pod overhead comes on top.
     assert_eq!(used(&pod(vec![container("2", None)], vec![container("3", None)], Some("1"))), 4);
     // A regular init container runs beside the sidecars started before it: max(2 + 1, 3 + 1) + 1.

@@ -125,15 +125,15 @@ pub enum HubError {
 }
 
 impl HubError {
-    /// The CLI exit code: 2 for what the user must change (auth, names, globs), 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
+    /// Whether the user must change something (credentials, names, globs) for a retry to help.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
             HubError::Unauthorized { .. }
-            | HubError::Forbidden { .. }
-            | HubError::NotFound { .. }
-            | HubError::BadInput(_) => crate::cli::exit::BAD_INPUT,
-            _ => crate::cli::exit::RUNTIME,
-        }
+                | HubError::Forbidden { .. }
+                | HubError::NotFound { .. }
+                | HubError::BadInput(_)
+        )
     }
 
     fn transient(&self) -> bool {
@@ -716,7 +716,7 @@ mod tests {
         assert_eq!(clean_token("  \n").unwrap(), None);
         let e = clean_token("hf_a bc").unwrap_err();
         assert!(e.to_string().contains("position 5") && !e.to_string().contains("hf_a"), "{e}");
-        assert_eq!(e.exit_code(), crate::cli::exit::BAD_INPUT);
+        assert!(e.is_user_error(), "a bad token is the user's to fix: exit 2");
     }
 
     #[test]

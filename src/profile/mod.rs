@@ -8,6 +8,7 @@ pub mod reference;
 pub mod registry;
 pub mod schema;
 pub mod select;
+pub mod weights;
 
 pub use schema::{Profile, ProfileError};
 

@@ -10,6 +10,8 @@ mod environment;
 mod fixtures;
 mod operator;
 mod ownership;
+mod pipeline;
 mod profiles;
 mod render;
 mod sources;
+mod trust;

@@ -220,6 +220,7 @@ pub struct Hub {
     http: reqwest::Client,
     endpoint: String,
     token: Option<String>,
+    deadline: Duration,
 }
 
 impl Hub {
@@ -239,7 +240,13 @@ impl Hub {
             .user_agent(concat!("oim/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| HubError::Protocol(format!("HTTP client: {e}")))?;
-        Ok(Hub { http, endpoint: endpoint.trim_end_matches('/').to_string(), token })
+        Ok(Hub { http, endpoint: endpoint.trim_end_matches('/').to_string(), token, deadline: METADATA_DEADLINE })
+    }
+
+    /// Another deadline for the revision document and each HEAD (default [`METADATA_DEADLINE`]).
+    pub fn with_deadline(mut self, deadline: Duration) -> Hub {
+        self.deadline = deadline;
+        self
     }
 
     fn headers(&self) -> HeaderMap {
@@ -268,7 +275,7 @@ impl Hub {
         let shown = redact_url(&url);
         let req = self.http.get(&url).headers(self.headers());
         let (status, _, body) =
-            crate::bounded::fetch(req, &shown, MAX_REVISION_BYTES, METADATA_DEADLINE).await.map_err(|e| match e {
+            crate::bounded::fetch(req, &shown, MAX_REVISION_BYTES, self.deadline).await.map_err(|e| match e {
                 ReadError::TooLarge { .. } => HubError::Protocol(format!(
                     "{e}: the revision document of {repo} is over {MAX_REVISION_BYTES} bytes; is HF_ENDPOINT a hub?"
                 )),
@@ -300,11 +307,11 @@ impl Hub {
     async fn head(&self, repo: &str, commit: &str, file: &RepoFile) -> Result<Meta, HubError> {
         let url = self.file_url(repo, commit, &file.path);
         let send = self.http.head(&url).headers(self.headers()).send();
-        let resp = tokio::time::timeout(METADATA_DEADLINE, send)
+        let resp = tokio::time::timeout(self.deadline, send)
             .await
             .map_err(|_| HubError::Network {
                 url: redact_url(&url),
-                message: format!("no answer within {}s", METADATA_DEADLINE.as_secs()),
+                message: format!("no answer within {}s", self.deadline.as_secs_f32()),
             })?
             .map_err(|e| network(&url, &e))?;
         if !resp.status().is_success() {
@@ -717,6 +724,19 @@ mod tests {
         let e = clean_token("hf_a bc").unwrap_err();
         assert!(e.to_string().contains("position 5") && !e.to_string().contains("hf_a"), "{e}");
         assert!(e.is_user_error(), "a bad token is the user's to fix: exit 2");
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_stalls_ends_at_the_deadline_with_a_clear_error() {
+        use crate::fake_http::{delayed, respond};
+        let stalled = crate::fake_http::start(|_| respond(200, delayed(Duration::from_secs(30), b"{}"))).await;
+        let hub = Hub::new(&format!("http://{stalled}"), None).unwrap().with_deadline(Duration::from_secs(1));
+        let dest = std::env::temp_dir().join(format!("oim-hub-stall-{}", std::process::id()));
+        let start = std::time::Instant::now();
+        let e = download(&hub, "o/m", "main", &dest, &[], &[]).await.unwrap_err().to_string();
+        assert!(e.contains("no complete answer within 1s") && e.contains("/api/models/o/m/revision/main"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        let _ = std::fs::remove_dir_all(&dest);
     }
 
     #[test]

@@ -132,7 +132,9 @@ pub struct OperatorArgs {
     /// A profile catalog directory instead of a registry (e.g. the seed catalog in the image).
     #[arg(long, value_name = "DIR", conflicts_with = "profile_registry")]
     pub catalog: Option<PathBuf>,
-    /// Registries a per-service `profile.source` may name (comma-separated).
+    /// Registries a per-service `profile.source` may name (comma-separated), each
+    /// `host[:port][/path]` matched on whole path segments; `http://host[:port][/path]` also lets
+    /// a service ask for plain HTTP with `insecure: true`.
     #[arg(long, value_delimiter = ',', value_name = "REF,...")]
     pub allowed_registries: Vec<String>,
     /// Image of the node agent DaemonSet; default the operator's own image (read from its pod).

@@ -154,14 +154,17 @@ pub fn verdict(live: Option<&ObjectMeta>, owner: Option<&Owner>, hash: &str, rec
     }
 }
 
-/// Whether a field manager other than ours holds spec fields through the object itself (not a
-/// status or scale subresource, which controllers and autoscalers write).
+/// Whether a field manager other than ours holds content fields (`spec`, `data`, ...: anything
+/// but metadata and status) through the object itself — not through a status or scale
+/// subresource, which controllers and autoscalers write.
 fn edited_by_others(live: &ObjectMeta) -> bool {
     live.managed_fields.iter().flatten().any(|m| {
         let ours = m.manager.as_deref().is_some_and(|n| n.starts_with(FIELD_MANAGER));
         let subresource = m.subresource.as_deref().is_some_and(|s| !s.is_empty());
-        let spec = m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").is_some());
-        !ours && !subresource && spec
+        let content = m.fields_v1.as_ref().and_then(|f| f.0.as_object()).is_some_and(|f| {
+            f.keys().any(|k| k != "f:metadata" && k != "f:status" && k != "f:apiVersion" && k != "f:kind")
+        });
+        !ours && !subresource && content
     })
 }
 

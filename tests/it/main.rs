@@ -15,3 +15,4 @@ mod pipeline;
 mod profiles;
 mod render;
 mod sources;
+mod trust;

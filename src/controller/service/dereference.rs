@@ -82,8 +82,10 @@ pub struct World {
     pub pods: Vec<PodUse>,
     /// The OIMCache it mounts.
     pub cache: CacheRef,
-    /// The stored selection.
+    /// The stored selection, verified against the catalog (published profiles) or the model.
     pub stored: Option<Stored>,
+    /// Why a stored selection was not trusted (its ConfigMap was changed by someone else).
+    pub distrusted: Option<String>,
     /// Our running Deployment (only if we created it for this service).
     pub deployment: Option<Arc<Deployment>>,
 }
@@ -112,7 +114,13 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
     };
     let listed = catalog.list(&svc.spec.model.name).await.map_err(|e| e.to_string());
     let cache = cache(ctx, svc, &ns).await?;
-    let stored = stored(ctx, svc, &ns).await?;
+    let (stored, distrusted) = match stored(ctx, svc, &ns).await? {
+        Some(s) => match verify(&s, svc, &catalog).await {
+            Ok(()) => (Some(s), None),
+            Err(why) => (None, Some(why)),
+        },
+        None => (None, None),
+    };
     let uid = svc.uid().unwrap_or_default();
     let deployment = ctx
         .children
@@ -126,6 +134,7 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         pods: ctx.pods.state().iter().filter_map(|p| PodUse::from_pod(p)).collect(),
         cache,
         stored,
+        distrusted,
         deployment,
     })))
 }
@@ -176,4 +185,71 @@ async fn stored(ctx: &Context, svc: &OIMService, ns: &str) -> Result<Option<Stor
         .reading(|| format!("ConfigMap {ns}/{name}"))?;
     let uid = svc.meta().uid.clone().unwrap_or_default();
     Ok(cm.filter(|c| crate::controller::children::controlled_by(&c.metadata, &uid)).as_ref().and_then(Stored::parse))
+}
+
+/// The stored selection is a cache, never the authority: a published profile must be exactly
+/// the document its digest names in the service's catalog (the digest cache, else the registry);
+/// a generated one is checked again by selection. Whoever can edit the ConfigMap cannot change
+/// the image, args or env this way.
+async fn verify(stored: &Stored, svc: &OIMService, catalog: &Catalog) -> Result<(), String> {
+    if stored.profile.model != svc.spec.model.name {
+        return Err(format!("it names model {}, not {}", stored.profile.model, svc.spec.model.name));
+    }
+    if stored.profile.generated {
+        return Ok(());
+    }
+    if stored.digest.is_empty() {
+        return Err("a published profile without a digest".into());
+    }
+    let summary = ProfileSummary::of(&stored.profile, stored.digest.clone(), stored.source.clone());
+    match catalog.fetch(&summary).await {
+        Ok(p) if p == stored.profile => Ok(()),
+        Ok(_) => Err(format!("its document is not the one digest {} names", stored.digest)),
+        Err(e) => Err(format!("digest {} could not be checked: {e}", stored.digest)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::catalog::{DirCatalog, digest_of};
+
+    fn stored() -> (Stored, OIMService, Catalog) {
+        let dir = DirCatalog::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"))).unwrap();
+        let (path, bytes, p) =
+            dir.entries().find(|(_, _, p)| p.name == "vllm-nvidia-h100-sxm-80gb-x1-latency-bf16").unwrap();
+        // What the profile ConfigMap carries: the document as the operator serialised it.
+        let yaml = serde_saphyr::to_string(p).unwrap();
+        let stored = Stored {
+            key: "k".into(),
+            profile: Profile::parse(yaml.as_bytes(), "cm").unwrap(),
+            digest: digest_of(bytes),
+            source: path.display().to_string(),
+            reason: String::new(),
+            rejected: vec![],
+        };
+        let svc: OIMService = serde_saphyr::from_str(
+            "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {name: llm}\nspec:\n  model: {name: meta-llama/Llama-3.1-8B-Instruct}\n",
+        )
+        .unwrap();
+        (stored, svc, Catalog::Dir(dir))
+    }
+
+    #[tokio::test]
+    async fn a_stored_selection_is_trusted_only_as_the_document_its_digest_names() {
+        let (good, svc, catalog) = stored();
+        assert_eq!(verify(&good, &svc, &catalog).await, Ok(()));
+        let mut image = good.clone();
+        image.profile.engine.image = "docker.io/evil/vllm:1.0".into();
+        assert!(verify(&image, &svc, &catalog).await.unwrap_err().contains("not the one digest"));
+        let mut digest = good.clone();
+        digest.digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
+        assert!(verify(&digest, &svc, &catalog).await.is_err(), "a digest the catalog does not have");
+        let mut other = good.clone();
+        other.profile.model = "acme/other".into();
+        assert!(verify(&other, &svc, &catalog).await.unwrap_err().contains("acme/other"));
+        let mut unpinned = good;
+        unpinned.digest = String::new();
+        assert!(verify(&unpinned, &svc, &catalog).await.is_err());
+    }
 }

@@ -55,6 +55,11 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
         Read::Source(e) => return finish(ctx, svc, Outcome::Blocked(source_blocked(&e)), None).await,
         Read::World(w) => w,
     };
+    if let Some(why) = &world.distrusted {
+        let note =
+            format!("the stored selection in ConfigMap {}-profile was ignored: {why}; selecting again", svc.name_any());
+        publish(ctx, &svc.object_ref(&()), true, "StoredSelectionRejected", &note).await;
+    }
     let running = world.deployment.as_deref();
     let (chosen, update) = match select::decide(svc, &world, &ctx.engines) {
         Decision::Blocked(b) => return finish(ctx, svc, Outcome::Blocked(b), running).await,

@@ -70,6 +70,8 @@ pub fn decide(svc: &OIMService, world: &World, engines: &Engines) -> Decision {
         .filter(|c| held.as_deref().is_none_or(|h| cached_path(h, &c.profile).is_some()));
     let auto = svc.spec.profile.as_ref().and_then(|p| p.update_policy) == Some(UpdatePolicy::Auto);
     let mut followed = None;
+    // A generated choice is kept only while generation still yields exactly that document.
+    let kept = kept.filter(|c| !c.generated || regenerates(&req, world, held.as_deref(), engines, &c.profile));
     if let Some(chosen) = kept {
         match (republished(world.listed.as_deref().ok(), &chosen), auto) {
             (Some(digest), true) => {
@@ -100,6 +102,21 @@ fn sticky(stored: &Stored, world: &World, req: &Request) -> Option<Chosen> {
         generated: stored.profile.generated,
         rejected: stored.rejected.clone(),
     })
+}
+
+/// Whether a fresh selection generates `profile` again (a stored generated document carries no
+/// digest to check it by).
+fn regenerates(
+    req: &Request,
+    world: &World,
+    held: Option<&[CachedProfile]>,
+    engines: &Engines,
+    profile: &Profile,
+) -> bool {
+    match fresh(req.clone(), world, held, engines, None) {
+        Decision::Fresh { selected, .. } => selected.document.as_ref() == Some(profile),
+        _ => false,
+    }
 }
 
 /// The new digest of the kept profile's tag, when it was re-published. Registry trouble is not

@@ -60,6 +60,7 @@ fn world(nodes: Vec<NodeView>, stored: Option<Stored>, listed: Result<Vec<Profil
         pods: vec![],
         cache: CacheRef::None,
         stored,
+        distrusted: None,
         deployment: None,
     }
 }

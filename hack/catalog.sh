@@ -21,8 +21,8 @@ cp -r "$ROOT/bundle/manifests" "$ROOT/bundle/metadata" "$work/root/"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work/root" -cf "$work/layer.tar" manifests metadata
 labels=()
 while read -r k v; do labels+=(--label "${k%:}=$v"); done < <(sed -n 's/^  \(operators\.operatorframework\.io\.[^ ]*\) \(.*\)/\1 \2/p; s/^  \(com\.redhat\.[^ ]*\) \(.*\)/\1 \2/p' "$ROOT/bundle/metadata/annotations.yaml")
-crane append --insecure -f "$work/layer.tar" -t "$REF" >/dev/null
-crane mutate --insecure "$REF" "${labels[@]}" >/dev/null
+crane append --insecure --oci-empty-base -f "$work/layer.tar" -t "$REF" >/dev/null
+crane mutate --insecure "$REF" -t "$REF" --set-platform linux/amd64 "${labels[@]}" >/dev/null
 
 mkdir -p "$OUT/$PACKAGE"
 {

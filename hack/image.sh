@@ -52,7 +52,7 @@ labels=(
 )
 label_args=()
 for l in "${labels[@]}"; do label_args+=(--label "$l"); done
-"$CRANE" append --insecure --platform linux/amd64 -f "$work/layer.tar" -t "$REF" >/dev/null
-"$CRANE" mutate --insecure "$REF" --user 65532:65532 --workdir / --entrypoint /usr/bin/oim \
+"$CRANE" append --insecure --oci-empty-base -f "$work/layer.tar" -t "$REF" >/dev/null
+"$CRANE" mutate --insecure "$REF" -t "$REF" --set-platform linux/amd64 --user 65532:65532 --workdir / --entrypoint /usr/bin/oim \
   --env PATH=/usr/bin:/bin --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt "${label_args[@]}" >/dev/null
 echo "$REF"

@@ -138,7 +138,7 @@ async fn serve_to_ready(client: &kube::Client, namespace: &str, scenario: &str) 
 
 fn assert_forbidden(as_operator: &TokenKubeconfig, what: &str, args: &[&str]) {
     let (success, err) = as_operator.kubectl(args);
-    assert!(!success && err.contains("Forbidden"), "{what} must be refused by RBAC, got: {err}");
+    assert!(!success && err.contains(" is forbidden: "), "{what} must be refused by RBAC, got: {err}");
 }
 
 #[tokio::test]
@@ -147,9 +147,10 @@ async fn kubectl_apply_k_config_default_installs_an_operator_whose_rbac_is_enoug
     cluster::install_oim_crds();
     let ns = TestNs::new(&client, "kustomize", &[]).await;
     let k = kubectl();
-    ok(&k, &["apply", "-k", &format!("{ROOT}/config/default"), "--dry-run=server"], None);
-    // Server-side, next to the tests' own apply of the same CRDs.
+    // Server-side, next to the tests' own apply of the same CRDs. (A dry run first would fail on
+    // a cluster without oim-system: dry runs create no namespace.)
     ok(&k, &["apply", "--server-side", "--field-manager", "oim-tests", "-k", &format!("{ROOT}/config/default")], None);
+    ok(&k, &["apply", "-k", &format!("{ROOT}/config/default"), "--dry-run=server"], None);
     for (kind, name) in [
         ("clusterrole", "oim-operator"),
         ("clusterrole", "oim-operator-cluster"),
@@ -226,6 +227,13 @@ async fn the_helm_chart_lints_installs_every_object_serves_with_its_own_rbac_and
     let served = TestNs::new(&client, "chart-served", &[]).await;
     let rel = &release_ns.name;
     let watch = format!("watchNamespaces={{{}}}", served.name);
+
+    // A release left by an interrupted run holds the cluster-scoped names.
+    let leftovers: Vec<Value> =
+        serde_json::from_str(&ok(&helm, &["list", "-A", "-f", "^oimchart$", "-o", "json"], None)).unwrap();
+    for old in leftovers {
+        ok(&helm, &["uninstall", "oimchart", "-n", old["namespace"].as_str().unwrap(), "--wait"], None);
+    }
 
     ok(&helm, &["lint", "--strict", &chart, "--set", &watch], None);
     let manifests = ok(&helm, &["template", "oimchart", &chart, "-n", rel, "--set", &watch], None);

@@ -12,7 +12,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "oim-operator"
-CHANNEL = "alpha"
+CHANNEL = "candidate"  # pre-1.0; OLM channel naming: candidate, fast, stable
 
 
 def load(path, many=False):
@@ -44,9 +44,10 @@ OWNED = {
         "displayName": "OIM Service",
         "description": "A model served with vLLM on the best launch profile for the accelerators the cluster has free.",
         "resources": [
-            {"kind": "Deployment", "version": "v1"}, {"kind": "Service", "version": "v1"},
-            {"kind": "ConfigMap", "version": "v1"}, {"kind": "HorizontalPodAutoscaler", "version": "v2"},
-            {"kind": "Ingress", "version": "v1"},
+            {"kind": "Deployment", "name": "", "version": "v1"}, {"kind": "Service", "name": "", "version": "v1"},
+            {"kind": "ConfigMap", "name": "", "version": "v1"},
+            {"kind": "HorizontalPodAutoscaler", "name": "", "version": "v2"},
+            {"kind": "Ingress", "name": "", "version": "v1"},
         ],
         "spec": [
             ("model.name", "Model", "Hugging Face model id", ["urn:alm:descriptor:com.tectonic.ui:text"]),
@@ -69,7 +70,8 @@ OWNED = {
     "OIMCache": {
         "displayName": "OIM Cache",
         "description": "Model weights downloaded once into a PVC for the hardware present; retained by default.",
-        "resources": [{"kind": "PersistentVolumeClaim", "version": "v1"}, {"kind": "Job", "version": "v1"}],
+        "resources": [{"kind": "PersistentVolumeClaim", "name": "", "version": "v1"},
+                      {"kind": "Job", "name": "", "version": "v1"}],
         "spec": [
             ("source.hf.model", "Model", "Hugging Face model id", ["urn:alm:descriptor:com.tectonic.ui:text"]),
             ("retentionPolicy", "Retention", "Retain (default) or Delete the PVC with the cache",

@@ -11,7 +11,7 @@ export GOTOOLCHAIN=local GOFLAGS=-modcacherw
 OLM_MOD="$HERE/../olm"
 BIN=${OIM_PACKAGING_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/oim-testcluster/packaging/bin}
 command -v go >/dev/null || { echo "build-packaging.sh: Go 1.26 is needed to build helm, crane, opm and the bundle validator" >&2; exit 1; }
-STAMP=$( { cat "$OLM_MOD/go.sum" "$OLM_MOD/validate.go"; echo "$HELM_VERSION $CRANE_VERSION $OPM_VERSION $K8S_VERSION $(go env GOVERSION)"; } | sha256sum | cut -d' ' -f1)
+STAMP=$( { cat "$OLM_MOD/go.sum" "$OLM_MOD/validate.go" "$OLM_MOD/opm/go.sum"; echo "$HELM_VERSION $CRANE_VERSION $K8S_VERSION $(go env GOVERSION)"; } | sha256sum | cut -d' ' -f1)
 NEEDED=(helm crane opm bundle-validate)
 
 have_all() {
@@ -24,7 +24,7 @@ if have_all; then echo "$BIN"; exit 0; fi
 mkdir -p "$BIN"
 start=$(date +%s)
 minor=${K8S_VERSION#1.}; minor=${minor%%.*}
-echo ">> building helm $HELM_VERSION, crane $CRANE_VERSION, the bundle validator and opm $OPM_VERSION into $BIN" >&2
+echo ">> building helm $HELM_VERSION, crane $CRANE_VERSION, the bundle validator and opm into $BIN" >&2
 # Helm's own Makefile sets these; without them `helm template` assumes Kubernetes v1.20.
 hl="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 hl="$hl -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
@@ -35,9 +35,11 @@ CGO_ENABLED=0 go build -C "$OLM_MOD" -trimpath -ldflags="-s -w" -o "$BIN/bundle-
 API_DIR=$(go list -C "$OLM_MOD" -m -f '{{.Dir}}' github.com/operator-framework/api)
 rm -rf "$BIN/../olm-crds" && mkdir -p "$BIN/../olm-crds"
 cp "$API_DIR"/crds/operators.coreos.com_*.yaml "$BIN/../olm-crds/" && chmod u+w "$BIN/../olm-crds/"*
-# opm needs cgo (sqlite); the openpgp tag avoids gpgme, as upstream's Makefile does.
-CGO_ENABLED=1 GOBIN="$BIN" go install -trimpath -tags=json1,containers_image_openpgp -ldflags="-s -w" \
-  "github.com/operator-framework/operator-registry/cmd/opm@$OPM_VERSION" >&2
+# opm needs cgo (sqlite); the openpgp tag avoids gpgme, as upstream's Makefile does. Built from the
+# tool module tests/olm/opm (pinned there): `go install opm@version` fails because the Go proxy
+# does not list operator-registry's versions.
+CGO_ENABLED=1 go build -C "$OLM_MOD/opm" -trimpath -tags=json1,containers_image_openpgp -ldflags="-s -w" \
+  -o "$BIN/opm" github.com/operator-framework/operator-registry/cmd/opm >&2
 echo "$STAMP" >"$BIN/.stamp"
 echo ">> packaging tools built in $(( $(date +%s) - start ))s" >&2
 echo "$BIN"

@@ -10,5 +10,4 @@ PROMETHEUS_OPERATOR_VERSION=v0.85.0
 # Packaging tools (tests/cluster/build-packaging.sh): the chart, the image, the OLM bundle and catalog.
 HELM_VERSION=v3.22.0
 CRANE_VERSION=v0.22.1
-OPM_VERSION=v1.73.0
-# operator-framework/api (validator and OLM CRDs) is pinned by tests/olm/go.mod.
+# operator-framework/api (validator, OLM CRDs) is pinned by tests/olm/go.mod, opm by tests/olm/opm/go.mod.

@@ -291,7 +291,9 @@ async fn the_helm_chart_lints_installs_every_object_serves_with_its_own_rbac_and
         node.delete(&client).await;
     }
 
-    // `helm upgrade` with a changed CRD updates it (the CRDs are templates), and back.
+    // `helm upgrade` with a changed CRD updates it (the CRDs are templates), and back; no other
+    // test applies the CRDs meanwhile.
+    let crds_lock = cluster::CRDS.lock().unwrap_or_else(|e| e.into_inner());
     let upgraded = std::env::temp_dir().join(cluster::unique("oim-chart"));
     copy_dir(Path::new(&chart), &upgraded);
     let crds = std::fs::read_to_string(format!("{chart}/files/crds.yaml")).unwrap();
@@ -301,6 +303,7 @@ async fn the_helm_chart_lints_installs_every_object_serves_with_its_own_rbac_and
     assert!(live_crd_has_probe(&k), "helm upgrade applied the new CRD field");
     ok(&helm, &["upgrade", "oimchart", &chart, "-n", rel, "--reuse-values"], None);
     assert!(!live_crd_has_probe(&k), "and the next upgrade removed it");
+    drop(crds_lock);
     let _ = std::fs::remove_dir_all(&upgraded);
 
     // Uninstall keeps the CRDs (and so every OIMService and OIMCache).
@@ -356,12 +359,8 @@ fn make_bundle_output_is_checked_in() {
 }
 
 #[tokio::test]
-async fn the_olm_bundle_validates_applies_with_the_olm_crds_and_renders_into_a_catalog() {
-    let (Some(validate), Some(_crane), Some(opm)) =
-        (packaging_tool("bundle-validate"), packaging_tool("crane"), packaging_tool("opm"))
-    else {
-        return;
-    };
+async fn the_olm_bundle_validates_and_its_csv_and_examples_apply_once_the_olm_crds_are_installed() {
+    let Some(validate) = packaging_tool("bundle-validate") else { return };
     let client = cluster::client().await;
     cluster::install_oim_crds();
     let k = kubectl();
@@ -375,15 +374,22 @@ async fn the_olm_bundle_validates_applies_with_the_olm_crds_and_renders_into_a_c
     ok(&k, &["wait", "--for=condition=Established", "--timeout=60s", "-f", olm_crds], None);
     let ns = TestNs::new(&client, "olm", &[]).await;
     let csv_path = format!("{ROOT}/bundle/manifests/oim-operator.clusterserviceversion.yaml");
-    ok(&k, &["apply", "--dry-run=server", "-n", &ns.name, "-f", &csv_path], None);
-    let csv: Value = serde_saphyr::from_str(&std::fs::read_to_string(&csv_path).unwrap()).unwrap();
+    let mut csv: Value = serde_saphyr::from_str(&std::fs::read_to_string(&csv_path).unwrap()).unwrap();
+    // OLM puts the CSV into the namespace it installs to; the bundle says "placeholder".
+    csv["metadata"]["namespace"] = Value::String(ns.name.clone());
+    ok(&k, &["apply", "--dry-run=server", "-f", "-"], Some(&csv.to_string()));
     let examples: Vec<Value> =
         serde_json::from_str(csv["metadata"]["annotations"]["alm-examples"].as_str().unwrap()).unwrap();
     assert!(examples.len() >= 2, "an OIMService and an OIMCache example");
     for example in &examples {
         ok(&k, &["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&example.to_string()));
     }
+    ns.cleanup().await;
+}
 
+#[test]
+fn the_bundle_image_renders_into_a_file_based_catalog_with_opm() {
+    let (Some(_crane), Some(opm)) = (packaging_tool("crane"), packaging_tool("opm")) else { return };
     let catalog = std::env::temp_dir().join(cluster::unique("oim-catalog"));
     ok(
         Path::new("bash"),
@@ -394,7 +400,6 @@ async fn the_olm_bundle_validates_applies_with_the_olm_crds_and_renders_into_a_c
     assert!(fbc.contains("schema: olm.bundle") && fbc.contains("name: oim-operator.v0.1.0"), "{fbc}");
     ok(&opm, &["validate", catalog.to_str().unwrap()], None);
     let _ = std::fs::remove_dir_all(&catalog);
-    ns.cleanup().await;
 }
 
 #[test]

@@ -34,7 +34,10 @@ fn packaging_tool(name: &str) -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!("SKIPPED: {name} is not built in {}; run tests/cluster/build-packaging.sh (make test does)", dir.display());
+        eprintln!(
+            "SKIPPED: {name} is not built in {}; run tests/cluster/build-packaging.sh (make test does)",
+            dir.display()
+        );
         None
     }
 }
@@ -83,7 +86,8 @@ struct TokenKubeconfig {
 
 impl TokenKubeconfig {
     fn new(namespace: &str, account: &str) -> TokenKubeconfig {
-        let token = cluster::kubectl(&["create", "token", account, "-n", namespace, "--duration", "1h"]).trim().to_string();
+        let token =
+            cluster::kubectl(&["create", "token", account, "-n", namespace, "--duration", "1h"]).trim().to_string();
         let env = cluster::env();
         let path = std::env::temp_dir().join(cluster::unique("oim-token-kubeconfig"));
         std::fs::write(
@@ -175,13 +179,17 @@ async fn kubectl_apply_k_config_default_installs_an_operator_whose_rbac_is_enoug
     assert_forbidden(&token, "reading Secrets in bulk", &["get", "secrets", "-n", &ns.name]);
     assert_forbidden(&token, "creating a Secret", &["create", "secret", "generic", "x", "-n", &ns.name]);
     assert_forbidden(&token, "deleting a Node", &["delete", "node", &node.name, "--dry-run=server"]);
-    assert_forbidden(&token, "creating a ClusterRoleBinding to cluster-admin", &[
-        "create",
-        "clusterrolebinding",
-        "oim-escalate",
-        "--clusterrole=cluster-admin",
-        "--serviceaccount=oim-system:oim-operator",
-    ]);
+    assert_forbidden(
+        &token,
+        "creating a ClusterRoleBinding to cluster-admin",
+        &[
+            "create",
+            "clusterrolebinding",
+            "oim-escalate",
+            "--clusterrole=cluster-admin",
+            "--serviceaccount=oim-system:oim-operator",
+        ],
+    );
     node.delete(&client).await;
     ns.cleanup().await;
 }
@@ -241,26 +249,43 @@ async fn the_helm_chart_lints_installs_every_object_serves_with_its_own_rbac_and
     ok(&k, &["apply", "--dry-run=server", "-f", "-"], Some(&manifests));
     let on_openshift = ok(
         &helm,
-        &["template", "oimchart", &chart, "-n", rel, "--api-versions", "security.openshift.io/v1/SecurityContextConstraints"],
+        &[
+            "template",
+            "oimchart",
+            &chart,
+            "-n",
+            rel,
+            "--api-versions",
+            "security.openshift.io/v1/SecurityContextConstraints",
+        ],
         None,
     );
     assert!(on_openshift.contains("kind: SecurityContextConstraints"), "the agent's SCC where the API exists");
 
     // The CRDs already exist (the other tests installed them): Helm adopts them.
     for crd in ["oimservices.oim.opea.dev", "oimcaches.oim.opea.dev"] {
-        let release = format!("meta.helm.sh/release-name=oimchart");
         let namespace = format!("meta.helm.sh/release-namespace={rel}");
-        ok(&k, &["annotate", "crd", crd, &release, &namespace, "--overwrite"], None);
+        ok(&k, &["annotate", "crd", crd, "meta.helm.sh/release-name=oimchart", &namespace, "--overwrite"], None);
         ok(&k, &["label", "crd", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite"], None);
     }
     ok(&helm, &["install", "oimchart", &chart, "-n", rel, "--set", &watch], None);
     let installed = ok(&helm, &["get", "manifest", "oimchart", "-n", rel], None);
     let names = ok(&k, &["get", "-f", "-", "-o", "name"], Some(&installed));
-    for kind in ["customresourcedefinition", "clusterrole", "clusterrolebinding", "role", "rolebinding", "serviceaccount", "deployment", "service/"] {
+    for kind in [
+        "customresourcedefinition",
+        "clusterrole",
+        "clusterrolebinding",
+        "role",
+        "rolebinding",
+        "serviceaccount",
+        "deployment",
+        "service/",
+    ] {
         assert!(names.contains(kind), "helm install created a {kind}: {names}");
     }
     assert!(
-        ok(&k, &["get", "rolebinding", "oimchart-oim-operator", "-n", &served.name, "-o", "name"], None).contains("rolebinding"),
+        ok(&k, &["get", "rolebinding", "oimchart-oim-operator", "-n", &served.name, "-o", "name"], None)
+            .contains("rolebinding"),
         "the namespaced rules are bound in the watched namespace only"
     );
 
@@ -278,15 +303,11 @@ async fn the_helm_chart_lints_installs_every_object_serves_with_its_own_rbac_and
         })
         .await;
         ok(&k, &["get", "clusterrolebinding", &format!("oim-node-agent-{rel}")], None);
-        assert_forbidden(&token, "a Deployment outside the watched namespaces", &[
-            "create",
-            "deployment",
-            "x",
-            "--image=x",
-            "-n",
-            "default",
-            "--dry-run=server",
-        ]);
+        assert_forbidden(
+            &token,
+            "a Deployment outside the watched namespaces",
+            &["create", "deployment", "x", "--image=x", "-n", "default", "--dry-run=server"],
+        );
         assert_forbidden(&token, "creating a Secret", &["create", "secret", "generic", "x", "-n", &served.name]);
         node.delete(&client).await;
     }

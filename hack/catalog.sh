@@ -24,12 +24,15 @@ while read -r k v; do labels+=(--label "${k%:}=$v"); done < <(sed -n 's/^  \(ope
 crane append --insecure --oci-empty-base -f "$work/layer.tar" -t "$REF" >/dev/null
 crane mutate --insecure "$REF" -t "$REF" --set-platform linux/amd64 "${labels[@]}" >/dev/null
 
+# opm pulls through containers/image, which wants a signature policy: accept the image we just
+# pushed (a policy in a private HOME for this run, not the machine's).
+mkdir -p "$work/home/.config/containers"
+echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$work/home/.config/containers/policy.json"
 mkdir -p "$OUT/$PACKAGE"
 {
   printf -- '---\nschema: olm.package\nname: %s\ndefaultChannel: %s\n' "$PACKAGE" "$CHANNEL"
   printf -- '---\nschema: olm.channel\npackage: %s\nname: %s\nentries:\n  - name: %s.v%s\n' "$PACKAGE" "$CHANNEL" "$PACKAGE" "$VERSION"
-  printf -- '---\n'
-  opm render "$REF" --use-http -o yaml
+  HOME="$work/home" opm render "$REF" --use-http -o yaml
 } >"$OUT/$PACKAGE/catalog.yaml"
 opm validate "$OUT"
 echo "$OUT/$PACKAGE/catalog.yaml"

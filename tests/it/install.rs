@@ -24,12 +24,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A packaging tool from build-packaging.sh's cache; None (with the reason printed) when absent.
 fn packaging_tool(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var("OIM_PACKAGING_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-        let cache = std::env::var("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"));
-        cache.join("oim-testcluster/packaging/bin")
-    });
+    let dir = packaging_dir();
     let path = dir.join(name);
     if path.is_file() {
         Some(path)
@@ -42,16 +37,23 @@ fn packaging_tool(name: &str) -> Option<PathBuf> {
     }
 }
 
-/// Runs a program with the cluster's kubeconfig and PATH; returns (success, stdout, stderr).
+/// Where build-packaging.sh puts its tools.
+fn packaging_dir() -> PathBuf {
+    std::env::var("OIM_PACKAGING_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+        let cache = std::env::var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"));
+        cache.join("oim-testcluster/packaging/bin")
+    })
+}
+
+/// Runs a program with the cluster's kubeconfig, and kubectl and the packaging tools on PATH;
+/// returns (success, stdout, stderr).
 fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
     let env = cluster::env();
-    let path = format!(
-        "{}:{}:{}",
-        env.bin.display(),
-        program.parent().map(|p| p.display().to_string()).unwrap_or_default(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path =
+        format!("{}:{}:{}", env.bin.display(), packaging_dir().display(), std::env::var("PATH").unwrap_or_default());
     let mut child = Command::new(program)
         .args(args)
         .env("KUBECONFIG", &env.kubeconfig)

@@ -346,6 +346,10 @@ fn the_copies_of_the_crds_and_rules_match_their_sources() {
         assert!(read(copy) == crds, "{copy} differs from crds/oim.opea.dev.yaml: run `make manifests`");
     }
     assert!(
+        read("config/samples/llama31-8b-latency.yaml") == read("examples/llama31-8b-latency.yaml"),
+        "config/samples/llama31-8b-latency.yaml differs from examples/: copy it again"
+    );
+    assert!(
         read("charts/oim-operator/files/role.yaml") == read("config/rbac/role.yaml"),
         "charts/oim-operator/files/role.yaml differs from config/rbac/role.yaml: run `make manifests`"
     );

@@ -175,7 +175,8 @@ fn operator(args: OperatorArgs) -> ExitCode {
         };
         tracing::info!(?platform, ?capabilities, ?agent, "oim operator starting");
         let settings = oim::controller::Settings {
-            namespaces: args.watch_namespaces.clone(),
+            // Empty entries mean nothing: OLM's olm.targetNamespaces is "" for AllNamespaces.
+            namespaces: args.watch_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
             platform,
             capabilities,
             agent,

@@ -262,8 +262,13 @@ pub fn optional_apis(installed: bool) {
     }
 }
 
+/// Held while the oim CRDs are applied, and by the chart test while its upgrade briefly changes
+/// them (another apply meanwhile would conflict with Helm's field ownership).
+pub static CRDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Installs the oim CRDs from `crds/` with server-side apply and waits until they are Established.
 pub fn install_oim_crds() {
+    let _crds = CRDS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
     kubectl(&["apply", "--server-side", "--field-manager", "oim-tests", "-f", dir]);
     kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]);

@@ -8,6 +8,7 @@ mod cluster;
 mod download;
 mod environment;
 mod fixtures;
+mod install;
 mod operator;
 mod ownership;
 mod pipeline;

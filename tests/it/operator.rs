@@ -26,11 +26,11 @@ impl Operator {
     }
 
     pub(crate) fn with_args(args: &[&str]) -> Operator {
-        Operator::as_user(args, &cluster::env().kubeconfig)
+        Operator::with_kubeconfig(&cluster::env().kubeconfig, args)
     }
 
-    /// The operator with the rights of `kubeconfig`'s user.
-    pub(crate) fn as_user(args: &[&str], kubeconfig: &str) -> Operator {
+    /// An operator authenticating with `kubeconfig` (e.g. a ServiceAccount token's).
+    pub(crate) fn with_kubeconfig(kubeconfig: &str, args: &[&str]) -> Operator {
         let mut defaults = vec![];
         if !args.contains(&"--metrics-bind") {
             defaults.extend(["--metrics-bind", "off"]);

@@ -105,9 +105,9 @@ async fn without_its_admission_policy_the_node_agent_is_not_deployed() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let bind = format!("127.0.0.1:{port}");
     let args = ["--catalog", concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"), "--watch-namespaces", &ns.name];
-    let operator = Operator::as_user(
-        &[&args[..], &["--agent-namespace", &ns.name, "--agent-image", IMAGE, "--metrics-bind", &bind]].concat(),
+    let operator = Operator::with_kubeconfig(
         &kubeconfig,
+        &[&args[..], &["--agent-namespace", &ns.name, "--agent-image", IMAGE, "--metrics-bind", &bind]].concat(),
     );
     let metric = cluster::wait_until("the operator reports the missing policy", Duration::from_secs(60), || async {
         let out = Command::new("curl").args(["-sf", "-m", "2", &format!("http://{bind}/metrics")]).output().ok()?;

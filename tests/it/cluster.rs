@@ -270,7 +270,7 @@ pub static CRDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn install_oim_crds() {
     let _crds = CRDS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-    kubectl(&["apply", "--server-side", "--field-manager", "oim-tests", "-f", dir]);
+    kubectl(&["apply", "--server-side", "--force-conflicts", "--field-manager", "oim-tests", "-f", dir]);
     kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]);
 }
 
@@ -289,4 +289,52 @@ pub fn kubeconfig_for(namespace: &str, service_account: &str, dir: &std::path::P
     let path = dir.join(format!("{service_account}.kubeconfig"));
     std::fs::write(&path, config.to_string()).unwrap();
     path.display().to_string()
+}
+
+/// Where the tests' operator account lives.
+pub const OPERATOR_NAMESPACE: &str = "oim-operator-tests";
+
+/// A kubeconfig of the least-privilege operator account: `config/rbac/role.yaml` (what the chart,
+/// kustomize and the bundle install) bound to ServiceAccount `oim-operator-tests/oim-operator`.
+/// Every test's operator runs with it unless a test chooses other rights.
+pub fn operator_kubeconfig() -> &'static str {
+    static KUBECONFIG: LazyLock<String> = LazyLock::new(|| {
+        let ns = OPERATOR_NAMESPACE;
+        let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/config/rbac/role.yaml");
+        let account = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "oim-operator", "namespace": ns}},
+            binding("ClusterRoleBinding", "oim-operator-tests", "ClusterRole", "oim-operator", None),
+            binding("ClusterRoleBinding", "oim-operator-tests-cluster", "ClusterRole", "oim-operator-cluster", None),
+        ]});
+        let (ok, _, err) = tool_stdin("kubectl", &["apply", "--server-side", "-f", "-"], &account.to_string());
+        assert!(ok, "operator account: {err}");
+        kubectl(&["apply", "--server-side", "-n", ns, "-f", rbac]);
+        grant_agent_role(ns);
+        kubeconfig_for(ns, "oim-operator", &std::env::temp_dir().join(unique("operator-account")))
+    });
+    &KUBECONFIG
+}
+
+fn binding(kind: &str, name: &str, role_kind: &str, role: &str, namespace: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "oim-operator", "namespace": OPERATOR_NAMESPACE}]
+    })
+}
+
+/// Lets the tests' operator account deploy the node agent into `namespace` (the chart grants this
+/// Role in the operator's own namespace).
+pub fn grant_agent_role(namespace: &str) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rbac/role.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let mut role = docs.into_iter().find(|d| d["kind"] == "Role").expect("config/rbac has the agent Role");
+    role["metadata"]["namespace"] = serde_json::json!(namespace);
+    let objects = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        role, binding("RoleBinding", "oim-operator-agent", "Role", "oim-operator-agent", Some(namespace)),
+    ]});
+    let (ok, _, err) = tool_stdin("kubectl", &["apply", "--server-side", "-f", "-"], &objects.to_string());
+    assert!(ok, "agent role in {namespace}: {err}");
 }

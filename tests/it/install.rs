@@ -150,6 +150,8 @@ fn assert_forbidden(as_operator: &TokenKubeconfig, what: &str, args: &[&str]) {
 #[tokio::test]
 async fn kubectl_apply_k_config_default_installs_an_operator_whose_rbac_is_enough_and_no_more() {
     let client = cluster::client().await;
+    // Its operator keeps the node agent (and its admission policy) in oim-system, as the agent tests do.
+    let _serial = cluster::serial().await;
     cluster::install_oim_crds();
     let ns = TestNs::new(&client, "kustomize", &[]).await;
     let k = kubectl();
@@ -230,6 +232,8 @@ fn live_crd_has_probe(k: &Path) -> bool {
 async fn the_helm_chart_lints_installs_every_object_serves_with_its_own_rbac_and_upgrades_its_crds() {
     let Some(helm) = packaging_tool("helm") else { return };
     let client = cluster::client().await;
+    // Its operator keeps the node agent (and its admission policy) in oim-system, as the agent tests do.
+    let _serial = cluster::serial().await;
     cluster::install_oim_crds();
     let k = kubectl();
     let chart = format!("{ROOT}/charts/oim-operator");

@@ -24,6 +24,7 @@ async fn the_operator_deploys_the_node_agent_with_its_image_and_puts_it_back_whe
     let client = cluster::client().await;
     cluster::install_oim_crds();
     let ns = TestNs::new(&client, "op-agent", &[]).await;
+    cluster::grant_agent_role(&ns.name);
     let operator = Operator::with_args(&[
         "--catalog",
         concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"),

@@ -6,9 +6,11 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod controller;
 pub mod hardware;
 pub mod hub;
 pub mod profile;
 pub mod render;
+pub mod study;

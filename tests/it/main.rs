@@ -2,6 +2,7 @@
 //! read its kubeconfig and registries from the environment `make test` sets up.
 
 mod agent;
+mod bench;
 mod cache;
 mod cli;
 mod cluster;
@@ -12,4 +13,6 @@ mod operator;
 mod ownership;
 mod profiles;
 mod render;
+mod sim;
 mod sources;
+mod study;

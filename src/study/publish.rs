@@ -1,0 +1,363 @@
+//! `oim study publish`: the best candidate per KPI becomes a profile with the measured figures,
+//! pushed like `oim profiles push`, with the study's evidence attached as an OCI referrer (an
+//! artifact whose `subject` is the profile manifest), so `oras discover` shows it and
+//! `oras pull` fetches it. Registries without the referrers API get the OCI 1.1 fallback: an
+//! index under the tag `sha256-<hex of the profile digest>` (the catalog reader skips those tags).
+//!
+//! The rules:
+//! - latency: lowest TTFT p50 at concurrency 1 among candidates that reach the throughput floor
+//!   (output tokens/s at concurrency 1);
+//! - throughput: highest output tokens/s per device at any concurrency whose TTFT p50 is within
+//!   the ceiling;
+//! - quantization: among candidates of a quantized precision, the fewest weight bytes (the
+//!   estimator's), then the lowest TTFT at concurrency 1; published with the stated quality note.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use oci_client::Reference;
+use oci_client::RegistryOperation;
+use oci_client::secrets::RegistryAuth;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{CandidateResult, StudyDir};
+use crate::api::{Kpi, Precision};
+use crate::bench::LevelResult;
+use crate::profile::catalog::{DirCatalog, OciCatalog, digest_of};
+use crate::profile::estimate;
+use crate::profile::oci::{self, enum_str};
+use crate::profile::schema::{Performance, Profile};
+
+/// `artifactType` of the evidence attached to a published profile.
+pub const EVIDENCE_ARTIFACT_TYPE: &str = "application/vnd.oim.study.results.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The stated limits of the rules.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rules {
+    /// Latency winners must reach this many output tokens/s at concurrency 1.
+    pub throughput_floor: f64,
+    /// Throughput winners count only levels whose TTFT p50 is at most this, ms.
+    pub ttft_ceiling_ms: f64,
+    /// What is known about the quality of the quantized winner.
+    pub quality_note: String,
+}
+
+/// One KPI's winner.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Winner {
+    /// The KPI.
+    pub kpi: Kpi,
+    /// The winning candidate.
+    pub candidate: String,
+    /// The concurrency its figures were measured at.
+    pub concurrency: u32,
+    /// Why it won, in one line.
+    pub reason: String,
+    /// The published profile's name.
+    pub profile: String,
+}
+
+fn level(r: &CandidateResult, c: u32) -> Option<&LevelResult> {
+    r.bench.levels.iter().find(|l| l.concurrency == c && l.completed > 0)
+}
+
+fn weight_bytes(p: &Profile) -> f64 {
+    estimate::arch(&p.model).map_or(0.0, |a| a.weight_bytes(p.precision))
+}
+
+fn quantized(p: Precision) -> bool {
+    !matches!(p, Precision::Bf16 | Precision::Fp16 | Precision::Fp32)
+}
+
+/// The winners of a study's results under `rules`, with every KPI that has none explained.
+pub fn winners(results: &[(&Profile, CandidateResult)], rules: &Rules) -> (Vec<Winner>, Vec<String>) {
+    let mut won = vec![];
+    let mut none = vec![];
+    let devices = |p: &Profile| f64::from(p.accelerator.count.max(1));
+    // Latency.
+    let best = results
+        .iter()
+        .filter_map(|(p, r)| level(r, 1).map(|l| (p, l)))
+        .filter(|(_, l)| l.output_tokens_per_sec >= rules.throughput_floor)
+        .min_by(|(pa, a), (pb, b)| {
+            a.ttft_ms.p50.total_cmp(&b.ttft_ms.p50).then(pa.accelerator.count.cmp(&pb.accelerator.count)).then(pa.name.cmp(&pb.name))
+        });
+    match best {
+        Some((p, l)) => won.push(Winner {
+            kpi: Kpi::Latency,
+            candidate: p.name.clone(),
+            concurrency: 1,
+            reason: format!(
+                "lowest TTFT p50 at concurrency 1 ({:.1} ms) with at least {} tokens/s",
+                l.ttft_ms.p50, rules.throughput_floor
+            ),
+            profile: String::new(),
+        }),
+        None => none.push(format!("latency: no candidate reached {} tokens/s at concurrency 1", rules.throughput_floor)),
+    }
+    // Throughput.
+    let best = results
+        .iter()
+        .flat_map(|(p, r)| r.bench.levels.iter().filter(|l| l.completed > 0).map(move |l| (p, l)))
+        .filter(|(_, l)| l.ttft_ms.p50 <= rules.ttft_ceiling_ms)
+        .max_by(|(pa, a), (pb, b)| {
+            (a.output_tokens_per_sec / devices(pa))
+                .total_cmp(&(b.output_tokens_per_sec / devices(pb)))
+                .then(pb.accelerator.count.cmp(&pa.accelerator.count))
+                .then(pb.name.cmp(&pa.name))
+        });
+    match best {
+        Some((p, l)) => won.push(Winner {
+            kpi: Kpi::Throughput,
+            candidate: p.name.clone(),
+            concurrency: l.concurrency,
+            reason: format!(
+                "highest output tokens/s per device ({:.1} at concurrency {}) with TTFT p50 within {} ms",
+                l.output_tokens_per_sec / devices(p),
+                l.concurrency,
+                rules.ttft_ceiling_ms
+            ),
+            profile: String::new(),
+        }),
+        None => none.push(format!("throughput: no level had TTFT p50 within {} ms", rules.ttft_ceiling_ms)),
+    }
+    // Quantization.
+    let best = results
+        .iter()
+        .filter(|(p, _)| quantized(p.precision))
+        .filter_map(|(p, r)| level(r, 1).map(|l| (p, l)))
+        .min_by(|(pa, a), (pb, b)| {
+            weight_bytes(pa).total_cmp(&weight_bytes(pb)).then(a.ttft_ms.p50.total_cmp(&b.ttft_ms.p50)).then(pa.name.cmp(&pb.name))
+        });
+    match best {
+        Some((p, _)) => won.push(Winner {
+            kpi: Kpi::Quantization,
+            candidate: p.name.clone(),
+            concurrency: 1,
+            reason: format!(
+                "fewest weight bytes ({:.1} GiB, {}); quality: {}",
+                weight_bytes(p) / (1024.0 * 1024.0 * 1024.0),
+                enum_str(&p.precision),
+                rules.quality_note
+            ),
+            profile: String::new(),
+        }),
+        None => none.push("quantization: no quantized candidate was measured".into()),
+    }
+    (won, none)
+}
+
+/// The profile published for a winner: the candidate with its KPI, a catalog name and the
+/// measured figures.
+pub fn published_profile(s: &StudyDir, w: &Winner, p: &Profile, r: &CandidateResult) -> Profile {
+    let l = level(r, w.concurrency);
+    let mut out = p.clone();
+    out.kpi = w.kpi;
+    out.name = format!(
+        "vllm-{}-{}-x{}-{}-{}",
+        p.accelerator.vendor,
+        p.accelerator.product,
+        p.accelerator.count,
+        enum_str(&w.kpi),
+        enum_str(&p.precision)
+    );
+    let day = r.finished.get(..10).unwrap_or(&r.finished);
+    out.performance = Some(Performance {
+        ttft_ms_p50: l.map(|l| l.ttft_ms.p50),
+        itl_ms_p50: l.map(|l| l.itl_ms.p50),
+        throughput_tokens_per_sec: l.map(|l| l.output_tokens_per_sec),
+        concurrency: Some(w.concurrency),
+        source: Some(format!("study {}, {}, {day}", s.study.id, r.engine_version)),
+    });
+    out
+}
+
+/// The evidence document attached to a published profile.
+pub fn evidence(s: &StudyDir, w: &Winner, rules: &Rules, results: &[(&Profile, CandidateResult)]) -> Value {
+    let all: Vec<Value> = results
+        .iter()
+        .map(|(p, r)| {
+            json!({
+                "candidate": p.name,
+                "precision": enum_str(&p.precision),
+                "devices": p.accelerator.count,
+                "args": p.args,
+                "result": r,
+            })
+        })
+        .collect();
+    json!({
+        "schema": "oim.opea.dev/study-evidence/v1",
+        "study": s.study,
+        "kpi": enum_str(&w.kpi),
+        "winner": w,
+        "rules": rules,
+        "candidates": all,
+    })
+}
+
+/// Where a published profile and its evidence went.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Published {
+    /// The winner.
+    pub winner: Winner,
+    /// `registry/repo:tag`.
+    pub reference: String,
+    /// The profile manifest's digest.
+    pub digest: String,
+    /// The evidence manifest's digest.
+    pub evidence_digest: String,
+}
+
+/// Pushes the winners of `s` to `catalog` and attaches the evidence.
+pub async fn publish(
+    s: &StudyDir,
+    rules: &Rules,
+    catalog: &OciCatalog,
+    client: &oci_client::Client,
+    auth: &RegistryAuth,
+) -> Result<(Vec<Published>, Vec<String>), String> {
+    let results = s.results().map_err(|e| e.to_string())?;
+    if results.is_empty() {
+        return Err(format!("{}: no results yet; run `oim study run` first", s.dir.display()));
+    }
+    let (mut won, none) = winners(&results, rules);
+    let out_dir = s.dir.join("publish");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let mut docs = BTreeMap::new();
+    for w in &mut won {
+        let (p, r) = results.iter().find(|(p, _)| p.name == w.candidate).ok_or("winner vanished")?;
+        let profile = published_profile(s, w, p, r);
+        w.profile = profile.name.clone();
+        let yaml = serde_saphyr::to_string(&profile).map_err(|e| format!("cannot serialize {}: {e}", profile.name))?;
+        let path = out_dir.join(format!("{}.yaml", profile.name));
+        std::fs::write(&path, yaml).map_err(|e| format!("{}: {e}", path.display()))?;
+        docs.insert(profile.name.clone(), evidence(s, w, rules, &results));
+    }
+    let dir = DirCatalog::load(&out_dir).map_err(|e| e.to_string())?;
+    let pushed = catalog.push(&dir).await.map_err(|e| e.to_string())?;
+    let mut out = vec![];
+    for w in won {
+        let Some((reference, digest)) = pushed.iter().find(|(r, _)| r.ends_with(&format!(":{}", w.profile))) else {
+            return Err(format!("{} was not pushed", w.profile));
+        };
+        let doc = docs.get(&w.profile).cloned().unwrap_or(Value::Null);
+        let subject = catalog.registry().digest_ref(&s.study.model, digest);
+        let evidence_digest = attach(client, auth, &subject, &s.study.id, &doc).await?;
+        out.push(Published { winner: w, reference: reference.clone(), digest: digest.clone(), evidence_digest });
+    }
+    Ok((out, none))
+}
+
+/// Pushes `doc` as a referrer of `subject` and records it in the tag-schema fallback index.
+pub async fn attach(
+    client: &oci_client::Client,
+    auth: &RegistryAuth,
+    subject: &Reference,
+    study_id: &str,
+    doc: &Value,
+) -> Result<String, String> {
+    let err = |what: &str, e: oci_client::errors::OciDistributionError| format!("{}: {what}: {e}", subject.whole());
+    client.auth(subject, auth, RegistryOperation::Push).await.map_err(|e| err("authenticating", e))?;
+    let subject_digest = subject.digest().ok_or("subject has no digest")?.to_string();
+    let (subject_bytes, _) = client
+        .pull_manifest_raw(subject, auth, &[OCI_MANIFEST])
+        .await
+        .map_err(|e| err("reading the profile manifest", e))?;
+    let blob = serde_json::to_vec_pretty(doc).unwrap_or_default();
+    let blob_digest = digest_of(&blob);
+    client.push_blob(subject, blob.clone(), &blob_digest).await.map_err(|e| err("pushing the evidence", e))?;
+    let empty = b"{}".to_vec();
+    let empty_digest = digest_of(&empty);
+    client.push_blob(subject, empty.clone(), &empty_digest).await.map_err(|e| err("pushing the empty config", e))?;
+    let annotations = json!({
+        "dev.opea.oim.study.id": study_id,
+        "org.opencontainers.image.created": super::now_rfc3339(),
+    });
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": EVIDENCE_ARTIFACT_TYPE,
+        "config": {"mediaType": oci::EMPTY_CONFIG_MEDIA_TYPE, "digest": empty_digest, "size": empty.len()},
+        "layers": [{
+            "mediaType": EVIDENCE_ARTIFACT_TYPE,
+            "digest": blob_digest,
+            "size": blob.len(),
+            "annotations": {oci::TITLE: format!("study-{study_id}.json")},
+        }],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": subject_bytes.len()},
+        "annotations": annotations,
+    });
+    let bytes = serde_json::to_vec(&manifest).unwrap_or_default();
+    let digest = digest_of(&bytes);
+    let by_digest = Reference::with_digest(subject.registry().to_string(), subject.repository().to_string(), digest.clone());
+    let ct = |t: &str| t.parse().map_err(|_| format!("bad content type {t}"));
+    client.push_manifest_raw(&by_digest, bytes.clone(), ct(OCI_MANIFEST)?).await.map_err(|e| err("pushing the evidence manifest", e))?;
+    // The referrers tag schema (OCI distribution 1.1 fallback): merge into any existing index.
+    let fallback_tag = subject_digest.replacen(':', "-", 1);
+    let index_ref = Reference::with_tag(subject.registry().to_string(), subject.repository().to_string(), fallback_tag);
+    let mut entries: Vec<Value> = match client.pull_manifest_raw(&index_ref, auth, &[OCI_INDEX]).await {
+        Ok((b, _)) => serde_json::from_slice::<Value>(&b)
+            .ok()
+            .and_then(|v| v.get("manifests").and_then(Value::as_array).cloned())
+            .unwrap_or_default(),
+        Err(_) => vec![],
+    };
+    entries.retain(|e| e.get("digest").and_then(Value::as_str) != Some(digest.as_str()));
+    entries.push(json!({
+        "mediaType": OCI_MANIFEST,
+        "digest": digest,
+        "size": bytes.len(),
+        "artifactType": EVIDENCE_ARTIFACT_TYPE,
+        "annotations": annotations,
+    }));
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+    client
+        .push_manifest_raw(&index_ref, serde_json::to_vec(&index).unwrap_or_default(), ct(OCI_INDEX)?)
+        .await
+        .map_err(|e| err("pushing the referrers index", e))?;
+    Ok(digest)
+}
+
+/// Reads a published profile's evidence documents back (what `oras discover` + `oras pull` show).
+pub async fn read_evidence(
+    client: &oci_client::Client,
+    auth: &RegistryAuth,
+    subject: &Reference,
+) -> Result<Vec<Value>, String> {
+    let digest = subject.digest().ok_or("subject has no digest")?;
+    let index_ref = Reference::with_tag(
+        subject.registry().to_string(),
+        subject.repository().to_string(),
+        digest.replacen(':', "-", 1),
+    );
+    let (b, _) = client.pull_manifest_raw(&index_ref, auth, &[OCI_INDEX]).await.map_err(|e| e.to_string())?;
+    let index: Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+    let mut out = vec![];
+    for e in index.get("manifests").and_then(Value::as_array).into_iter().flatten() {
+        let Some(d) = e.get("digest").and_then(Value::as_str) else { continue };
+        let r = Reference::with_digest(subject.registry().to_string(), subject.repository().to_string(), d.to_string());
+        let (m, _) = client.pull_manifest_raw(&r, auth, &[OCI_MANIFEST]).await.map_err(|e| e.to_string())?;
+        let m: oci_client::manifest::OciImageManifest = serde_json::from_slice(&m).map_err(|e| e.to_string())?;
+        let Some(layer) = m.layers.first() else { continue };
+        if layer.size < 0 || layer.size > 64 << 20 {
+            return Err(format!("{d}: evidence of {} bytes is over the limit", layer.size));
+        }
+        let mut buf = vec![];
+        client.pull_blob(&r, layer, &mut buf).await.map_err(|e| e.to_string())?;
+        out.push(serde_json::from_slice(&buf).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+/// Loads a study for publishing (a thin wrapper so the CLI names the path in errors).
+pub fn load(dir: &Path) -> Result<StudyDir, String> {
+    StudyDir::load(dir).map_err(|e| e.to_string())
+}

@@ -220,6 +220,7 @@ async fn run_level(
     concurrency: u32,
     stop: &mut watch::Receiver<bool>,
 ) -> (Vec<Outcome>, Duration, bool) {
+    warm_up(client, cfg, concurrency).await;
     let total = cfg.requests_for(concurrency);
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
@@ -268,6 +269,18 @@ async fn run_level(
     }
     let wall = start.elapsed();
     (outcomes.into_iter().flatten().collect(), wall, *stop.borrow())
+}
+
+/// Opens the level's connections before its clock starts (C concurrent `GET /v1/models`), so
+/// that TCP setup is not counted as the server's time to first token. Failures are ignored:
+/// the requests themselves will report them.
+async fn warm_up(client: &reqwest::Client, cfg: &BenchConfig, concurrency: u32) {
+    let base = cfg.url.trim_end_matches('/');
+    let url = format!("{}/v1/models", base.strip_suffix("/v1").unwrap_or(base));
+    let gets: FuturesUnordered<_> = (0..concurrency.max(1))
+        .map(|_| tokio::time::timeout(Duration::from_secs(5), async { client.get(&url).send().await?.bytes().await }))
+        .collect();
+    gets.collect::<Vec<_>>().await;
 }
 
 fn unreachable_bar() -> Vec<Vec<Outcome>> {

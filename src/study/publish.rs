@@ -361,3 +361,134 @@ pub async fn read_evidence(
 pub fn load(dir: &Path) -> Result<StudyDir, String> {
     StudyDir::load(dir).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bench::{BenchResult, Outcome, Sample};
+    use crate::profile::engines::Engines;
+    use crate::study::plan::{PlanRequest, plan};
+    use crate::study::{BenchPlan, report};
+
+    /// A level where every request had this TTFT and ITL, 16 tokens each.
+    fn level(c: u32, ttft_ms: u64, itl_ms: u64) -> LevelResult {
+        let s = Sample {
+            ttft: Duration::from_millis(ttft_ms),
+            itl: vec![Duration::from_millis(itl_ms); 15],
+            e2e: Duration::from_millis(ttft_ms + 15 * itl_ms),
+            output_tokens: 16,
+            input_tokens: 8,
+            counted: false,
+        };
+        let outcomes = vec![Outcome::Ok(s); c as usize];
+        LevelResult::fold(c, &outcomes, Duration::from_millis(ttft_ms + 15 * itl_ms))
+    }
+
+    fn result(name: &str, levels: Vec<LevelResult>) -> CandidateResult {
+        CandidateResult {
+            candidate: name.into(),
+            engine_version: "vllm 0.26.0".into(),
+            started: "2026-11-27T05:00:00Z".into(),
+            finished: "2026-11-27T05:01:00Z".into(),
+            mode: "local".into(),
+            bench: BenchResult {
+                url: "http://127.0.0.1:1".into(),
+                model: "m".into(),
+                api: "chat".into(),
+                input_tokens: 8,
+                output_tokens: 16,
+                levels,
+                interrupted: false,
+                client_cpu_sec: 0.1,
+            },
+        }
+    }
+
+    fn candidates() -> Vec<Profile> {
+        let req = PlanRequest {
+            model: "meta-llama/Llama-3.1-8B-Instruct".into(),
+            accelerator: "nvidia/h100-sxm-80gb".into(),
+            count: 2,
+            device_memory_mib: None,
+            precisions: vec![],
+            max_num_seqs: vec![256],
+            max_model_len: vec![8192],
+            tensor: vec![],
+            bench: BenchPlan { input_tokens: 8, output_tokens: 16, concurrencies: vec![1, 16], requests: None },
+        };
+        plan(&req, &Engines::builtin()).unwrap().1
+    }
+
+    fn rules() -> Rules {
+        Rules { throughput_floor: 0.0, ttft_ceiling_ms: 500.0, quality_note: "not measured".into() }
+    }
+
+    #[test]
+    fn each_kpi_has_its_rule_and_limits_change_the_winner() {
+        let c = candidates();
+        let by = |n: &str| c.iter().find(|p| p.name == n).unwrap();
+        let (bf16, fp8, tp2) = (
+            by("study-nvidia-h100-sxm-80gb-x1-bf16-s256-l8k"),
+            by("study-nvidia-h100-sxm-80gb-x1-fp8-s256-l8k"),
+            by("study-nvidia-h100-sxm-80gb-x2-bf16-s256-l8k"),
+        );
+        let results = vec![
+            (bf16, result(&bf16.name, vec![level(1, 80, 10), level(16, 120, 10)])),
+            (fp8, result(&fp8.name, vec![level(1, 40, 12), level(16, 600, 40)])),
+            (tp2, result(&tp2.name, vec![level(1, 60, 7), level(16, 90, 7)])),
+        ];
+        let (won, none) = winners(&results, &rules());
+        assert!(none.is_empty(), "{none:?}");
+        let of = |k: Kpi| won.iter().find(|w| w.kpi == k).unwrap();
+        assert_eq!(of(Kpi::Latency).candidate, fp8.name);
+        // Per device, TP1 bf16 (16 x 16 tokens in 270 ms) beats TP2 (16 x 16 in 195 ms on 2).
+        assert_eq!((of(Kpi::Throughput).candidate.as_str(), of(Kpi::Throughput).concurrency), (bf16.name.as_str(), 16));
+        assert_eq!(of(Kpi::Quantization).candidate, fp8.name);
+        // A throughput floor above fp8's rate at concurrency 1 hands latency to TP2.
+        let floor = Rules { throughput_floor: 80.0, ..rules() };
+        let (won, _) = winners(&results, &floor);
+        assert_eq!(won.iter().find(|w| w.kpi == Kpi::Latency).unwrap().candidate, tp2.name);
+        // With a TTFT ceiling under every concurrency-16 level, only concurrency 1 counts.
+        let tight = Rules { ttft_ceiling_ms: 85.0, ..rules() };
+        let (won, _) = winners(&results, &tight);
+        let t = won.iter().find(|w| w.kpi == Kpi::Throughput).unwrap();
+        assert_eq!((t.candidate.as_str(), t.concurrency), (fp8.name.as_str(), 1));
+        // No quantized candidate: no quantization winner, and why.
+        let (_, none) = winners(&results[..1], &rules());
+        assert!(none.iter().any(|n| n.starts_with("quantization")), "{none:?}");
+    }
+
+    #[test]
+    fn published_profiles_carry_the_measured_figures_and_their_source() {
+        let c = candidates();
+        let p = c.iter().find(|p| p.name == "study-nvidia-h100-sxm-80gb-x1-fp8-s256-l8k").unwrap();
+        let results = vec![(p, result(&p.name, vec![level(1, 40, 8), level(16, 90, 9)]))];
+        let (won, _) = winners(&results, &rules());
+        let s = StudyDir {
+            dir: "/nonexistent".into(),
+            study: crate::study::Study {
+                schema: crate::study::STUDY_SCHEMA.into(),
+                id: "s1".into(),
+                model: p.model.clone(),
+                accelerator: "nvidia/h100-sxm-80gb".into(),
+                count: 2,
+                created: "2026-11-27T05:00:00Z".into(),
+                bench: BenchPlan { input_tokens: 8, output_tokens: 16, concurrencies: vec![1, 16], requests: None },
+            },
+            candidates: c.clone(),
+        };
+        let w = won.iter().find(|w| w.kpi == Kpi::Throughput).unwrap();
+        let out = published_profile(&s, w, p, &results[0].1);
+        assert_eq!(out.name, "vllm-nvidia-h100-sxm-80gb-x1-throughput-fp8");
+        assert_eq!(out.kpi, Kpi::Throughput);
+        let perf = out.performance.clone().unwrap();
+        assert_eq!((perf.ttft_ms_p50, perf.itl_ms_p50, perf.concurrency), (Some(90.0), Some(9.0), Some(16)));
+        assert_eq!(perf.source.as_deref(), Some("study s1, vllm 0.26.0, 2026-11-27"));
+        assert!(out.validate("published").is_ok());
+        // The chart draws it: one series, the winners ringed.
+        let svg = report::svg("t", &results, &won).unwrap();
+        assert!(svg.contains("throughput winner") && svg.contains(&p.name));
+    }
+}

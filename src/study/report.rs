@@ -50,6 +50,8 @@ fn draw(
         .configure_mesh()
         .x_desc("output tokens/s (all devices)")
         .y_desc("TTFT p50 (ms)")
+        .axis_desc_style(("sans-serif", 15))
+        .label_style(("sans-serif", 12))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     for (i, (p, r)) in results.iter().enumerate() {

@@ -181,20 +181,44 @@ async fn a_study_of_three_simulated_candidates_publishes_the_expected_winners() 
     crate::study::check_report(&std::fs::read_to_string(&svg).unwrap(), &std::fs::read_to_string(&html).unwrap());
 }
 
-/// The chart has both axis titles, one polyline per candidate with its name in the legend, and
-/// the three winners ringed and named; the HTML embeds it and lists the numbers.
+/// The chart has both axis titles; one line per candidate (its own colour, a point per
+/// concurrency) named in the legend; and the three winners ringed on a measured point and named.
+/// The HTML embeds the chart and lists the winners and the numbers.
 pub(crate) fn check_report(svg: &str, html: &str) {
-    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
     assert!(svg.contains("output tokens/s") && svg.contains("TTFT p50 (ms)"), "axis titles");
-    // One line per candidate (the legend adds a short path per candidate, drawn as polyline too).
-    let lines = svg.matches("<polyline").count();
-    assert!(lines >= 3, "{lines} polylines");
+    let attr = |el: &str, name: &str| -> String {
+        let key = format!(" {name}=\"");
+        el.split_once(&key).and_then(|(_, rest)| rest.split_once('"')).map(|(v, _)| v.to_string()).unwrap_or_default()
+    };
+    // Series: coloured, 2 px polylines whose points are the two concurrency levels (the legend's
+    // sample lines are horizontal 20 px strokes of the same colour).
+    let mut colours: Vec<String> = svg
+        .lines()
+        .filter(|l| l.starts_with("<polyline") && attr(l, "stroke-width") == "2" && attr(l, "stroke") != "#000000")
+        .filter(|l| attr(l, "points").split_whitespace().count() == 2)
+        .filter(|l| {
+            let p: Vec<&str> = attr(l, "points").split_whitespace().collect();
+            p[0].split(',').nth(1) != p[1].split(',').nth(1)
+        })
+        .map(|l| attr(l, "stroke"))
+        .collect();
+    colours.sort();
+    colours.dedup();
+    assert_eq!(colours.len(), 3, "one line per candidate: {colours:?}");
     for name in [X1_BF16, X1_FP8, X2_BF16] {
         assert!(svg.contains(name), "legend names {name}");
     }
+    // Winners: a black ring around a measured point, and a label.
+    let points: Vec<(String, String)> =
+        svg.lines().filter(|l| l.starts_with("<circle") && attr(l, "r") == "4").map(|l| (attr(l, "cx"), attr(l, "cy"))).collect();
+    let rings: Vec<(String, String)> =
+        svg.lines().filter(|l| l.starts_with("<circle") && attr(l, "r") == "11").map(|l| (attr(l, "cx"), attr(l, "cy"))).collect();
+    assert_eq!(rings.len(), 3, "three winners ringed");
+    assert!(rings.iter().all(|r| points.contains(r)), "each ring is on a measured point");
     for kpi in ["latency winner", "throughput winner", "quantization winner"] {
         assert!(svg.contains(kpi), "{kpi} is marked");
     }
-    assert!(html.contains("<svg") && html.contains("class=\"winner\"") && html.contains(X2_BF16));
+    assert!(html.contains("<svg") && html.contains(X2_BF16));
     assert_eq!(html.matches("class=\"winner\"").count(), 3);
 }

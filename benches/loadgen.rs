@@ -48,18 +48,15 @@ fn main() {
             .args(["--input-tokens", "128", "--output-tokens", &OUTPUT_TOKENS.to_string(), "--timeout", "60"])
             .output()
             .expect("run oim bench");
-        let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("oim bench output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr))
-        });
+        let r: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("oim bench output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
         let l = &r["levels"][0];
         let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
         let (ttft, itl, tps) = (f(&l["ttftMs"]["p50"]), f(&l["itlMs"]["p50"]), f(&l["outputTokensPerSec"]));
         let cpu = f(&r["clientCpuSec"]);
         let tokens = f(&l["outputTokens"]);
         let failed = l["errors"].as_object().map_or(0, |e| e.values().filter_map(Value::as_u64).sum::<u64>());
-        let ok = failed == 0
-            && (ttft - TTFT_MS).abs() <= 0.1 * TTFT_MS
-            && (itl - ITL_MS).abs() <= 0.1 * ITL_MS;
+        let ok = failed == 0 && (ttft - TTFT_MS).abs() <= 0.1 * TTFT_MS && (itl - ITL_MS).abs() <= 0.1 * ITL_MS;
         if ok {
             best = c;
         }

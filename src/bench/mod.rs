@@ -108,8 +108,22 @@ impl BenchConfig {
             return self.dataset[(i % self.dataset.len() as u64) as usize].clone();
         }
         const WORDS: &[&str] = &[
-            "the", "model", "serves", "tokens", "quickly", "under", "load", "while", "we", "measure", "latency",
-            "and", "throughput", "across", "many", "streams",
+            "the",
+            "model",
+            "serves",
+            "tokens",
+            "quickly",
+            "under",
+            "load",
+            "while",
+            "we",
+            "measure",
+            "latency",
+            "and",
+            "throughput",
+            "across",
+            "many",
+            "streams",
         ];
         let mut text = format!("{i}");
         for k in 1..self.input_tokens.max(1) as u64 {

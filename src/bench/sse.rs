@@ -88,7 +88,8 @@ mod tests {
     #[test]
     fn chat_and_completion_chunks_usage_and_done_are_recognised_across_reads() {
         let mut p = Parser::default();
-        let mut ev = p.feed(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"de").unwrap();
+        let mut ev =
+            p.feed(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"de").unwrap();
         assert!(ev.is_empty(), "a role-only chunk is no token and half a line waits: {ev:?}");
         ev.extend(p.feed(b"lta\":{\"content\":\"Hi\"}}]}\r\n\r\n").unwrap());
         ev.extend(p.feed(b"data: {\"choices\":[{\"text\":\" there\"}]}\n\n").unwrap());
@@ -97,10 +98,7 @@ mod tests {
                 .unwrap(),
         );
         ev.extend(p.finish());
-        assert_eq!(
-            ev,
-            vec![Event::Content, Event::Content, Event::Usage { prompt: 7, completion: 2 }, Event::Done]
-        );
+        assert_eq!(ev, vec![Event::Content, Event::Content, Event::Usage { prompt: 7, completion: 2 }, Event::Done]);
     }
 
     #[test]

@@ -160,11 +160,11 @@ pub struct BenchResult {
 
 /// The result as an aligned table.
 pub fn table(r: &BenchResult) -> String {
-    let mut rows = vec![[
-        "CONC", "OK", "ERR", "TTFT P50", "P90", "P99", "ITL P50", "P90", "P99", "E2E P50", "P99", "TOK/S", "REQ/S",
-    ]
-    .map(String::from)
-    .to_vec()];
+    let mut rows = vec![
+        ["CONC", "OK", "ERR", "TTFT P50", "P90", "P99", "ITL P50", "P90", "P99", "E2E P50", "P99", "TOK/S", "REQ/S"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for l in &r.levels {
         let f = |v: f64| format!("{v:.1}");
         rows.push(vec![

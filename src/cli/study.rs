@@ -99,7 +99,11 @@ pub struct RuleArgs {
     #[arg(long, value_name = "MS", default_value_t = 2000.0)]
     pub ttft_ceiling_ms: f64,
     /// What is known about the quantized winner's quality (published with it).
-    #[arg(long, value_name = "TEXT", default_value = "online FP8 of the bf16 checkpoint; quality not measured by this study")]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "online FP8 of the bf16 checkpoint; quality not measured by this study"
+    )]
     pub quality_note: String,
 }
 
@@ -265,15 +269,18 @@ async fn publish_cmd(a: PublishArgs) -> u8 {
         }
     };
     let r = &a.registry;
-    let catalog =
-        match super::profiles::registry_catalog(&r.registry, r.insecure, r.registry_config.as_deref(), super::profiles::TAG_TTL)
-        {
-            Ok(c) => c,
-            Err((code, msg)) => {
-                eprintln!("oim study publish: {msg}");
-                return code;
-            }
-        };
+    let catalog = match super::profiles::registry_catalog(
+        &r.registry,
+        r.insecure,
+        r.registry_config.as_deref(),
+        super::profiles::TAG_TTL,
+    ) {
+        Ok(c) => c,
+        Err((code, msg)) => {
+            eprintln!("oim study publish: {msg}");
+            return code;
+        }
+    };
     let auth = match &r.registry_config {
         Some(path) => match crate::profile::oci::auth_from_file(path, &catalog.registry().host) {
             Ok(a) => a,
@@ -294,7 +301,13 @@ async fn publish_cmd(a: PublishArgs) -> u8 {
     match publish::publish(&s, &a.rules.rules(), &catalog, &client, &auth).await {
         Ok((published, none)) => {
             for p in &published {
-                println!("{} {}@{} ({})", crate::profile::oci::enum_str(&p.winner.kpi), p.reference, p.digest, p.winner.reason);
+                println!(
+                    "{} {}@{} ({})",
+                    crate::profile::oci::enum_str(&p.winner.kpi),
+                    p.reference,
+                    p.digest,
+                    p.winner.reason
+                );
                 println!("  evidence {}@{}", p.reference.rsplit_once(':').map_or("", |x| x.0), p.evidence_digest);
             }
             for n in none {

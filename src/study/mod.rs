@@ -120,7 +120,9 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, StudyError> {
 /// run) never sees half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StudyError> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| StudyError::new(path, e.to_string()))
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| StudyError::new(path, e.to_string()))
 }
 
 /// Now, RFC 3339 in UTC to the second.
@@ -155,8 +157,8 @@ impl StudyDir {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "yaml") {
                 let bytes = read_bounded(&p)?;
-                let profile = Profile::parse(&bytes, &p.display().to_string())
-                    .map_err(|e| StudyError::new(&p, e.to_string()))?;
+                let profile =
+                    Profile::parse(&bytes, &p.display().to_string()).map_err(|e| StudyError::new(&p, e.to_string()))?;
                 if profile.model != study.model {
                     return Err(StudyError::new(
                         &p,

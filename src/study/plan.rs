@@ -58,9 +58,8 @@ pub fn parse_accelerator(s: &str, memory: Option<u64>) -> Result<(Vendor, String
     let Some((v, product)) = s.split_once('/') else {
         return Err(format!("--accelerator {s:?}: expected VENDOR/PRODUCT, e.g. nvidia/h100-sxm-80gb"));
     };
-    let vendor: Vendor = serde_json::from_value(json!(v)).map_err(|_| {
-        format!("--accelerator {s:?}: vendor {v:?} is not one of nvidia, amd, intel, habana, cpu")
-    })?;
+    let vendor: Vendor = serde_json::from_value(json!(v))
+        .map_err(|_| format!("--accelerator {s:?}: vendor {v:?} is not one of nvidia, amd, intel, habana, cpu"))?;
     match (devices::by_slug(product), memory) {
         (_, Some(m)) => Ok((vendor, product.to_string(), m)),
         (Some(d), None) if d.vendor == vendor => Ok((vendor, product.to_string(), d.memory_mib)),
@@ -135,7 +134,11 @@ pub fn plan(req: &PlanRequest, engines: &Engines) -> Result<(Study, Vec<Profile>
         return Err(format!(
             "no candidate fits {}x {product} ({memory_mib} MiB): {}",
             req.count,
-            if why.is_empty() { "no tensor-parallel degree divides the heads within --count".into() } else { why.join("; ") }
+            if why.is_empty() {
+                "no tensor-parallel degree divides the heads within --count".into()
+            } else {
+                why.join("; ")
+            }
         ));
     }
     let created = super::now_rfc3339();
@@ -236,7 +239,8 @@ pub fn write(dir: &Path, study: &Study, candidates: &[Profile]) -> Result<(), St
         });
     }
     let cdir = dir.join("candidates");
-    std::fs::create_dir_all(&cdir).map_err(|e| StudyError { path: cdir.display().to_string(), problem: e.to_string() })?;
+    std::fs::create_dir_all(&cdir)
+        .map_err(|e| StudyError { path: cdir.display().to_string(), problem: e.to_string() })?;
     for c in candidates {
         let yaml = serde_saphyr::to_string(c)
             .map_err(|e| StudyError { path: c.name.clone(), problem: format!("cannot serialize: {e}") })?;
@@ -283,7 +287,11 @@ mod tests {
     fn an_l4_gets_bf16_only_where_it_fits_and_no_fp8_on_an_a100() {
         let (_, c) = plan(&req("nvidia/l4", 1), &Engines::builtin()).unwrap();
         // 8B bf16 fits one L4 up to 16k tokens; FP8 runs natively on Ada.
-        assert!(c.iter().any(|p| p.name == "study-nvidia-l4-x1-bf16-s64-l16k"), "{:?}", c.iter().map(|p| &p.name).collect::<Vec<_>>());
+        assert!(
+            c.iter().any(|p| p.name == "study-nvidia-l4-x1-bf16-s64-l16k"),
+            "{:?}",
+            c.iter().map(|p| &p.name).collect::<Vec<_>>()
+        );
         let (_, c) = plan(&req("nvidia/a100-sxm-40gb", 1), &Engines::builtin()).unwrap();
         assert!(c.iter().all(|p| p.precision == Precision::Bf16));
     }

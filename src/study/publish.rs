@@ -85,7 +85,11 @@ pub fn winners(results: &[(&Profile, CandidateResult)], rules: &Rules) -> (Vec<W
         .filter_map(|(p, r)| level(r, 1).map(|l| (p, l)))
         .filter(|(_, l)| l.output_tokens_per_sec >= rules.throughput_floor)
         .min_by(|(pa, a), (pb, b)| {
-            a.ttft_ms.p50.total_cmp(&b.ttft_ms.p50).then(pa.accelerator.count.cmp(&pb.accelerator.count)).then(pa.name.cmp(&pb.name))
+            a.ttft_ms
+                .p50
+                .total_cmp(&b.ttft_ms.p50)
+                .then(pa.accelerator.count.cmp(&pb.accelerator.count))
+                .then(pa.name.cmp(&pb.name))
         });
     match best {
         Some((p, l)) => won.push(Winner {
@@ -98,7 +102,9 @@ pub fn winners(results: &[(&Profile, CandidateResult)], rules: &Rules) -> (Vec<W
             ),
             profile: String::new(),
         }),
-        None => none.push(format!("latency: no candidate reached {} tokens/s at concurrency 1", rules.throughput_floor)),
+        None => {
+            none.push(format!("latency: no candidate reached {} tokens/s at concurrency 1", rules.throughput_floor))
+        }
     }
     // Throughput.
     let best = results
@@ -127,13 +133,15 @@ pub fn winners(results: &[(&Profile, CandidateResult)], rules: &Rules) -> (Vec<W
         None => none.push(format!("throughput: no level had TTFT p50 within {} ms", rules.ttft_ceiling_ms)),
     }
     // Quantization.
-    let best = results
-        .iter()
-        .filter(|(p, _)| quantized(p.precision))
-        .filter_map(|(p, r)| level(r, 1).map(|l| (p, l)))
-        .min_by(|(pa, a), (pb, b)| {
-            weight_bytes(pa).total_cmp(&weight_bytes(pb)).then(a.ttft_ms.p50.total_cmp(&b.ttft_ms.p50)).then(pa.name.cmp(&pb.name))
-        });
+    let best =
+        results.iter().filter(|(p, _)| quantized(p.precision)).filter_map(|(p, r)| level(r, 1).map(|l| (p, l))).min_by(
+            |(pa, a), (pb, b)| {
+                weight_bytes(pa)
+                    .total_cmp(&weight_bytes(pb))
+                    .then(a.ttft_ms.p50.total_cmp(&b.ttft_ms.p50))
+                    .then(pa.name.cmp(&pb.name))
+            },
+        );
     match best {
         Some((p, _)) => won.push(Winner {
             kpi: Kpi::Quantization,
@@ -297,9 +305,13 @@ pub async fn attach(
     });
     let bytes = serde_json::to_vec(&manifest).unwrap_or_default();
     let digest = digest_of(&bytes);
-    let by_digest = Reference::with_digest(subject.registry().to_string(), subject.repository().to_string(), digest.clone());
+    let by_digest =
+        Reference::with_digest(subject.registry().to_string(), subject.repository().to_string(), digest.clone());
     let ct = |t: &str| t.parse().map_err(|_| format!("bad content type {t}"));
-    client.push_manifest_raw(&by_digest, bytes.clone(), ct(OCI_MANIFEST)?).await.map_err(|e| err("pushing the evidence manifest", e))?;
+    client
+        .push_manifest_raw(&by_digest, bytes.clone(), ct(OCI_MANIFEST)?)
+        .await
+        .map_err(|e| err("pushing the evidence manifest", e))?;
     // The referrers tag schema (OCI distribution 1.1 fallback): merge into any existing index.
     let fallback_tag = subject_digest.replacen(':', "-", 1);
     let index_ref = Reference::with_tag(subject.registry().to_string(), subject.repository().to_string(), fallback_tag);

@@ -18,13 +18,8 @@ pub fn svg(title: &str, results: &[(&Profile, CandidateResult)], won: &[Winner])
 }
 
 fn points(r: &CandidateResult) -> Vec<(f64, f64)> {
-    let mut pts: Vec<(f64, f64)> = r
-        .bench
-        .levels
-        .iter()
-        .filter(|l| l.completed > 0)
-        .map(|l| (l.output_tokens_per_sec, l.ttft_ms.p50))
-        .collect();
+    let mut pts: Vec<(f64, f64)> =
+        r.bench.levels.iter().filter(|l| l.completed > 0).map(|l| (l.output_tokens_per_sec, l.ttft_ms.p50)).collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     pts
 }
@@ -85,7 +80,12 @@ fn draw(
                 + Text::new(label, (14, -16), ("sans-serif", 14).into_font()),
         ))?;
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -103,7 +103,12 @@ pub fn html(title: &str, results: &[(&Profile, CandidateResult)], rules: &Rules)
         t = esc(title)
     );
     for w in &won {
-        h += &format!("<li class=\"winner\"><b>{}</b>: {} — {}</li>\n", enum_str(&w.kpi), esc(&w.candidate), esc(&w.reason));
+        h += &format!(
+            "<li class=\"winner\"><b>{}</b>: {} — {}</li>\n",
+            enum_str(&w.kpi),
+            esc(&w.candidate),
+            esc(&w.reason)
+        );
     }
     for n in &none {
         h += &format!("<li>{}</li>\n", esc(n));

@@ -189,7 +189,11 @@ async fn wait_healthy(
     let start = Instant::now();
     loop {
         if let Some(status) = engine.exited() {
-            return Err(format!("the engine exited ({status}) before it was healthy; last lines of {}:\n{}", log.display(), tail(log)));
+            return Err(format!(
+                "the engine exited ({status}) before it was healthy; last lines of {}:\n{}",
+                log.display(),
+                tail(log)
+            ));
         }
         let ok = client
             .get(format!("{base}/health"))

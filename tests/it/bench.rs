@@ -31,16 +31,8 @@ fn within(measured: f64, expected: f64, tolerance: f64) -> bool {
 fn bench_reports_the_configured_ttft_and_itl_within_10_percent_at_concurrency_1_and_16() {
     let (ttft, itl, out_tokens) = (200.0, 25.0, 16.0);
     let sim = Sim::start(MODEL, &["--ttft-ms", "200", "--itl-ms", "25"]);
-    let (code, r, err) = oim_bench(&[
-        "--url",
-        &sim.url,
-        "--concurrency",
-        "1,16",
-        "--input-tokens",
-        "64",
-        "--output-tokens",
-        "16",
-    ]);
+    let (code, r, err) =
+        oim_bench(&["--url", &sim.url, "--concurrency", "1,16", "--input-tokens", "64", "--output-tokens", "16"]);
     assert_eq!(code, 0, "{err}");
     let levels = r["levels"].as_array().unwrap();
     assert_eq!(levels.len(), 2);
@@ -70,8 +62,11 @@ fn the_completions_api_and_a_dataset_work_and_missing_usage_falls_back_to_counte
     let sim = Sim::start(MODEL, &["--ttft-ms", "20", "--itl-ms", "5", "--no-usage"]);
     let dir = crate::profiles::tempdir("bench-ds");
     let ds = dir.join("prompts.jsonl");
-    std::fs::write(&ds, "{\"prompt\": \"one two three\", \"output_tokens\": 7}\n{\"prompt\": \"four\", \"output_tokens\": 7}\n")
-        .unwrap();
+    std::fs::write(
+        &ds,
+        "{\"prompt\": \"one two three\", \"output_tokens\": 7}\n{\"prompt\": \"four\", \"output_tokens\": 7}\n",
+    )
+    .unwrap();
     let (code, r, err) = oim_bench(&[
         "--url",
         &format!("{}/v1", sim.url),
@@ -85,7 +80,10 @@ fn the_completions_api_and_a_dataset_work_and_missing_usage_falls_back_to_counte
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("warning") && err.contains("no usage"), "{err}");
     let l = &r["levels"][0];
-    assert_eq!((l["completed"].as_u64(), l["outputTokens"].as_u64(), l["countedTokens"].as_u64()), (Some(6), Some(42), Some(6)));
+    assert_eq!(
+        (l["completed"].as_u64(), l["outputTokens"].as_u64(), l["countedTokens"].as_u64()),
+        (Some(6), Some(42), Some(6))
+    );
     assert_eq!(r["api"], "completions");
 }
 

@@ -43,7 +43,9 @@ fn simulate(dir: &Path, name: &str, ttft_ms: u32, itl_ms: u32, growth_us: u32) {
 
 fn results(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("results"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".json")).collect())
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".json")).collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -60,10 +62,32 @@ fn run_args(dir: &Path) -> Vec<String> {
 async fn a_study_of_three_simulated_candidates_publishes_the_expected_winners() {
     let dir = crate::profiles::tempdir("study").join("s");
     let (code, out, err) = oim(&[
-        "study", "plan", "--model", MODEL, "--accelerator", "nvidia/h100-sxm-80gb", "--count", "2",
-        "--tensor", "1,2", "--precision", "bf16,fp8", "--max-num-seqs", "256", "--max-model-len", "8192",
-        "--concurrency", "1,16", "--requests", "16", "--input-tokens", "32", "--output-tokens", "16",
-        "-o", dir.to_str().unwrap(),
+        "study",
+        "plan",
+        "--model",
+        MODEL,
+        "--accelerator",
+        "nvidia/h100-sxm-80gb",
+        "--count",
+        "2",
+        "--tensor",
+        "1,2",
+        "--precision",
+        "bf16,fp8",
+        "--max-num-seqs",
+        "256",
+        "--max-model-len",
+        "8192",
+        "--concurrency",
+        "1,16",
+        "--requests",
+        "16",
+        "--input-tokens",
+        "32",
+        "--output-tokens",
+        "16",
+        "-o",
+        dir.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("4 candidates") && out.contains(X2_BF16), "{out}");
@@ -198,7 +222,8 @@ pub(crate) fn check_report(svg: &str, html: &str) {
         .filter(|l| l.starts_with("<polyline") && attr(l, "stroke-width") == "2" && attr(l, "stroke") != "#000000")
         .filter(|l| attr(l, "points").split_whitespace().count() == 2)
         .filter(|l| {
-            let p: Vec<&str> = attr(l, "points").split_whitespace().collect();
+            let points = attr(l, "points");
+            let p: Vec<&str> = points.split_whitespace().collect();
             p[0].split(',').nth(1) != p[1].split(',').nth(1)
         })
         .map(|l| attr(l, "stroke"))
@@ -210,10 +235,16 @@ pub(crate) fn check_report(svg: &str, html: &str) {
         assert!(svg.contains(name), "legend names {name}");
     }
     // Winners: a black ring around a measured point, and a label.
-    let points: Vec<(String, String)> =
-        svg.lines().filter(|l| l.starts_with("<circle") && attr(l, "r") == "4").map(|l| (attr(l, "cx"), attr(l, "cy"))).collect();
-    let rings: Vec<(String, String)> =
-        svg.lines().filter(|l| l.starts_with("<circle") && attr(l, "r") == "11").map(|l| (attr(l, "cx"), attr(l, "cy"))).collect();
+    let points: Vec<(String, String)> = svg
+        .lines()
+        .filter(|l| l.starts_with("<circle") && attr(l, "r") == "4")
+        .map(|l| (attr(l, "cx"), attr(l, "cy")))
+        .collect();
+    let rings: Vec<(String, String)> = svg
+        .lines()
+        .filter(|l| l.starts_with("<circle") && attr(l, "r") == "11")
+        .map(|l| (attr(l, "cx"), attr(l, "cy")))
+        .collect();
     assert_eq!(rings.len(), 3, "three winners ringed");
     assert!(rings.iter().all(|r| points.contains(r)), "each ring is on a measured point");
     for kpi in ["latency winner", "throughput winner", "quantization winner"] {

@@ -186,7 +186,9 @@ async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>,
     let path = req.uri().path().to_string();
     Ok(match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => full(StatusCode::OK, json!({})),
-        (&Method::GET, "/version") => full(StatusCode::OK, json!({"version": concat!("oim-vllm-sim-", env!("CARGO_PKG_VERSION"))})),
+        (&Method::GET, "/version") => {
+            full(StatusCode::OK, json!({"version": concat!("oim-vllm-sim-", env!("CARGO_PKG_VERSION"))}))
+        }
         (&Method::GET, "/v1/models") => full(
             StatusCode::OK,
             json!({"object": "list", "data": [{"id": sim.cfg.model, "object": "model", "owned_by": "oim-vllm-sim", "max_model_len": 131072}]}),
@@ -214,11 +216,17 @@ async fn completion(sim: Arc<Sim>, req: Request<Incoming>, chat: bool) -> Respon
         );
     }
     if sim.cfg.fail_every > 0 && n.is_multiple_of(sim.cfg.fail_every) {
-        return full(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": {"message": "simulated failure", "code": 500}}));
+        return full(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": {"message": "simulated failure", "code": 500}}),
+        );
     }
     let prompt_tokens = if chat {
         v.get("messages").and_then(Value::as_array).map_or(0, |m| {
-            m.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).map(|c| c.split_whitespace().count()).sum()
+            m.iter()
+                .filter_map(|m| m.get("content").and_then(Value::as_str))
+                .map(|c| c.split_whitespace().count())
+                .sum()
         })
     } else {
         v.get("prompt").and_then(Value::as_str).map_or(0, |p| p.split_whitespace().count())

@@ -9,7 +9,8 @@
 //!   beyond that queue, as in vLLM's scheduler, so their TTFT grows);
 //! - each later token `--itl-ms` plus `--itl-growth-us` per other running sequence after the
 //!   previous one (a decode step slows as the batch grows), on an absolute schedule so timer
-//!   jitter does not accumulate.
+//!   jitter does not accumulate (a stall longer than a step restarts the schedule instead of
+//!   releasing a burst).
 //!
 //! It accepts `vllm serve MODEL [flags]` command lines (unknown flags are ignored), so a study
 //! can start it in place of the engine. Every latency flag can also come from the environment
@@ -314,7 +315,14 @@ impl Generation {
     async fn next_token(&mut self) {
         tokio::time::sleep_until(self.next).await;
         let others = self.sim.running().saturating_sub(1) as u32;
-        self.next += self.sim.cfg.itl + self.sim.cfg.itl_growth * others;
+        let step = self.sim.cfg.itl + self.sim.cfg.itl_growth * others;
+        // Timer jitter is absorbed by the absolute schedule; a stall longer than a step (a
+        // starved CPU) restarts it, as an engine never decodes faster than its step time.
+        let now = Instant::now();
+        if now > self.next + step {
+            self.next = now;
+        }
+        self.next += step;
         self.sent += 1;
         if self.sim.cfg.stall_after.is_some_and(|s| self.sent > s) {
             std::future::pending::<()>().await;

@@ -274,9 +274,10 @@ async fn run_level(
         .collect();
     let collect = workers.collect::<Vec<Vec<Outcome>>>();
     let bar = progress_bar(cfg, concurrency, total, &done, &failed, start);
+    // The bar never ends; the level is over when the workers are.
     let outcomes = tokio::select! {
         o = collect => o,
-        _ = bar => unreachable_bar(),
+        _ = bar => vec![],
     };
     if cfg.progress && std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
@@ -295,11 +296,6 @@ async fn warm_up(client: &reqwest::Client, cfg: &BenchConfig, concurrency: u32) 
         .map(|_| tokio::time::timeout(Duration::from_secs(5), async { client.get(&url).send().await?.bytes().await }))
         .collect();
     gets.collect::<Vec<_>>().await;
-}
-
-fn unreachable_bar() -> Vec<Vec<Outcome>> {
-    // The bar loops forever; select! needs a value of the other arm's type.
-    vec![]
 }
 
 /// Redraws `c=16 [#####-----] 40/64 err 0 3.2s` on stderr every 200 ms, forever.

@@ -338,37 +338,6 @@ pub async fn attach(
     Ok(digest)
 }
 
-/// Reads a published profile's evidence documents back (what `oras discover` + `oras pull` show).
-pub async fn read_evidence(
-    client: &oci_client::Client,
-    auth: &RegistryAuth,
-    subject: &Reference,
-) -> Result<Vec<Value>, String> {
-    let digest = subject.digest().ok_or("subject has no digest")?;
-    let index_ref = Reference::with_tag(
-        subject.registry().to_string(),
-        subject.repository().to_string(),
-        digest.replacen(':', "-", 1),
-    );
-    let (b, _) = client.pull_manifest_raw(&index_ref, auth, &[OCI_INDEX]).await.map_err(|e| e.to_string())?;
-    let index: Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
-    let mut out = vec![];
-    for e in index.get("manifests").and_then(Value::as_array).into_iter().flatten() {
-        let Some(d) = e.get("digest").and_then(Value::as_str) else { continue };
-        let r = Reference::with_digest(subject.registry().to_string(), subject.repository().to_string(), d.to_string());
-        let (m, _) = client.pull_manifest_raw(&r, auth, &[OCI_MANIFEST]).await.map_err(|e| e.to_string())?;
-        let m: oci_client::manifest::OciImageManifest = serde_json::from_slice(&m).map_err(|e| e.to_string())?;
-        let Some(layer) = m.layers.first() else { continue };
-        if layer.size < 0 || layer.size > 64 << 20 {
-            return Err(format!("{d}: evidence of {} bytes is over the limit", layer.size));
-        }
-        let mut buf = vec![];
-        client.pull_blob(&r, layer, &mut buf).await.map_err(|e| e.to_string())?;
-        out.push(serde_json::from_slice(&buf).map_err(|e| e.to_string())?);
-    }
-    Ok(out)
-}
-
 /// Loads a study for publishing (a thin wrapper so the CLI names the path in errors).
 pub fn load(dir: &Path) -> Result<StudyDir, String> {
     StudyDir::load(dir).map_err(|e| e.to_string())

@@ -62,7 +62,7 @@ fn main() {
         }
         println!(
             "{c:>5} {:>6} {ttft:>9.1} {itl:>8.1} {tps:>9.0} {cpu:>10.2} {:>13.1} {:>8.2} {:>9}",
-            l["completed"],
+            l["completed"].as_u64().unwrap_or(0),
             cpu * 1000.0 / (tokens / 1000.0).max(1e-9),
             cpu_sec(sim.id()) - sim_before,
             if ok { "yes" } else { "no" }

@@ -268,3 +268,20 @@ pub fn install_oim_crds() {
     kubectl(&["apply", "--server-side", "--field-manager", "oim-tests", "-f", dir]);
     kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]);
 }
+
+/// A kubeconfig that authenticates as `namespace/service_account` with a fresh token, written
+/// into `dir`: tests run the operator with exactly that account's rights.
+pub fn kubeconfig_for(namespace: &str, service_account: &str, dir: &std::path::Path) -> String {
+    let token = kubectl(&["create", "token", service_account, "-n", namespace, "--duration", "2h"]);
+    let env = env();
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "test", "cluster": {"server": env.server, "certificate-authority": env.ca}}],
+        "users": [{"name": "sa", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa"}}],
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("{service_account}.kubeconfig"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path.display().to_string()
+}

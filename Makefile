@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test unit cluster-up cluster-down lint crds manifests bundle catalog image packaging-tools demo demo-down bench golden
+.PHONY: all build test unit cluster-up cluster-down lint crds manifests bundle catalog image packaging-tools demo demo-down bench golden crosscheck
 
 all: build
 
@@ -71,6 +71,10 @@ demo-down:
 ## Benchmarks that print figures (release build): detection time, agent memory, registry requests.
 bench:
 	bash tests/bench.sh
+
+## Run `oim bench` and inference-perf (installed once into ~/.cache) against the same simulator; fail over 10% apart.
+crosscheck:
+	bash tests/crosscheck/run.sh
 
 ## Rewrite the golden renders of the examples (review the diff before committing).
 golden:

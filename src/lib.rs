@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod bounded;
 pub mod cli;
 pub mod controller;
@@ -16,3 +17,4 @@ pub mod hub;
 pub mod profile;
 pub mod redact;
 pub mod render;
+pub mod study;

@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         Command::Render(args) => block_on(oim::cli::render::run(args)),
         Command::Operator(args) => operator(args),
         Command::Download(args) => block_on(download(args)),
+        Command::Bench(args) => block_on(oim::cli::bench::run(args)),
+        Command::Study(cmd) => block_on(oim::cli::study::run(cmd)),
     }
 }
 

@@ -9,6 +9,7 @@ OIM_CLUSTER_NODES=0 bash tests/cluster/up.sh
 # shellcheck disable=SC1091
 source "$OIM_CLUSTER_STATE/env"
 cargo bench --locked --bench detect
+cargo bench --locked --bench loadgen
 cargo bench --locked --bench catalog
 cargo bench --locked --bench select
 "$OIM_CLUSTER_BIN/kubectl" apply --server-side -f crds/oim.opea.dev.yaml >/dev/null

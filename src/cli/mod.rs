@@ -1,7 +1,9 @@
 //! The `oim` command line (DESIGN §6, contract): one binary, one subcommand per role.
 
+pub mod bench;
 pub mod profiles;
 pub mod render;
+pub mod study;
 
 use std::path::PathBuf;
 
@@ -86,6 +88,11 @@ pub enum Command {
     Profiles(ProfilesCommand),
     /// Print the objects the operator would apply, as multi-document YAML; no cluster.
     Render(RenderArgs),
+    /// Load-test an OpenAI-compatible endpoint: TTFT, inter-token latency, tokens/s per concurrency.
+    Bench(bench::BenchArgs),
+    /// Performance studies: plan candidate profiles, benchmark them, publish the winners, report.
+    #[command(subcommand)]
+    Study(study::StudyCommand),
 }
 
 /// An OCI registry to write to.

@@ -2,6 +2,7 @@
 //! read its kubeconfig and registries from the environment `make test` sets up.
 
 mod agent;
+mod bench;
 mod cache;
 mod cli;
 mod cluster;
@@ -14,5 +15,7 @@ mod ownership;
 mod pipeline;
 mod profiles;
 mod render;
+mod sim;
 mod sources;
+mod study;
 mod trust;

@@ -28,6 +28,18 @@ pub struct Device {
     pub memory_mib: u64,
     /// Extended resource a pod requests for one device.
     pub resource_name: String,
+    /// Memory bandwidth, GB/s (for the roofline estimate).
+    #[serde(default, rename = "bandwidthGBs", skip_serializing_if = "Option::is_none")]
+    pub bandwidth_gbs: Option<u32>,
+    /// Dense bf16 compute, TFLOPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16_tflops: Option<u32>,
+    /// Dense FP8 compute, TFLOPS; present only where the device runs FP8 W8A8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp8_tflops: Option<u32>,
+    /// Interconnect bandwidth per device and direction, GB/s.
+    #[serde(default, rename = "linkGBs", skip_serializing_if = "Option::is_none")]
+    pub link_gbs: Option<u32>,
 }
 
 #[derive(Deserialize)]

@@ -14,6 +14,8 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, RANGE};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+pub mod model;
+
 /// The marker written last into `DEST/<repo>/<commit>/`.
 pub const COMPLETE_MARKER: &str = ".oim-complete.json";
 const PARTIAL_SUFFIX: &str = ".oim-partial";

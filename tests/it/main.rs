@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod download;
 mod environment;
+mod estimate;
 mod fixtures;
 mod operator;
 mod ownership;

@@ -80,12 +80,14 @@ fn aiconfigurator(bin: &Path, case: &Case, dir: &Path) -> Result<(f64, f64), Str
         .output()
         .map_err(|e| format!("{}: {e}", bin.display()))?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The summary block prints `  TTFT:   131.378 ms` and `  TPOT:   14.876 ms`.
     let find = |key: &str| -> Option<f64> {
-        text.lines().filter(|l| l.to_ascii_lowercase().contains(key)).find_map(|l| {
-            l.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter(|t| t.contains('.') || !t.is_empty()).find_map(|t| t.parse::<f64>().ok())
-        })
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
     };
-    match (find("ttft"), find("tpot")) {
+    match (find("TTFT:"), find("TPOT:")) {
         (Some(t), Some(p)) if out.status.success() => Ok((t, p)),
         _ => Err(text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().chars().take(100).collect()),
     }

@@ -98,26 +98,11 @@ pub fn size(a: &Arch, precision: Precision, device_mib: u64, devices_per_node: u
         let f = fit(a, precision, device_mib, tensor);
         best = Some(f);
         if holds(a, &f, need) && loads(a, precision, device_mib, tensor) {
-            let mut len = a.max_context.next_power_of_two();
-            if len > a.max_context {
-                len /= 2;
+            let mut s = sizing_at(a, precision, device_mib, &f);
+            if !smaller.is_empty() {
+                s.why = format!("{}; {}", s.why, smaller.join("; "));
             }
-            while len > need && !holds(a, &f, len) {
-                len /= 2;
-            }
-            let weights = a.weight_bytes(precision) / GIB;
-            let why = format!(
-                "TP{tensor}: {weights:.1} GiB of {} weights = {:.1} GiB per device + {:.0} GiB reserve leave {:.1} GiB of {:.1} GiB (at {GPU_MEMORY_UTILIZATION}) for KV, {:.0}k tokens at {:.0} KiB/token{}",
-                crate::profile::oci::enum_str(&precision),
-                weights / f64::from(tensor),
-                runtime_reserve_bytes(tensor) / GIB,
-                f.kv_budget_per_device / GIB,
-                device_mib as f64 / 1024.0,
-                f.kv_capacity_tokens / 1000.0,
-                a.kv_bytes_per_token() / 1024.0,
-                if smaller.is_empty() { String::new() } else { format!("; {}", smaller.join("; ")) }
-            );
-            return Ok(Sizing { tensor, max_model_len: len.max(need), kv_capacity_tokens: f.kv_capacity_tokens, why });
+            return Ok(s);
         }
         smaller.push(if loads(a, precision, device_mib, tensor) {
             format!("TP{tensor} leaves {:.1} GiB per device, less than KV for {need} tokens", f.kv_budget_per_device / GIB)
@@ -147,6 +132,46 @@ pub fn size(a: &Arch, precision: Precision, device_mib: u64, devices_per_node: u
             f.kv_budget_per_device / GIB
         ),
     })
+}
+
+/// The sizing at the fit `f` (which holds min(max context, 8192) tokens).
+fn sizing_at(a: &Arch, precision: Precision, device_mib: u64, f: &Fit) -> Sizing {
+    let need = a.max_context.min(MIN_CONTEXT);
+    let tensor = f.tensor;
+    let mut len = a.max_context.next_power_of_two();
+    if len > a.max_context {
+        len /= 2;
+    }
+    while len > need && !holds(a, f, len) {
+        len /= 2;
+    }
+    let weights = a.weight_bytes(precision) / GIB;
+    let why = format!(
+        "TP{tensor}: {weights:.1} GiB of {} weights = {:.1} GiB per device + {:.0} GiB reserve leave {:.1} GiB of {:.1} GiB (at {GPU_MEMORY_UTILIZATION}) for KV, {:.0}k tokens at {:.0} KiB/token",
+        crate::profile::oci::enum_str(&precision),
+        weights / f64::from(tensor),
+        runtime_reserve_bytes(tensor) / GIB,
+        f.kv_budget_per_device / GIB,
+        device_mib as f64 / 1024.0,
+        f.kv_capacity_tokens / 1000.0,
+        a.kv_bytes_per_token() / 1024.0,
+    );
+    Sizing { tensor, max_model_len: len.max(need), kv_capacity_tokens: f.kv_capacity_tokens, why }
+}
+
+/// Larger tensor-parallel degrees than the smallest that fits (`s`), up to the devices per node:
+/// more devices per replica buy KV capacity, hence concurrency, and can raise tokens/s per
+/// device, so `throughput` ranks them by their estimates too.
+pub fn larger(a: &Arch, precision: Precision, device_mib: u64, devices_per_node: u32, s: &Sizing) -> Vec<Sizing> {
+    [2u32, 4, 8]
+        .into_iter()
+        .filter(|t| *t > s.tensor && *t <= devices_per_node && a.q_heads.is_multiple_of(*t))
+        .map(|t| {
+            let mut bigger = sizing_at(a, precision, device_mib, &fit(a, precision, device_mib, t));
+            bigger.why = format!("{}; TP{} is the smallest that fits, TP{t} buys KV for more concurrent requests", bigger.why, s.tensor);
+            bigger
+        })
+        .collect()
 }
 
 /// Host memory of a GPU engine pod, in GiB: the API server process (~4 GB RSS, hardware.md §6.7

@@ -890,47 +890,61 @@ fn generate(req: &Request, arch: Option<&Arch>, groups: &[Group], replicas: u32,
                 continue;
             }
             let sized = if g.vendor == Vendor::Cpu {
-                estimate::size_cpu(arch, precision, g.memory_mib, g.devices_per_node).map(Sized::Cpu)
+                estimate::size_cpu(arch, precision, g.memory_mib, g.devices_per_node).map(|s| vec![Sized::Cpu(s)])
             } else {
-                estimate::size(arch, precision, g.memory_mib, g.devices_per_node).map(Sized::Gpu)
+                estimate::size(arch, precision, g.memory_mib, g.devices_per_node).map(|s| {
+                    let mut all = if req.kpi == Kpi::Throughput || req.tensor_parallelism.is_some() {
+                        estimate::larger(arch, precision, g.memory_mib, g.devices_per_node, &s)
+                    } else {
+                        vec![]
+                    };
+                    all.insert(0, s);
+                    all.into_iter().map(Sized::Gpu).collect()
+                })
             };
-            let sized = match sized {
+            let mut sized = match sized {
                 Ok(s) => s,
                 Err(why) => {
                     fail(why);
                     continue;
                 }
             };
-            let tp = sized.tensor();
-            if req.tensor_parallelism.is_some_and(|t| t != tp) {
-                fail(format!("the estimator needs TP{tp}, not the requested TP"));
-                continue;
+            if let Some(want) = req.tensor_parallelism {
+                let sizes: Vec<String> = sized.iter().map(|s| format!("TP{}", s.tensor())).collect();
+                sized.retain(|s| s.tensor() == want);
+                if sized.is_empty() {
+                    fail(format!("the estimator sizes {} here, not the requested TP{want}", sizes.join(" or ")));
+                    continue;
+                }
             }
-            if g.replicas_for(tp) < replicas {
-                fail(format!("needs {tp}x per replica for {replicas} replica(s), not free"));
-                continue;
+            for sized in sized {
+                let tp = sized.tensor();
+                if g.replicas_for(tp) < replicas {
+                    fail(format!("needs {tp}x per replica for {replicas} replica(s), not free"));
+                    continue;
+                }
+                let estimate = perf.as_ref().map(|p| roofline::estimate(arch, precision, p, tp, sized.kv_capacity_tokens()));
+                let profile = generated_profile(req, arch, precision, g, &sized, estimate.as_ref(), engine);
+                if candidates.iter().any(|c| c.profile.name == profile.name) {
+                    continue; // the same product in two node shapes: the first group serves it
+                }
+                let figures = match (&estimate, &perf) {
+                    (Some(e), Some(p)) => format!(
+                        "estimated on {} ({:.0} GB/s, {:.0} TFLOPS): ttft {:.0} ms for {} prompt tokens, {:.1} tok/s single stream, {:.0} tok/s at concurrency {} ({:.1} per device)",
+                        p.name,
+                        p.bandwidth / 1e9,
+                        p.flops_of(precision) / 1e12,
+                        e.ttft_ms,
+                        roofline::PROMPT_TOKENS,
+                        e.tokens_per_sec_single,
+                        e.tokens_per_sec,
+                        e.concurrency,
+                        e.tokens_per_sec / f64::from(tp)
+                    ),
+                    _ => format!("no performance estimate: the device table has no bandwidth/compute for {}", g.product),
+                };
+                candidates.push(Candidate { explanation: format!("{}; {figures}", sized.why()), profile, group: gi });
             }
-            let estimate = perf.as_ref().map(|p| roofline::estimate(arch, precision, p, tp, sized.kv_capacity_tokens()));
-            let profile = generated_profile(req, arch, precision, g, &sized, estimate.as_ref(), engine);
-            if candidates.iter().any(|c| c.profile.name == profile.name) {
-                continue; // the same product in two node shapes: the first group serves it
-            }
-            let figures = match (&estimate, &perf) {
-                (Some(e), Some(p)) => format!(
-                    "estimated on {} ({:.0} GB/s, {:.0} TFLOPS): ttft {:.0} ms for {} prompt tokens, {:.1} tok/s single stream, {:.0} tok/s at concurrency {} ({:.1} per device)",
-                    p.name,
-                    p.bandwidth / 1e9,
-                    p.flops_of(precision) / 1e12,
-                    e.ttft_ms,
-                    roofline::PROMPT_TOKENS,
-                    e.tokens_per_sec_single,
-                    e.tokens_per_sec,
-                    e.concurrency,
-                    e.tokens_per_sec / f64::from(tp)
-                ),
-                _ => format!("no performance estimate: the device table has no bandwidth/compute for {}", g.product),
-            };
-            candidates.push(Candidate { explanation: format!("{}; {figures}", sized.why()), profile, group: gi });
         }
     }
     if candidates.is_empty() && failed.is_empty() {

@@ -393,7 +393,7 @@ fn builtin(
         tied_embeddings: tied,
         sliding_window,
         checkpoint: Checkpoint { precision: Precision::Bf16, bytes: None },
-        source: "built-in table".into(),
+        source: "the built-in architecture table".into(),
     }
 }
 

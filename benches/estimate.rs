@@ -52,7 +52,16 @@ fn cases() -> Vec<Case> {
     };
     vec![
         // Issue 17: aiconfigurator cli estimate, h100_sxm, vllm, TP4, batch 1 -> 131 ms / 14.9 ms.
-        c("meta-llama/Llama-3.1-70B-Instruct", LLAMA70B, Precision::Bf16, "h100_sxm", "h100-sxm-80gb", 4, 1, Some((131.0, 14.9))),
+        c(
+            "meta-llama/Llama-3.1-70B-Instruct",
+            LLAMA70B,
+            Precision::Bf16,
+            "h100_sxm",
+            "h100-sxm-80gb",
+            4,
+            1,
+            Some((131.0, 14.9)),
+        ),
         c("meta-llama/Llama-3.1-70B-Instruct", LLAMA70B, Precision::Bf16, "h100_sxm", "h100-sxm-80gb", 8, 1, None),
         c("meta-llama/Llama-3.1-70B-Instruct", LLAMA70B, Precision::Bf16, "h200_sxm", "h200-sxm-141gb", 2, 1, None),
         c("meta-llama/Llama-3.1-8B-Instruct", LLAMA8B, Precision::Bf16, "h100_sxm", "h100-sxm-80gb", 1, 1, None),
@@ -89,7 +98,15 @@ fn aiconfigurator(bin: &Path, case: &Case, dir: &Path) -> Result<(f64, f64), Str
     };
     match (find("TTFT:"), find("TPOT:")) {
         (Some(t), Some(p)) if out.status.success() => Ok((t, p)),
-        _ => Err(text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().chars().take(100).collect()),
+        _ => Err(text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output")
+            .trim()
+            .chars()
+            .take(100)
+            .collect()),
     }
 }
 
@@ -98,7 +115,18 @@ fn main() {
     println!("roofline estimate vs NVIDIA aiconfigurator (isl 1024 / osl 256)");
     println!(
         "{:<36} {:<6} {:<9} {:>3} {:>5} | {:>9} {:>9} | {:>9} {:>9} {:<12} | {:>6} {:>6}",
-        "model", "prec", "system", "tp", "batch", "ttft ms", "tpot ms", "ttft ms", "tpot ms", "(source)", "ttft x", "tpot x"
+        "model",
+        "prec",
+        "system",
+        "tp",
+        "batch",
+        "ttft ms",
+        "tpot ms",
+        "ttft ms",
+        "tpot ms",
+        "(source)",
+        "ttft x",
+        "tpot x"
     );
     for case in cases() {
         let arch = Arch::from_config_json(case.model, case.config.as_bytes()).unwrap();

@@ -48,7 +48,9 @@ impl Hub {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| network(&url, &e))?;
             if (body.len() + chunk.len()) as u64 > limit {
-                return Err(HubError::Protocol(format!("{url}: larger than {limit} bytes; is this a model repository?")));
+                return Err(HubError::Protocol(format!(
+                    "{url}: larger than {limit} bytes; is this a model repository?"
+                )));
             }
             body.extend_from_slice(&chunk);
         }
@@ -59,9 +61,13 @@ impl Hub {
     /// bytes when the safetensors metadata is there. An architecture the estimator cannot size
     /// is `BadInput` with the reason.
     pub async fn model_arch(&self, repo: &str, revision: &str) -> Result<Arch, HubError> {
-        let config = self.get_bounded(repo, revision, "config.json", MAX_CONFIG_BYTES, None).await?.ok_or_else(|| {
-            HubError::NotFound { what: format!("{repo}/config.json at {revision}"), endpoint: self.endpoint.clone() }
-        })?;
+        let config =
+            self.get_bounded(repo, revision, "config.json", MAX_CONFIG_BYTES, None).await?.ok_or_else(|| {
+                HubError::NotFound {
+                    what: format!("{repo}/config.json at {revision}"),
+                    endpoint: self.endpoint.clone(),
+                }
+            })?;
         let mut arch = Arch::from_config_json(repo, &config).map_err(HubError::BadInput)?;
         arch.source = format!("config.json of {repo} at {revision}");
         if let Some(bytes) = self.safetensors_bytes(repo, revision).await? {
@@ -88,21 +94,28 @@ impl Hub {
             .map_err(|_| HubError::Protocol(format!("{repo}/model.safetensors: the hub ignored the range request")))?;
         let n = u64::from_le_bytes(len);
         if n == 0 || n > MAX_HEADER_BYTES {
-            return Err(HubError::Protocol(format!("{repo}/model.safetensors: a header of {n} bytes is not safetensors")));
+            return Err(HubError::Protocol(format!(
+                "{repo}/model.safetensors: a header of {n} bytes is not safetensors"
+            )));
         }
         let header = self
             .get_bounded(repo, revision, "model.safetensors", n, Some((8, 7 + n)))
             .await?
             .ok_or_else(|| HubError::Protocol(format!("{repo}/model.safetensors vanished between two requests")))?;
-        safetensors_header_bytes(&header).map(Some).map_err(|e| HubError::Protocol(format!("{repo}/model.safetensors: {e}")))
+        safetensors_header_bytes(&header)
+            .map(Some)
+            .map_err(|e| HubError::Protocol(format!("{repo}/model.safetensors: {e}")))
     }
 }
+
+/// (endpoint, repo, revision) -> when asked, and the answer.
+type Entries = HashMap<(String, String, String), (Instant, Result<Arch, String>)>;
 
 /// Architectures by (endpoint, repo, revision) for `ttl`; failures are kept a tenth as long
 /// so a fixed token or repository is seen soon.
 pub struct ArchCache {
     ttl: Duration,
-    entries: Mutex<HashMap<(String, String, String), (Instant, Result<Arch, String>)>>,
+    entries: Mutex<Entries>,
 }
 
 impl ArchCache {

@@ -105,7 +105,10 @@ pub fn size(a: &Arch, precision: Precision, device_mib: u64, devices_per_node: u
             return Ok(s);
         }
         smaller.push(if loads(a, precision, device_mib, tensor) {
-            format!("TP{tensor} leaves {:.1} GiB per device, less than KV for {need} tokens", f.kv_budget_per_device / GIB)
+            format!(
+                "TP{tensor} leaves {:.1} GiB per device, less than KV for {need} tokens",
+                f.kv_budget_per_device / GIB
+            )
         } else {
             format!("TP{tensor} cannot load the 16-bit checkpoint before quantizing it")
         });
@@ -168,7 +171,10 @@ pub fn larger(a: &Arch, precision: Precision, device_mib: u64, devices_per_node:
         .filter(|t| *t > s.tensor && *t <= devices_per_node && a.q_heads.is_multiple_of(*t))
         .map(|t| {
             let mut bigger = sizing_at(a, precision, device_mib, &fit(a, precision, device_mib, t));
-            bigger.why = format!("{}; TP{} is the smallest that fits, TP{t} buys KV for more concurrent requests", bigger.why, s.tensor);
+            bigger.why = format!(
+                "{}; TP{} is the smallest that fits, TP{t} buys KV for more concurrent requests",
+                bigger.why, s.tensor
+            );
             bigger
         })
         .collect()
@@ -239,7 +245,10 @@ pub fn size_cpu(a: &Arch, precision: Precision, numa_mib: u64, numa_nodes: u32) 
         let need_gib = (a.kv_bytes(need) / shards / GIB).ceil().max(1.0);
         let room_gib = (room / GIB).floor();
         if room_gib < need_gib {
-            tried.push(format!("TP{tensor} leaves {:.1} GiB per NUMA node for KV, {need_gib:.0} GiB needed for {need} tokens", room / GIB));
+            tried.push(format!(
+                "TP{tensor} leaves {:.1} GiB per NUMA node for KV, {need_gib:.0} GiB needed for {need} tokens",
+                room / GIB
+            ));
             continue;
         }
         let cap = a.max_context.min(CPU_MAX_CONTEXT);
@@ -264,10 +273,20 @@ pub fn size_cpu(a: &Arch, precision: Precision, numa_mib: u64, numa_nodes: u32) 
             cpu_runtime_reserve_bytes(tensor) / GIB,
             if tried.is_empty() { String::new() } else { format!("; {}", tried.join("; ")) }
         );
-        return Ok(CpuSizing { tensor, max_model_len: len, kv_space_gib: space, memory_gib: memory, kv_capacity_tokens: capacity, why });
+        return Ok(CpuSizing {
+            tensor,
+            max_model_len: len,
+            kv_space_gib: space,
+            memory_gib: memory,
+            kv_capacity_tokens: capacity,
+            why,
+        });
     }
     Err(if tried.is_empty() {
-        format!("no tensor-parallel degree in {{1,2,4,8}} is <= {numa_nodes} NUMA nodes and divides {} heads", a.q_heads)
+        format!(
+            "no tensor-parallel degree in {{1,2,4,8}} is <= {numa_nodes} NUMA nodes and divides {} heads",
+            a.q_heads
+        )
     } else {
         format!(
             "{:.1} GiB of weights + KV for {need} tokens + {:.0} GiB runtime do not fit NUMA nodes of {:.0} GiB at {CPU_MEMORY_UTILIZATION} ({})",

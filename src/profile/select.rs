@@ -548,7 +548,13 @@ fn filter(p: &ProfileSummary, req: &Request) -> Option<String> {
 /// missing figures, rank after. Generated profiles carry estimated figures, each at the
 /// concurrency its own KV cache allows, so they compare with each other directly (they never
 /// compete with published ones: rule 2 puts those first).
-fn figure_key(p: &ProfileSummary, kpi: Kpi, generated: bool, reference: Option<u32>, arch: Option<&Arch>) -> (u8, i64, i64) {
+fn figure_key(
+    p: &ProfileSummary,
+    kpi: Kpi,
+    generated: bool,
+    reference: Option<u32>,
+    arch: Option<&Arch>,
+) -> (u8, i64, i64) {
     let scaled = |v: f64| (v * 1000.0).round() as i64;
     let per_device = p.throughput_tokens_per_sec.map(|t| t / f64::from(p.count.max(1)));
     if matches!(kpi, Kpi::Latency | Kpi::Throughput) && !generated && p.concurrency != reference {
@@ -880,9 +886,14 @@ fn generate(req: &Request, arch: Option<&Arch>, groups: &[Group], replicas: u32,
         let perf = group_perf(g);
         for precision in precisions(req, arch, g, perf.as_ref()) {
             let name = format!("generated-vllm-{}-{}-x*-{}", g.vendor, g.product, enum_str(&precision));
-            let mut fail = |reason: String| failed.push(Rejected { name: name.clone(), reason: format!("{}: {reason}", g.describe()) });
+            let mut fail = |reason: String| {
+                failed.push(Rejected { name: name.clone(), reason: format!("{}: {reason}", g.describe()) })
+            };
             if arch.quantized() && precision != arch.native_precision() {
-                fail(format!("the checkpoint is {}; it is served at that precision only", enum_str(&arch.native_precision())));
+                fail(format!(
+                    "the checkpoint is {}; it is served at that precision only",
+                    enum_str(&arch.native_precision())
+                ));
                 continue;
             }
             if !roofline::supports(g.vendor, perf.as_ref(), precision) {
@@ -923,7 +934,8 @@ fn generate(req: &Request, arch: Option<&Arch>, groups: &[Group], replicas: u32,
                     fail(format!("needs {tp}x per replica for {replicas} replica(s), not free"));
                     continue;
                 }
-                let estimate = perf.as_ref().map(|p| roofline::estimate(arch, precision, p, tp, sized.kv_capacity_tokens()));
+                let estimate =
+                    perf.as_ref().map(|p| roofline::estimate(arch, precision, p, tp, sized.kv_capacity_tokens()));
                 let profile = generated_profile(req, arch, precision, g, &sized, estimate.as_ref(), engine);
                 if candidates.iter().any(|c| c.profile.name == profile.name) {
                     continue; // the same product in two node shapes: the first group serves it
@@ -941,7 +953,9 @@ fn generate(req: &Request, arch: Option<&Arch>, groups: &[Group], replicas: u32,
                         e.concurrency,
                         e.tokens_per_sec / f64::from(tp)
                     ),
-                    _ => format!("no performance estimate: the device table has no bandwidth/compute for {}", g.product),
+                    _ => {
+                        format!("no performance estimate: the device table has no bandwidth/compute for {}", g.product)
+                    }
                 };
                 candidates.push(Candidate { explanation: format!("{}; {figures}", sized.why()), profile, group: gi });
             }

@@ -195,13 +195,18 @@ fn models_outside_the_built_in_table_get_sound_profiles_from_their_config_json()
             } else {
                 // Throughput weighs every TP the node allows by estimated tokens/s per device.
                 let others = v["rejected"].as_array().unwrap().iter().filter(|r| {
-                    r["name"].as_str().unwrap().contains("h100") && r["reason"].as_str().unwrap().contains("tok/s per device")
+                    r["name"].as_str().unwrap().contains("h100")
+                        && r["reason"].as_str().unwrap().contains("tok/s per device")
                 });
                 assert!(others.count() >= 2, "{model}: {}", v["rejected"]);
                 assert!(s["args"]["max-model-len"].as_u64().unwrap() >= len, "{model}");
             }
             assert_eq!(s["performance"]["source"], "estimated");
-            assert!(s["performance"]["throughputTokensPerSec"].as_f64().unwrap() > 10.0, "{model}: {}", s["performance"]);
+            assert!(
+                s["performance"]["throughputTokensPerSec"].as_f64().unwrap() > 10.0,
+                "{model}: {}",
+                s["performance"]
+            );
             let reason = s["reason"].as_str().unwrap();
             assert!(reason.contains(&format!("config.json of {model}")), "{reason}");
             assert!(reason.contains(&format!("{weights_gib:.1} GiB of bf16 weights")), "{model}: {reason}");

@@ -98,7 +98,8 @@ impl Arch {
         match self.experts {
             None => all,
             Some((n, k)) => {
-                let expert_share = (self.params - self.active_params) / (1.0 - f64::from(k) / f64::from(n)) / self.params;
+                let expert_share =
+                    (self.params - self.active_params) / (1.0 - f64::from(k) / f64::from(n)) / self.params;
                 let touched = 1.0 - (1.0 - f64::from(k) / f64::from(n)).powi(batch.max(1) as i32);
                 all * (1.0 - expert_share) + all * expert_share * touched
             }
@@ -139,24 +140,36 @@ impl Arch {
 
     /// Reads a `config.json` document for model `id`. Every missing or odd field is named.
     pub fn from_config_json(id: &str, text: &[u8]) -> Result<Arch, String> {
-        let v: Value =
-            serde_json::from_slice(text).map_err(|e| format!("config.json of {id} is not JSON: {e}"))?;
+        let v: Value = serde_json::from_slice(text).map_err(|e| format!("config.json of {id} is not JSON: {e}"))?;
         let where_ = format!("config.json of {id}");
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
         let archs: Vec<&str> =
             v.get("architectures").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
         if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
-            let nested = if v.get("text_config").is_some() { " (a multimodal model: its text_config is not sized)" } else { "" };
+            let nested =
+                if v.get("text_config").is_some() { " (a multimodal model: its text_config is not sized)" } else { "" };
             return Err(format!(
                 "{where_}: model_type {model_type:?} (architectures {archs:?}){nested} is not one the estimator can size ({}); publish a profile for it",
                 SUPPORTED_MODEL_TYPES.join(", ")
             ));
         }
+        // Bounds far above any real model keep the arithmetic below from overflowing on a
+        // hostile or broken file.
         let int = |k: &str| -> Result<u64, String> {
-            v.get(k)
+            let n = v
+                .get(k)
                 .and_then(Value::as_u64)
                 .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{where_}: {k} is missing or not a positive integer"))
+                .ok_or_else(|| format!("{where_}: {k} is missing or not a positive integer"))?;
+            let max = match k {
+                "max_position_embeddings" => 1 << 30,
+                "vocab_size" | "intermediate_size" | "moe_intermediate_size" | "hidden_size" => 1 << 24,
+                _ => 1 << 16,
+            };
+            if n > max {
+                return Err(format!("{where_}: {k} {n} is larger than {max}; is this a language model's config.json?"));
+            }
+            Ok(n)
         };
         let small = |k: &str| -> Result<u32, String> {
             int(k).and_then(|n| u32::try_from(n).map_err(|_| format!("{where_}: {k} {n} is out of range")))
@@ -186,7 +199,9 @@ impl Arch {
             _ => int("intermediate_size")?,
         };
         if kv_heads == 0 || !q_heads.is_multiple_of(kv_heads) {
-            return Err(format!("{where_}: num_attention_heads {q_heads} is not a multiple of num_key_value_heads {kv_heads}"));
+            return Err(format!(
+                "{where_}: num_attention_heads {q_heads} is not a multiple of num_key_value_heads {kv_heads}"
+            ));
         }
         let window = v.get("sliding_window").and_then(Value::as_u64);
         let sliding_window = match model_type.as_str() {
@@ -229,7 +244,7 @@ impl Arch {
         let kv = (u64::from(self.kv_heads) * self.head_dim) as f64;
         let mut attn = h * q + 2.0 * h * kv + q * h;
         match model_type {
-            "qwen2" => attn += q + 2.0 * kv, // q/k/v biases
+            "qwen2" => attn += q + 2.0 * kv,                             // q/k/v biases
             "qwen3" | "qwen3_moe" => attn += 2.0 * self.head_dim as f64, // q/k norms
             _ => {}
         }
@@ -273,13 +288,14 @@ impl Arch {
     /// Reads `--model-config DIR|FILE`: a `config.json` (or a folder holding one, and maybe
     /// `model.safetensors.index.json` for the exact bytes).
     pub fn from_path(id: &str, path: &Path) -> Result<Arch, String> {
-        let (config, dir) = if path.is_dir() { (path.join("config.json"), Some(path)) } else { (path.to_path_buf(), path.parent()) };
+        let (config, dir) =
+            if path.is_dir() { (path.join("config.json"), Some(path)) } else { (path.to_path_buf(), path.parent()) };
         let text = read_bounded(&config)?;
         let mut a = Arch::from_config_json(id, &text)?;
         a.source = format!("{}", config.display());
         if let Some(index) = dir.map(|d| d.join("model.safetensors.index.json")).filter(|p| p.is_file()) {
-            let bytes = safetensors_index_bytes(&read_bounded(&index)?)
-                .map_err(|e| format!("{}: {e}", index.display()))?;
+            let bytes =
+                safetensors_index_bytes(&read_bounded(&index)?).map_err(|e| format!("{}: {e}", index.display()))?;
             a = a.with_checkpoint_bytes(bytes);
         }
         Ok(a)
@@ -290,9 +306,14 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| format!("--model-config {}: {e}", path.display()))?;
     let mut buf = vec![];
-    f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut buf).map_err(|e| format!("--model-config {}: {e}", path.display()))?;
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("--model-config {}: {e}", path.display()))?;
     if buf.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(format!("--model-config {}: larger than {MAX_CONFIG_BYTES} bytes; pass the model's config.json", path.display()));
+        return Err(format!(
+            "--model-config {}: larger than {MAX_CONFIG_BYTES} bytes; pass the model's config.json",
+            path.display()
+        ));
     }
     Ok(buf)
 }
@@ -403,16 +424,106 @@ pub fn builtin_table() -> &'static [Arch] {
     static TABLE: OnceLock<Vec<Arch>> = OnceLock::new();
     TABLE.get_or_init(|| {
         vec![
-            builtin(&["meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct"], "llama", [32, 4096, 14336, 32, 8, 128, 128256, 131072], 8.03e9, 8.03e9, false, None, None),
-            builtin(&["meta-llama/Llama-3.1-70B", "meta-llama/Llama-3.1-70B-Instruct"], "llama", [80, 8192, 28672, 64, 8, 128, 128256, 131072], 70.55e9, 70.55e9, false, None, None),
-            builtin(&["mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.3"], "mistral", [32, 4096, 14336, 32, 8, 128, 32768, 32768], 7.25e9, 7.25e9, false, None, None),
-            builtin(&["Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B"], "qwen2", [28, 3584, 18944, 28, 4, 128, 152064, 32768], 7.62e9, 7.62e9, false, None, None),
-            builtin(&["Qwen/Qwen2.5-72B-Instruct", "Qwen/Qwen2.5-72B"], "qwen2", [80, 8192, 29568, 64, 8, 128, 152064, 32768], 72.71e9, 72.71e9, false, None, None),
-            builtin(&["mistralai/Mixtral-8x7B-Instruct-v0.1", "mistralai/Mixtral-8x7B-v0.1"], "mixtral", [32, 4096, 14336, 32, 8, 128, 32000, 32768], 46.70e9, 12.88e9, false, None, Some((8, 2))),
-            builtin(&["meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B"], "llama", [16, 2048, 8192, 32, 8, 64, 128256, 131072], 1.24e9, 1.24e9, true, None, None),
-            builtin(&["meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B"], "llama", [28, 3072, 8192, 24, 8, 128, 128256, 131072], 3.21e9, 3.21e9, true, None, None),
-            builtin(&["google/gemma-2-9b-it", "google/gemma-2-9b"], "gemma2", [42, 3584, 14336, 16, 8, 256, 256000, 8192], 9.24e9, 9.24e9, true, Some((4096, 2)), None),
-            builtin(&["google/gemma-2-27b-it", "google/gemma-2-27b"], "gemma2", [46, 4608, 36864, 32, 16, 128, 256000, 8192], 27.2e9, 27.2e9, true, Some((4096, 2)), None),
+            builtin(
+                &["meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct"],
+                "llama",
+                [32, 4096, 14336, 32, 8, 128, 128256, 131072],
+                8.03e9,
+                8.03e9,
+                false,
+                None,
+                None,
+            ),
+            builtin(
+                &["meta-llama/Llama-3.1-70B", "meta-llama/Llama-3.1-70B-Instruct"],
+                "llama",
+                [80, 8192, 28672, 64, 8, 128, 128256, 131072],
+                70.55e9,
+                70.55e9,
+                false,
+                None,
+                None,
+            ),
+            builtin(
+                &["mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.3"],
+                "mistral",
+                [32, 4096, 14336, 32, 8, 128, 32768, 32768],
+                7.25e9,
+                7.25e9,
+                false,
+                None,
+                None,
+            ),
+            builtin(
+                &["Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B"],
+                "qwen2",
+                [28, 3584, 18944, 28, 4, 128, 152064, 32768],
+                7.62e9,
+                7.62e9,
+                false,
+                None,
+                None,
+            ),
+            builtin(
+                &["Qwen/Qwen2.5-72B-Instruct", "Qwen/Qwen2.5-72B"],
+                "qwen2",
+                [80, 8192, 29568, 64, 8, 128, 152064, 32768],
+                72.71e9,
+                72.71e9,
+                false,
+                None,
+                None,
+            ),
+            builtin(
+                &["mistralai/Mixtral-8x7B-Instruct-v0.1", "mistralai/Mixtral-8x7B-v0.1"],
+                "mixtral",
+                [32, 4096, 14336, 32, 8, 128, 32000, 32768],
+                46.70e9,
+                12.88e9,
+                false,
+                None,
+                Some((8, 2)),
+            ),
+            builtin(
+                &["meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B"],
+                "llama",
+                [16, 2048, 8192, 32, 8, 64, 128256, 131072],
+                1.24e9,
+                1.24e9,
+                true,
+                None,
+                None,
+            ),
+            builtin(
+                &["meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B"],
+                "llama",
+                [28, 3072, 8192, 24, 8, 128, 128256, 131072],
+                3.21e9,
+                3.21e9,
+                true,
+                None,
+                None,
+            ),
+            builtin(
+                &["google/gemma-2-9b-it", "google/gemma-2-9b"],
+                "gemma2",
+                [42, 3584, 14336, 16, 8, 256, 256000, 8192],
+                9.24e9,
+                9.24e9,
+                true,
+                Some((4096, 2)),
+                None,
+            ),
+            builtin(
+                &["google/gemma-2-27b-it", "google/gemma-2-27b"],
+                "gemma2",
+                [46, 4608, 36864, 32, 16, 128, 256000, 8192],
+                27.2e9,
+                27.2e9,
+                true,
+                Some((4096, 2)),
+                None,
+            ),
         ]
     })
 }
@@ -420,4 +531,67 @@ pub fn builtin_table() -> &'static [Arch] {
 /// The built-in architecture of a Hugging Face model id (case-insensitive), if any.
 pub fn arch(model: &str) -> Option<&'static Arch> {
     builtin_table().iter().find(|a| a.ids.iter().any(|id| id.eq_ignore_ascii_case(model)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_counted_from_config_json_match_the_published_sizes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+        // Published parameter counts (the hub's safetensors badge): 32.8B, 23.6B, 27.2B.
+        for (id, published) in [
+            ("Qwen/Qwen2.5-32B-Instruct", 32.76e9),
+            ("mistralai/Mistral-Small-24B-Instruct-2501", 23.57e9),
+            ("google/gemma-2-27b-it", 27.23e9),
+        ] {
+            let text = std::fs::read(dir.join(id).join("config.json")).unwrap();
+            let a = Arch::from_config_json(id, &text).unwrap();
+            assert!((a.params / published - 1.0).abs() < 0.005, "{id}: {:.3e}", a.params);
+        }
+        let gemma = Arch::from_config_json("g", &std::fs::read(dir.join("google/gemma-2-27b-it/config.json")).unwrap())
+            .unwrap();
+        assert_eq!((gemma.head_dim, gemma.sliding_window, gemma.tied_embeddings), (128, Some((4096, 2)), true));
+        // The built-in table agrees with what config.json gives for the same model.
+        let builtin = arch("google/gemma-2-27b-it").unwrap();
+        assert!((gemma.params / builtin.params - 1.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn moe_and_quantized_checkpoints_are_read_and_unknown_ones_refused() {
+        let mixtral = br#"{"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32, "vocab_size": 32000,
+            "max_position_embeddings": 32768, "num_local_experts": 8, "num_experts_per_tok": 2}"#;
+        let a = Arch::from_config_json("mistralai/Mixtral-8x7B-Instruct-v0.1", mixtral).unwrap();
+        assert!((a.params / 46.70e9 - 1.0).abs() < 0.01 && (a.active_params / 12.88e9 - 1.0).abs() < 0.01, "{a:?}");
+        assert!(a.weight_bytes_read(Precision::Bf16, 1) < 0.35 * a.weight_bytes(Precision::Bf16));
+        let fp8 = br#"{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32, "vocab_size": 128256,
+            "max_position_embeddings": 131072, "quantization_config": {"quant_method": "fp8"}}"#;
+        let a = Arch::from_config_json("x/llama-fp8", fp8).unwrap();
+        assert_eq!((a.native_precision(), a.quantized()), (Precision::Fp8, true));
+        let bnb = br#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "vocab_size": 100, "max_position_embeddings": 512,
+            "quantization_config": {"quant_method": "bitsandbytes"}}"#;
+        let why = Arch::from_config_json("x/bnb", bnb).unwrap_err();
+        assert!(why.contains("quant_method \"bitsandbytes\""), "{why}");
+        let missing = br#"{"model_type": "llama", "hidden_size": 64}"#;
+        assert!(Arch::from_config_json("x/m", missing).unwrap_err().contains("num_hidden_layers is missing"));
+        let huge = br#"{"model_type": "llama", "hidden_size": 18446744073709551615, "intermediate_size": 1,
+            "num_attention_heads": 1, "num_hidden_layers": 1, "vocab_size": 1, "max_position_embeddings": 1}"#;
+        assert!(Arch::from_config_json("x/h", huge).unwrap_err().contains("hidden_size"));
+        assert!(Arch::from_config_json("x/j", b"not json").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn safetensors_metadata_gives_exact_bytes() {
+        assert_eq!(safetensors_index_bytes(br#"{"metadata": {"total_size": 65527752704}}"#), Ok(65_527_752_704));
+        assert!(safetensors_index_bytes(br#"{"weight_map": {}}"#).is_err());
+        let header =
+            br#"{"__metadata__": {"format": "pt"}, "a": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
+            "b": {"dtype": "BF16", "shape": [4], "data_offsets": [8, 16]}}"#;
+        assert_eq!(safetensors_header_bytes(header), Ok(16));
+        assert!(safetensors_header_bytes(br#"{"a": {"dtype": "BF16"}}"#).is_err());
+    }
 }

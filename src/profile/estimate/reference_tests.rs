@@ -77,8 +77,16 @@ fn decode_throughput_is_within_a_factor_of_two_of_published_measurements() {
     let cases: Vec<(&str, f64, f64)> = vec![
         // yobitelcomm InferenceBench (vLLM 0.21.0), 1x H100 SXM, Llama-3.1-8B fp16, chatbot-short:
         // TPOT p50 6.5 ms at concurrency 1 and 10.9 ms at 16 (16 / 10.9 ms = 1468 tok/s).
-        ("8B bf16 H100 c=1", decode_tokens_per_sec(l8, Precision::Bf16, &dev("h100-sxm-80gb"), 1, 1, 512), 1000.0 / 6.5),
-        ("8B bf16 H100 c=16", decode_tokens_per_sec(l8, Precision::Bf16, &dev("h100-sxm-80gb"), 1, 16, 512), 16.0 * 1000.0 / 10.9),
+        (
+            "8B bf16 H100 c=1",
+            decode_tokens_per_sec(l8, Precision::Bf16, &dev("h100-sxm-80gb"), 1, 1, 512),
+            1000.0 / 6.5,
+        ),
+        (
+            "8B bf16 H100 c=16",
+            decode_tokens_per_sec(l8, Precision::Bf16, &dev("h100-sxm-80gb"), 1, 16, 512),
+            16.0 * 1000.0 / 10.9,
+        ),
         // johnmusgrave.com (vLLM 0.23.0), 1x A100-40GB, Llama-3.1-8B bf16, 1024 in / 128 out, C=1: ~75 tok/s.
         ("8B bf16 A100-40GB c=1", decode_tokens_per_sec(l8, Precision::Bf16, &dev("a100-sxm-40gb"), 1, 1, 1088), 75.0),
         // Intel Gaudi model performance page (SynapseAI 1.18.0): Gaudi 2, Llama 3.1 8B fp8, batch 1,
@@ -101,7 +109,8 @@ fn tpot_agrees_with_nvidia_aiconfigurator_for_the_issue_case() {
     // NVIDIA aiconfigurator (PyPI), h100_sxm, vllm backend: Llama-3.1-70B bf16, TP4, batch 1,
     // isl 1024 / osl 256 -> TTFT 131 ms, TPOT 14.9 ms (the figures quoted in issue 17).
     let l70 = arch("meta-llama/Llama-3.1-70B-Instruct").unwrap();
-    let (ttft, tpot) = ttft_tpot_ms(l70, Precision::Bf16, &DevicePerf::of_slug("h100-sxm-80gb").unwrap(), 4, 1, 1024, 256);
+    let (ttft, tpot) =
+        ttft_tpot_ms(l70, Precision::Bf16, &DevicePerf::of_slug("h100-sxm-80gb").unwrap(), 4, 1, 1024, 256);
     assert!((0.5..=2.0).contains(&(tpot / 14.9)), "tpot {tpot:.1} ms vs 14.9");
     assert!((0.5..=2.0).contains(&(ttft / 131.0)), "ttft {ttft:.0} ms vs 131");
 }

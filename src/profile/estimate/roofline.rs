@@ -161,7 +161,8 @@ fn prefill_s(a: &Arch, precision: Precision, perf: &DevicePerf, tensor: u32, tok
     // Causal attention: QK^T and AV over half the n x n scores.
     let attention = 2.0 * f64::from(a.layers) * f64::from(a.q_heads) * a.head_dim as f64 * n * n;
     let compute = (2.0 * a.active_params * n + attention) / t / (perf.flops(precision) * COMPUTE_EFFICIENCY);
-    let memory = a.weight_bytes_read(precision, u32::try_from(tokens).unwrap_or(u32::MAX)) / t
+    let memory = a.weight_bytes_read(precision, u32::try_from(tokens).unwrap_or(u32::MAX))
+        / t
         / (perf.bandwidth * BANDWIDTH_EFFICIENCY);
     compute.max(memory) + allreduce_s(a, perf, tensor, n) + STEP_OVERHEAD_S
 }
@@ -190,13 +191,28 @@ pub fn estimate(a: &Arch, precision: Precision, perf: &DevicePerf, tensor: u32, 
 
 /// Decode tokens/s of `batch` streams at `context` tokens (for comparisons with published
 /// single-configuration figures).
-pub fn decode_tokens_per_sec(a: &Arch, precision: Precision, perf: &DevicePerf, tensor: u32, batch: u32, context: u64) -> f64 {
+pub fn decode_tokens_per_sec(
+    a: &Arch,
+    precision: Precision,
+    perf: &DevicePerf,
+    tensor: u32,
+    batch: u32,
+    context: u64,
+) -> f64 {
     f64::from(batch) / decode_step_s(a, precision, perf, tensor, batch, context)
 }
 
 /// TTFT and TPOT of one request of `isl` prompt / `osl` output tokens at batch `batch`, ms
 /// (the shape aiconfigurator reports).
-pub fn ttft_tpot_ms(a: &Arch, precision: Precision, perf: &DevicePerf, tensor: u32, batch: u32, isl: u64, osl: u64) -> (f64, f64) {
+pub fn ttft_tpot_ms(
+    a: &Arch,
+    precision: Precision,
+    perf: &DevicePerf,
+    tensor: u32,
+    batch: u32,
+    isl: u64,
+    osl: u64,
+) -> (f64, f64) {
     let prefill = prefill_s(a, precision, perf, tensor, isl) * f64::from(batch.max(1));
     (prefill * 1e3, decode_step_s(a, precision, perf, tensor, batch, isl + osl / 2) * 1e3)
 }

@@ -548,7 +548,16 @@ fn throughput_ranks_generated_profiles_by_estimated_tokens_per_device() {
     let l4 = s.rejected.iter().find(|r| r.name.contains("-l4-")).unwrap();
     assert!(l4.reason.contains("tok/s per device"), "{}", l4.reason);
     // Published profiles with measured figures still rank before any generated one.
-    let published = profile("vllm-nvidia-l4-x1-throughput-bf16", LLAMA8B, Kpi::Throughput, Vendor::Nvidia, "l4", 1, None, Some(900.0));
+    let published = profile(
+        "vllm-nvidia-l4-x1-throughput-bf16",
+        LLAMA8B,
+        Kpi::Throughput,
+        Vendor::Nvidia,
+        "l4",
+        1,
+        None,
+        Some(900.0),
+    );
     let s = select(&request(LLAMA8B, Kpi::Throughput), &[published], &nodes, &[], &Engines::builtin());
     assert!(!s.selected.unwrap().generated);
 }

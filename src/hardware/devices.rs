@@ -131,6 +131,21 @@ mod tests {
     }
 
     #[test]
+    fn every_device_vllm_serves_has_roofline_figures() {
+        // Gaudi 1 and MI100 are outside vLLM's support lists; MI308X's figures are unpublished.
+        for d in table().iter().filter(|d| !["gaudi", "mi100", "mi308x"].contains(&d.slug.as_str())) {
+            let (bw, bf16) = (d.bandwidth_gbs.unwrap_or(0), d.bf16_tflops.unwrap_or(0));
+            assert!(
+                (100..=10_000).contains(&bw) && (50..=3000).contains(&bf16),
+                "{}: {bw} GB/s, {bf16} TFLOPS",
+                d.slug
+            );
+            assert!(d.fp8_tflops.is_none_or(|f| f >= bf16), "{}: fp8 below bf16", d.slug);
+            assert!(d.link_gbs.is_some(), "{}: no interconnect figure", d.slug);
+        }
+    }
+
+    #[test]
     fn slugs_and_pci_ids_are_unique() {
         let mut slugs = HashSet::new();
         let mut ids = HashSet::new();

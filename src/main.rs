@@ -53,7 +53,7 @@ async fn download(args: oim::cli::DownloadArgs) -> u8 {
         }
         Err(e) => {
             eprintln!("{report}");
-            e.exit_code()
+            if e.is_user_error() { oim::cli::exit::BAD_INPUT } else { oim::cli::exit::RUNTIME }
         }
     }
 }
@@ -185,7 +185,7 @@ fn operator(args: OperatorArgs) -> ExitCode {
 /// The operator's own image, read from its pod (POD_NAME/POD_NAMESPACE from the downward API);
 /// outside a pod, the release image of this version.
 async fn own_image(client: &kube::Client) -> String {
-    let fallback = format!("docker.io/opea/oim:{}", env!("CARGO_PKG_VERSION"));
+    let fallback = oim::render::DEFAULT_IMAGE.to_string();
     let (Ok(name), Ok(ns)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) else { return fallback };
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), &ns);
     match pods.get(&name).await {

@@ -68,6 +68,17 @@ pub struct OIMCacheSpec {
     pub proxy: Option<ProxySpec>,
 }
 
+impl OIMCacheSpec {
+    /// The Hugging Face repository the cache downloads: `namespace/modelName` or `modelName`.
+    pub fn model(&self) -> String {
+        let hf = &self.source.hf;
+        match hf.namespace.as_deref().filter(|n| !n.is_empty()) {
+            Some(ns) => format!("{ns}/{}", hf.model_name),
+            None => hf.model_name.clone(),
+        }
+    }
+}
+
 /// Source of the weights.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

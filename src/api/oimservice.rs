@@ -155,6 +155,23 @@ pub struct OIMServiceSpec {
     pub proxy: Option<ProxySpec>,
 }
 
+impl OIMServiceSpec {
+    /// The replicas a placement must fit: `hpa.minReplicas` (default 1) with autoscaling on,
+    /// else `replicas` (default 1).
+    pub fn replicas_to_fit(&self) -> i32 {
+        match self.scale.as_ref().filter(|x| x.enabled == Some(true)) {
+            Some(x) => x.hpa.as_ref().and_then(|h| h.min_replicas).unwrap_or(1),
+            None => self.replicas.unwrap_or(1),
+        }
+    }
+
+    /// The most replicas that may run at once: `replicas`, or `hpa.maxReplicas` when larger.
+    pub fn max_replicas(&self) -> i32 {
+        let hpa_max = self.scale.as_ref().and_then(|x| x.hpa.as_ref()).map(|h| h.max_replicas).unwrap_or(0);
+        self.replicas.unwrap_or(1).max(hpa_max)
+    }
+}
+
 /// The model to serve.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

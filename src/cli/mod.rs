@@ -294,6 +294,9 @@ pub struct RenderArgs {
     /// Target platform.
     #[arg(long, value_enum, default_value_t = Platform::Kubernetes)]
     pub platform: Platform,
+    /// The image of OIMCache download Jobs (the operator's own image by default).
+    #[arg(long, value_name = "IMAGE", default_value = crate::render::DEFAULT_IMAGE)]
+    pub puller_image: String,
     /// Profile source.
     #[command(flatten)]
     pub source: CatalogArgs,

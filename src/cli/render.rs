@@ -6,7 +6,7 @@ use super::{Platform as CliPlatform, RenderArgs, exit};
 use crate::api::{OIMCache, OIMService};
 use crate::profile::engines::Engines;
 use crate::profile::select::{PodUse, Request, select};
-use crate::render::{Capabilities, Input, Platform, Weights, render};
+use crate::render::{Capabilities, Input, Platform, Selection, Weights, render};
 
 /// The documents of `-f` files: services and caches.
 fn read_inputs(files: &[std::path::PathBuf]) -> Result<(Vec<OIMService>, Vec<OIMCache>), String> {
@@ -62,22 +62,6 @@ fn read_pods(path: &Path) -> Result<Vec<PodUse>, String> {
     Ok(pods)
 }
 
-/// The selection request an OIMService makes (also used by the controller).
-pub fn request_for(svc: &OIMService) -> Request {
-    let p = svc.spec.profile.clone().unwrap_or_default();
-    let scale = svc.spec.scale.as_ref().filter(|s| s.enabled == Some(true));
-    let replicas = match scale {
-        Some(s) => s.hpa.as_ref().and_then(|h| h.min_replicas).unwrap_or(1),
-        None => svc.spec.replicas.unwrap_or(1),
-    };
-    let mut req = Request::from_selector(svc.spec.model.name.clone(), &p, u32::try_from(replicas.max(1)).unwrap_or(1));
-    req.service =
-        svc.metadata.name.as_deref().map(|n| crate::profile::select::service_id(svc.metadata.namespace.as_deref(), n));
-    req.node_selector = svc.spec.node_selector.clone().unwrap_or_default();
-    req.tolerations = svc.spec.tolerations.clone().unwrap_or_default();
-    req
-}
-
 /// Where a service's weights come from, given the caches known.
 fn weights_for(svc: &OIMService, caches: &[OIMCache], profile: &crate::profile::Profile) -> Result<Weights, String> {
     let Some(name) = svc.spec.storage.as_ref().and_then(|s| s.oim_cache.as_ref()).map(|c| c.name.clone()) else {
@@ -100,93 +84,146 @@ fn weights_for(svc: &OIMService, caches: &[OIMCache], profile: &crate::profile::
     Ok(Weights::Cache { pvc, path })
 }
 
+/// What the inputs render against: nodes, pods, catalog, engines, platform.
+struct Env {
+    nodes: Vec<crate::profile::select::NodeView>,
+    pods: Vec<PodUse>,
+    catalog: crate::profile::catalog::Catalog,
+    engines: Engines,
+    platform: Platform,
+    puller_image: String,
+}
+
+/// A failure: the exit code and the message.
+type Failure = (u8, String);
+
 /// `oim render`.
 pub async fn run(args: RenderArgs) -> u8 {
-    let fail = |code: u8, msg: String| {
+    let fail = |(code, msg): Failure| {
         eprintln!("oim render: {msg}");
         code
     };
     let (services, caches) = match read_inputs(&args.files) {
         Ok(x) => x,
-        Err(e) => return fail(exit::BAD_INPUT, e),
+        Err(e) => return fail((exit::BAD_INPUT, e)),
     };
-    let nodes = match super::profiles::read_nodes(&args.inventory) {
-        Ok(n) => n,
-        Err(e) => return fail(exit::BAD_INPUT, e),
-    };
-    let pods = match args.pods.as_deref().map(read_pods).transpose() {
-        Ok(p) => p.unwrap_or_default(),
-        Err(e) => return fail(exit::BAD_INPUT, e),
-    };
-    let catalog = match super::profiles::catalog(&args.source) {
-        Ok(c) => c,
-        Err((code, msg)) => return fail(code, msg),
-    };
-    let engines = Engines::builtin();
-    let platform = match args.platform {
-        CliPlatform::Kubernetes => Platform::Kubernetes,
-        CliPlatform::Openshift => Platform::Openshift,
+    let env = match environment(&args) {
+        Ok(e) => e,
+        Err(f) => return fail(f),
     };
     let mut out = String::new();
     let mut infeasible = false;
     for mut svc in services {
         svc.metadata.namespace.get_or_insert_with(|| "default".into());
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let req = request_for(&svc);
-        let profiles = match catalog.list(&req.model).await {
-            Ok(p) => p,
-            Err(e) => return fail(exit::RUNTIME, e.to_string()),
-        };
-        let selection = select(&req, &profiles, &nodes, &pods, &engines);
-        let Some(chosen) = selection.selected else {
-            infeasible = true;
-            eprintln!("oim render: {name}: {}; rejected:", selection.reason.unwrap_or_default());
-            for r in selection.rejected {
-                eprintln!("  {}: {}", r.name, r.reason);
-            }
-            for u in selection.unusable {
-                eprintln!("  node {}: {} ({})", u.node, u.reason, u.message);
-            }
-            continue;
-        };
-        let profile = match &chosen.document {
-            Some(d) => d.clone(),
-            None => match catalog.fetch(&chosen.profile).await {
-                Ok(p) => p,
-                Err(e) => return fail(exit::RUNTIME, e.to_string()),
-            },
-        };
-        let weights = match weights_for(&svc, &caches, &profile) {
-            Ok(w) => w,
-            Err(e) => return fail(exit::BAD_INPUT, format!("{name}: {e}")),
-        };
-        let input = Input {
-            service: &svc,
-            profile: &profile,
-            digest: &chosen.profile.digest,
-            source: &chosen.profile.source,
-            group: &chosen.group,
-            weights,
-            platform,
-            // Offline, render what the spec asks for, like `helm template`.
-            capabilities: Capabilities { routes: platform == Platform::Openshift, service_monitors: true },
-            engines: &engines,
-            device_groups: vec![],
-        };
-        let rendered = match render(&input) {
-            Ok(r) => r,
-            Err(e) => return fail(exit::BAD_INPUT, format!("{name}: {e}")),
-        };
-        for obj in rendered.objects() {
-            match serde_saphyr::to_string(&obj) {
-                Ok(y) => {
-                    out.push_str("---\n");
-                    out.push_str(&y);
-                }
-                Err(e) => return fail(exit::RUNTIME, e.to_string()),
-            }
+        match render_service(&env, &svc, &caches).await {
+            Ok(Some(objects)) => out.push_str(&objects),
+            Ok(None) => infeasible = true,
+            Err(f) => return fail(f),
+        }
+    }
+    for mut cache in caches {
+        cache.metadata.namespace.get_or_insert_with(|| "default".into());
+        match render_cache(&env, &cache).await {
+            Ok(Some(objects)) => out.push_str(&objects),
+            Ok(None) => infeasible = true,
+            Err(f) => return fail(f),
         }
     }
     print!("{out}");
     if infeasible { exit::NO_FEASIBLE_PROFILE } else { exit::OK }
+}
+
+fn environment(args: &RenderArgs) -> Result<Env, Failure> {
+    let nodes = super::profiles::read_nodes(&args.inventory).map_err(|e| (exit::BAD_INPUT, e))?;
+    let pods = args.pods.as_deref().map(read_pods).transpose().map_err(|e| (exit::BAD_INPUT, e))?.unwrap_or_default();
+    let catalog = super::profiles::catalog(&args.source)?;
+    let platform = match args.platform {
+        CliPlatform::Kubernetes => Platform::Kubernetes,
+        CliPlatform::Openshift => Platform::Openshift,
+    };
+    Ok(Env { nodes, pods, catalog, engines: Engines::builtin(), platform, puller_image: args.puller_image.clone() })
+}
+
+/// YAML documents, each after `---`.
+fn documents(objects: &[serde_json::Value]) -> Result<String, Failure> {
+    let mut out = String::new();
+    for obj in objects {
+        let y = serde_saphyr::to_string(obj).map_err(|e| (exit::RUNTIME, e.to_string()))?;
+        out.push_str("---\n");
+        out.push_str(&y);
+    }
+    Ok(out)
+}
+
+/// A service's objects, or None (reasons on stderr) when no profile fits.
+async fn render_service(env: &Env, svc: &OIMService, caches: &[OIMCache]) -> Result<Option<String>, Failure> {
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let req = Request::for_service(svc);
+    let profiles = env.catalog.list(&req.model).await.map_err(|e| (exit::RUNTIME, e.to_string()))?;
+    let selection = select(&req, &profiles, &env.nodes, &env.pods, &env.engines);
+    let Some(chosen) = selection.selected else {
+        eprintln!("oim render: {name}: {}; rejected:", selection.reason.unwrap_or_default());
+        for r in selection.rejected {
+            eprintln!("  {}: {}", r.name, r.reason);
+        }
+        for u in selection.unusable {
+            eprintln!("  node {}: {} ({})", u.node, u.reason, u.message);
+        }
+        return Ok(None);
+    };
+    let profile = match &chosen.document {
+        Some(d) => d.clone(),
+        None => env.catalog.fetch(&chosen.profile).await.map_err(|e| (exit::RUNTIME, e.to_string()))?,
+    };
+    let weights = weights_for(svc, caches, &profile).map_err(|e| (exit::BAD_INPUT, format!("{name}: {e}")))?;
+    let key = crate::profile::select::selection_key(svc);
+    let rejected: Vec<crate::api::RejectedProfile> = selection
+        .rejected
+        .iter()
+        .take(10)
+        .map(|r| crate::api::RejectedProfile { name: r.name.clone(), reason: r.reason.clone() })
+        .collect();
+    let input = Input {
+        service: svc,
+        profile: &profile,
+        digest: &chosen.profile.digest,
+        source: &chosen.profile.source,
+        selection: Selection { key: &key, reason: &chosen.reason, rejected: &rejected },
+        group: &chosen.group,
+        weights,
+        platform: env.platform,
+        // Offline, render what the spec asks for, like `helm template`.
+        capabilities: Capabilities { routes: env.platform == Platform::Openshift, service_monitors: true },
+        engines: &env.engines,
+        device_groups: vec![],
+    };
+    let rendered = render(&input).map_err(|e| (exit::BAD_INPUT, format!("{name}: {e}")))?;
+    documents(&rendered.objects()).map(Some)
+}
+
+/// A cache's PVC (when it creates one) and download Job, or None when no profile fits.
+async fn render_cache(env: &Env, cache: &OIMCache) -> Result<Option<String>, Failure> {
+    let name = cache.metadata.name.clone().unwrap_or_default();
+    let profiles = env.catalog.list(&cache.spec.model()).await.map_err(|e| (exit::RUNTIME, e.to_string()))?;
+    let (wanted, group) = match crate::profile::weights::plan(cache, &profiles, &env.nodes, &env.engines) {
+        Ok(x) => x,
+        Err(why) => {
+            eprintln!("oim render: OIMCache {name}: {why}");
+            return Ok(None);
+        }
+    };
+    let mut objects = vec![];
+    if cache.spec.storage.pvc.create.unwrap_or(true) {
+        let size = crate::profile::weights::size_for(&cache.spec, &wanted).ok_or_else(|| {
+            let model = cache.spec.model();
+            (
+                exit::BAD_INPUT,
+                format!("OIMCache {name}: the weight size of {model} is unknown; set spec.storage.pvc.size"),
+            )
+        })?;
+        objects.push(crate::render::with_kind(&crate::render::cache::build_pvc(cache, &size)));
+    }
+    let job = crate::render::cache::build_job(cache, &wanted, &group, &env.puller_image, env.platform);
+    objects.push(crate::render::with_kind(&job));
+    documents(&objects).map(Some)
 }

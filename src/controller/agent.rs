@@ -10,13 +10,12 @@ use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, Val
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::watcher;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::controller::apply::{WriteCounter, api_for};
-use crate::render::FIELD_MANAGER;
+use crate::controller::apply::{Verdict, WriteCounter, api_for, mark, server_side_apply, stamp, verdict};
 
 /// The namespace `config/agent` installs into; cluster-scoped names stay unsuffixed for it.
 pub const DEFAULT_NAMESPACE: &str = "oim-system";
@@ -94,36 +93,35 @@ fn two_documents(text: &str) -> Result<[Value; 2], String> {
     docs.try_into().map_err(|d: Vec<Value>| format!("expected two documents, found {}", d.len()))
 }
 
-/// What we last wrote of one object: its generation (objects with a spec) or resourceVersion.
+/// What we last wrote of each object: its mark (generation or resourceVersion).
 type Seen = HashMap<String, String>;
 
-/// The mark of a live object that moves when anyone changes it: generation where the API keeps
-/// one (status writes do not move it), else resourceVersion.
-fn mark(o: &DynamicObject) -> String {
-    match o.metadata.generation {
-        Some(g) => format!("g{g}"),
-        None => o.metadata.resource_version.clone().unwrap_or_default(),
-    }
-}
-
-/// Applies every object that is missing or changed since our last apply.
+/// Applies every object that is missing or changed since our last apply: the same policy as
+/// the services' children ([`crate::controller::apply::verdict`]).
 async fn ensure(client: &kube::Client, objects: &[Value], seen: &mut Seen, writes: &WriteCounter) {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     for obj in objects {
-        let (api, name) = api_for(client, obj);
-        let name = name.as_str();
+        let Some((api, name)) = api_for(client, obj) else { continue };
         let key = format!("{}/{name}", obj["kind"].as_str().unwrap_or_default());
-        match api.get_opt(name).await {
-            Ok(Some(live)) if seen.get(&key) == Some(&mark(&live)) => continue,
+        let mut obj = obj.clone();
+        let hash = stamp(&mut obj, None);
+        match api.get_metadata_opt(&name).await {
+            Ok(live)
+                if verdict(live.as_ref().map(|l| &l.metadata), None, &hash, seen.get(&key).map(String::as_str))
+                    == Verdict::Unchanged =>
+            {
+                if let Some(l) = live {
+                    seen.insert(key, mark(&l.metadata));
+                }
+                continue;
+            }
             Ok(_) => {}
             Err(e) => {
                 warn!(object = %key, error = %e, "node agent object not readable");
                 continue;
             }
         }
-        match api.patch(name, &params, &Patch::Apply(obj)).await {
+        match server_side_apply(client, &obj, writes).await {
             Ok(applied) => {
-                writes.add();
                 info!(object = %key, "node agent object applied");
                 seen.insert(key, mark(&applied));
             }

@@ -1,6 +1,17 @@
-//! Server-side apply with one field manager, skipped when the live object already carries the
-//! hash of exactly what we would apply, so a reconcile that changes nothing writes nothing.
+//! Server-side apply with one field manager, for objects we own only. One policy for every
+//! child (and the node agent's objects): write when the object is missing, when what we would
+//! apply changed (the applied-hash annotation), or when someone else changed it since our last
+//! apply (its generation, or resourceVersion for kinds without one, moved); otherwise write
+//! nothing. An object of that name we did not create is a conflict: nothing is written to it.
 
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use serde_json::Value;
@@ -11,8 +22,8 @@ use crate::render::FIELD_MANAGER;
 /// Annotation holding the hash of the applied configuration.
 pub const APPLIED_HASH: &str = "oim.opea.dev/applied-hash";
 
-/// Counts the operator's writes (applies and status patches); exported on /metrics, read by
-/// tests and the benchmark ("a steady-state resync writes nothing").
+/// Counts the operator's writes (applies, deletes and status patches); exported on /metrics,
+/// read by tests and the benchmark ("a steady-state resync writes nothing").
 #[derive(Debug, Default)]
 pub struct WriteCounter(prometheus_client::metrics::counter::Counter);
 
@@ -31,88 +42,256 @@ impl WriteCounter {
     }
 }
 
-fn hash(obj: &Value) -> String {
+/// The hash of what we apply, stored on the object.
+pub fn hash(obj: &Value) -> String {
     let digest = Sha256::digest(serde_json::to_vec(obj).unwrap_or_default());
     digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Applies `obj` (a full object with apiVersion and kind) unless the live one already matches.
-/// Returns whether it wrote.
-pub async fn apply(
-    client: &kube::Client,
-    namespace: &str,
-    obj: Value,
-    writes: &WriteCounter,
-) -> Result<bool, kube::Error> {
-    apply_known(client, namespace, obj, writes, None).await
+/// Every kind the operator writes, from the typed API metadata (resource names as the API
+/// server publishes them, never guessed).
+fn known_kinds() -> Vec<ApiResource> {
+    vec![
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<ServiceAccount>(&()),
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<PersistentVolumeClaim>(&()),
+        ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+        ApiResource::erase::<Ingress>(&()),
+        ApiResource::erase::<Job>(&()),
+        ApiResource::erase::<Namespace>(&()),
+        ApiResource::erase::<ClusterRole>(&()),
+        ApiResource::erase::<ClusterRoleBinding>(&()),
+        ApiResource::erase::<ValidatingAdmissionPolicy>(&()),
+        ApiResource::erase::<ValidatingAdmissionPolicyBinding>(&()),
+        ApiResource::erase::<DaemonSet>(&()),
+        crate::render::route_resource(),
+        crate::render::service_monitor_resource(),
+    ]
 }
 
-/// [`apply`], with the live object's applied hash already known from a cache (`Some(None)`: it
-/// does not exist); None looks it up.
-pub async fn apply_known(
-    client: &kube::Client,
-    namespace: &str,
-    mut obj: Value,
-    writes: &WriteCounter,
-    known: Option<Option<String>>,
-) -> Result<bool, kube::Error> {
-    let h = hash(&obj);
-    obj["metadata"]["annotations"][APPLIED_HASH] = Value::String(h.clone());
-    obj["metadata"]["namespace"] = Value::String(namespace.to_string());
-    let (api, name) = api_for(client, &obj);
-    let live = match known {
-        Some(k) => k,
-        None => api.get_opt(&name).await?.and_then(|l| l.metadata.annotations.and_then(|mut a| a.remove(APPLIED_HASH))),
-    };
-    if live.as_ref() == Some(&h) {
-        return Ok(false);
-    }
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj)).await?;
-    writes.add();
-    Ok(true)
+/// The API resource of a full object (apiVersion and kind); None for a kind we never write.
+pub fn resource_of(obj: &Value) -> Option<ApiResource> {
+    let api_version = obj["apiVersion"].as_str()?;
+    let kind = obj["kind"].as_str()?;
+    known_kinds().into_iter().find(|ar| ar.api_version == api_version && ar.kind == kind)
 }
 
-/// The dynamic API of a full object (apiVersion, kind, metadata.name, and metadata.namespace
-/// unless cluster-scoped), and its name.
-pub fn api_for(client: &kube::Client, obj: &Value) -> (Api<DynamicObject>, String) {
-    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-    let kind = obj["kind"].as_str().unwrap_or_default();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural_of(kind));
+/// The dynamic API of a full object (namespaced when it carries a namespace), and its name.
+pub fn api_for(client: &kube::Client, obj: &Value) -> Option<(Api<DynamicObject>, String)> {
+    let ar = resource_of(obj)?;
     let api = match obj["metadata"]["namespace"].as_str() {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
         None => Api::all_with(client.clone(), &ar),
     };
-    (api, obj["metadata"]["name"].as_str().unwrap_or_default().to_string())
+    Some((api, obj["metadata"]["name"].as_str().unwrap_or_default().to_string()))
 }
 
-/// The resource name of a kind, by English plural rules (`Ingress` -> `ingresses`,
-/// `ValidatingAdmissionPolicy` -> `validatingadmissionpolicies`).
-fn plural_of(kind: &str) -> String {
-    let k = kind.to_ascii_lowercase();
-    if let Some(stem) = k.strip_suffix('y') {
-        format!("{stem}ies")
-    } else if k.ends_with('s') {
-        format!("{k}es")
-    } else {
-        format!("{k}s")
+/// The mark of a live object that moves when anyone changes it: generation where the API keeps
+/// one (status writes do not move it), else resourceVersion.
+pub fn mark(meta: &ObjectMeta) -> String {
+    match meta.generation {
+        Some(g) if g > 0 => format!("g{g}"),
+        _ => meta.resource_version.clone().unwrap_or_default(),
     }
+}
+
+/// What to do with one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It carries what we would apply and nobody changed it since: write nothing.
+    Unchanged,
+    /// Missing, changed in what we apply, or changed by someone else: apply.
+    Apply,
+    /// An object of that name that is not ours: never written.
+    Foreign,
+}
+
+/// Who may own an object: the controller owner reference's UID, or for kinds we create without
+/// one (PVCs kept past their service), our labels naming the owner.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// The owner's UID.
+    pub uid: &'a str,
+    /// The owner's name (the `app.kubernetes.io/instance` label of what we create).
+    pub name: &'a str,
+}
+
+impl Owner<'_> {
+    /// Whether we created `meta` for this owner.
+    pub fn owns(&self, meta: &ObjectMeta) -> bool {
+        if super::children::controlled_by(meta, self.uid) {
+            return true;
+        }
+        let unowned = meta.owner_references.as_ref().is_none_or(|o| o.is_empty());
+        let labels = meta.labels.clone().unwrap_or_default();
+        let is = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
+        // A service's own retained PVC; never an OIMCache's (`oim-cache`) of the same name.
+        unowned
+            && is("app.kubernetes.io/managed-by", FIELD_MANAGER)
+            && is("app.kubernetes.io/name", "oim-service")
+            && is("app.kubernetes.io/instance", self.name)
+    }
+}
+
+/// The verdict for one object: `live` as seen now, `recorded` the mark of our last apply.
+pub fn verdict(live: Option<&ObjectMeta>, owner: Option<&Owner>, hash: &str, recorded: Option<&str>) -> Verdict {
+    let Some(live) = live else { return Verdict::Apply };
+    if owner.is_some_and(|o| !o.owns(live)) {
+        return Verdict::Foreign;
+    }
+    let carried = live.annotations.as_ref().and_then(|a| a.get(APPLIED_HASH)).map(String::as_str);
+    if carried != Some(hash) {
+        return Verdict::Apply;
+    }
+    match recorded {
+        Some(m) if m != mark(live) => Verdict::Apply,
+        // First sight (e.g. after a restart): an edit made meanwhile shows as another writer
+        // of the spec.
+        None if edited_by_others(live) => Verdict::Apply,
+        _ => Verdict::Unchanged,
+    }
+}
+
+/// Whether a field manager other than ours holds content fields (`spec`, `data`, ...: anything
+/// but metadata and status) through the object itself — not through a status or scale
+/// subresource, which controllers and autoscalers write.
+fn edited_by_others(live: &ObjectMeta) -> bool {
+    live.managed_fields.iter().flatten().any(|m| {
+        let ours = m.manager.as_deref().is_some_and(|n| n.starts_with(FIELD_MANAGER));
+        let subresource = m.subresource.as_deref().is_some_and(|s| !s.is_empty());
+        let content = m.fields_v1.as_ref().and_then(|f| f.0.as_object()).is_some_and(|f| {
+            f.keys().any(|k| k != "f:metadata" && k != "f:status" && k != "f:apiVersion" && k != "f:kind")
+        });
+        !ours && !subresource && content
+    })
+}
+
+/// Adds the hash annotation and namespace to a rendered object; returns the hash.
+pub fn stamp(obj: &mut Value, namespace: Option<&str>) -> String {
+    let h = hash(obj);
+    obj["metadata"]["annotations"][APPLIED_HASH] = Value::String(h.clone());
+    if let Some(ns) = namespace {
+        obj["metadata"]["namespace"] = Value::String(ns.to_string());
+    }
+    h
+}
+
+/// A forced server-side apply of a stamped object; returns the live metadata after it.
+pub async fn server_side_apply(
+    client: &kube::Client,
+    obj: &Value,
+    writes: &WriteCounter,
+) -> Result<ObjectMeta, kube::Error> {
+    let Some((api, name)) = api_for(client, obj) else {
+        return Err(kube::Error::Api(Box::new(
+            kube::core::Status::failure(&format!("the operator does not write {} objects", obj["kind"]), "NotFound")
+                .with_code(404),
+        )));
+    };
+    let live = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?;
+    writes.add();
+    Ok(live.metadata)
+}
+
+/// The key children are recorded under.
+pub fn key(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{kind}/{namespace}/{name}")
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn plurals_match_the_api_resource_names() {
-        for (kind, plural) in [
-            ("Deployment", "deployments"),
-            ("Ingress", "ingresses"),
-            ("HorizontalPodAutoscaler", "horizontalpodautoscalers"),
-            ("ValidatingAdmissionPolicy", "validatingadmissionpolicies"),
-            ("ServiceMonitor", "servicemonitors"),
-            ("PersistentVolumeClaim", "persistentvolumeclaims"),
-        ] {
-            assert_eq!(super::plural_of(kind), plural);
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, OwnerReference};
+
+    fn live(owner_uid: Option<&str>, hash: &str, generation: i64) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("llm".into()),
+            generation: Some(generation),
+            resource_version: Some("100".into()),
+            annotations: Some([(APPLIED_HASH.to_string(), hash.to_string())].into()),
+            owner_references: owner_uid.map(|u| {
+                vec![OwnerReference {
+                    uid: u.into(),
+                    controller: Some(true),
+                    kind: "OIMService".into(),
+                    name: "llm".into(),
+                    api_version: "oim.opea.dev/v1alpha1".into(),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn only_missing_changed_or_edited_objects_of_ours_are_applied() {
+        let me = Owner { uid: "u1", name: "llm" };
+        assert_eq!(verdict(None, Some(&me), "h", None), Verdict::Apply, "missing");
+        let ours = live(Some("u1"), "h", 3);
+        assert_eq!(verdict(Some(&ours), Some(&me), "h", None), Verdict::Unchanged, "first sight after a restart");
+        assert_eq!(verdict(Some(&ours), Some(&me), "h", Some("g3")), Verdict::Unchanged, "steady state");
+        assert_eq!(verdict(Some(&ours), Some(&me), "h2", Some("g3")), Verdict::Apply, "the render changed");
+        assert_eq!(verdict(Some(&ours), Some(&me), "h", Some("g2")), Verdict::Apply, "edited by someone else");
+        let mut edited = ours.clone();
+        edited.managed_fields = Some(vec![
+            ManagedFieldsEntry {
+                manager: Some("kube-controller-manager".into()),
+                subresource: Some("status".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({"f:status": {}}))),
+                ..Default::default()
+            },
+            ManagedFieldsEntry {
+                manager: Some("kube-controller-manager".into()),
+                subresource: Some("scale".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:replicas": {}}}))),
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(verdict(Some(&edited), Some(&me), "h", None), Verdict::Unchanged, "controllers are not edits");
+        edited.managed_fields.as_mut().unwrap().push(ManagedFieldsEntry {
+            manager: Some("kubectl-set".into()),
+            operation: Some("Update".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:template": {}}}))),
+            ..Default::default()
+        });
+        assert_eq!(verdict(Some(&edited), Some(&me), "h", None), Verdict::Apply, "edited while we were not looking");
+        let foreign = live(None, "h", 1);
+        assert_eq!(verdict(Some(&foreign), Some(&me), "h", None), Verdict::Foreign, "not created by us");
+        let other_owner = live(Some("u2"), "h", 1);
+        assert_eq!(verdict(Some(&other_owner), Some(&me), "h", None), Verdict::Foreign, "another owner's");
+        let mut retained_pvc = live(None, "h", 0);
+        retained_pvc.labels = Some(
+            [
+                ("app.kubernetes.io/managed-by", FIELD_MANAGER),
+                ("app.kubernetes.io/name", "oim-service"),
+                ("app.kubernetes.io/instance", "llm"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        );
+        assert_eq!(verdict(Some(&retained_pvc), Some(&me), "h", None), Verdict::Unchanged, "ours by label");
+        let mut cache_pvc = retained_pvc.clone();
+        cache_pvc.labels.as_mut().unwrap().insert("app.kubernetes.io/name".into(), "oim-cache".into());
+        assert_eq!(verdict(Some(&cache_pvc), Some(&me), "h", None), Verdict::Foreign, "an OIMCache's PVC");
+        assert_eq!(mark(&retained_pvc), "100", "no generation: the resourceVersion");
+    }
+
+    #[test]
+    fn every_kind_written_resolves_to_its_published_resource_name() {
+        for (api_version, kind, plural) in [
+            ("apps/v1", "Deployment", "deployments"),
+            ("networking.k8s.io/v1", "Ingress", "ingresses"),
+            ("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies"),
+            ("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
+            ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+            ("route.openshift.io/v1", "Route", "routes"),
+        ] {
+            let obj = serde_json::json!({"apiVersion": api_version, "kind": kind});
+            assert_eq!(resource_of(&obj).map(|r| r.plural), Some(plural.to_string()), "{kind}");
+        }
+        assert_eq!(resource_of(&serde_json::json!({"apiVersion": "v1", "kind": "Secret"})), None);
     }
 }

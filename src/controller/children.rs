@@ -1,98 +1,182 @@
-//! Metadata-only caches of the children the operator labels as its own, so deciding "this object
-//! already carries what we would apply" needs no GET per child per reconcile.
+//! Caches of the children the operator labels as its own — metadata only, plus the Deployments'
+//! status — and what we last applied to each. They answer "is this ours", "does it already carry
+//! what we would apply", "did someone change it since" and "what do we own that is no longer
+//! rendered" without a GET per child per reconcile.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 
-use crate::controller::apply::APPLIED_HASH;
-use crate::render::FIELD_MANAGER;
+use crate::render::{Capabilities, FIELD_MANAGER};
 
-/// Children of every service, by kind: metadata only, and only ours (by label).
-pub struct Children {
-    deployments: Store<PartialObjectMeta<Deployment>>,
-    services: Store<PartialObjectMeta<Service>>,
-    config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+/// The watch filter for everything we create.
+pub fn ours() -> watcher::Config {
+    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
 }
 
-fn cache<K>(api: Api<PartialObjectMeta<K>>) -> Store<PartialObjectMeta<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let config = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    let stream = reflector::reflector(writer, watcher(api, config)).touched_objects();
+/// The kinds an OIMService may own, by their typed API metadata; Route and ServiceMonitor only
+/// where their APIs exist. PVCs are never among them: their retention is deliberate.
+pub fn service_child_kinds(capabilities: Capabilities) -> Vec<ApiResource> {
+    let mut kinds = vec![
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<ServiceAccount>(&()),
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+        ApiResource::erase::<Ingress>(&()),
+    ];
+    if capabilities.routes {
+        kinds.push(crate::render::route_resource());
+    }
+    if capabilities.service_monitors {
+        kinds.push(crate::render::service_monitor_resource());
+    }
+    kinds
+}
+
+type Meta = PartialObjectMeta<DynamicObject>;
+
+/// Children in one watched scope: metadata per kind, and the Deployments (without their pod
+/// template) for the status.
+pub struct Children {
+    kinds: Vec<(ApiResource, Store<Meta>)>,
+    deployments: Store<Deployment>,
+}
+
+fn metadata_cache(api: Api<Meta>, ar: &ApiResource) -> Store<Meta> {
+    let writer = reflector::store::Writer::<Meta>::new(ar.clone());
+    let store = writer.as_reader();
+    let stream = reflector::reflector(writer, watcher(api, ours())).touched_objects();
     tokio::spawn(stream.for_each(|_| async {}));
     store
 }
 
+/// Only what the status reads: generation, status and replicas.
+fn slim(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
 impl Children {
     /// Starts the caches for one namespace (None: all).
-    pub fn watch(client: &Client, namespace: Option<&str>) -> Children {
-        fn api<K>(client: &Client, ns: Option<&str>) -> Api<PartialObjectMeta<K>>
-        where
-            K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-        {
-            match ns {
-                Some(ns) => Api::namespaced(client.clone(), ns),
-                None => Api::all(client.clone()),
-            }
-        }
-        Children {
-            deployments: cache(api::<Deployment>(client, namespace)),
-            services: cache(api::<Service>(client, namespace)),
-            config_maps: cache(api::<ConfigMap>(client, namespace)),
-            service_accounts: cache(api::<ServiceAccount>(client, namespace)),
-        }
+    pub fn watch(client: &Client, namespace: Option<&str>, capabilities: Capabilities) -> Children {
+        let kinds = service_child_kinds(capabilities)
+            .into_iter()
+            .map(|ar| {
+                let api = match namespace {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                    None => Api::all_with(client.clone(), &ar),
+                };
+                let store = metadata_cache(api, &ar);
+                (ar, store)
+            })
+            .collect();
+        let api: Api<Deployment> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let (deployments, writer) = reflector::store();
+        let stream = reflector::reflector(writer, watcher(api, ours()).modify(slim)).touched_objects();
+        tokio::spawn(stream.for_each(|_| async {}));
+        Children { kinds, deployments }
     }
 
     /// Whether every cache has its first full listing.
     pub async fn ready(&self) -> bool {
+        for (_, s) in &self.kinds {
+            if s.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
         self.deployments.wait_until_ready().await.is_ok()
-            && self.services.wait_until_ready().await.is_ok()
-            && self.config_maps.wait_until_ready().await.is_ok()
-            && self.service_accounts.wait_until_ready().await.is_ok()
     }
 
-    /// The applied hash of a child as cached: `Some(None)` when it does not exist (or carries
-    /// no hash), `None` when its kind is not cached and the caller must look it up.
-    pub fn applied_hash(&self, kind: &str, namespace: &str, name: &str) -> Option<Option<String>> {
-        fn hash<K>(s: &Store<PartialObjectMeta<K>>, ns: &str, name: &str) -> Option<String>
-        where
-            K: Resource<DynamicType = ()> + Clone,
-        {
-            s.get(&ObjectRef::new(name).within(ns))
-                .and_then(|o| o.metadata.annotations.as_ref().and_then(|a| a.get(APPLIED_HASH)).cloned())
-        }
-        Some(match kind {
-            "Deployment" => hash(&self.deployments, namespace, name),
-            "Service" => hash(&self.services, namespace, name),
-            "ConfigMap" => hash(&self.config_maps, namespace, name),
-            "ServiceAccount" => hash(&self.service_accounts, namespace, name),
-            _ => return None,
-        })
+    fn store(&self, kind: &str) -> Option<&(ApiResource, Store<Meta>)> {
+        self.kinds.iter().find(|(ar, _)| ar.kind == kind)
+    }
+
+    /// The metadata of our child, as cached: `Some(None)` when it is not there (or not labelled
+    /// ours), `None` when its kind is not cached and the caller must look it up.
+    pub fn meta(&self, kind: &str, namespace: &str, name: &str) -> Option<Option<ObjectMeta>> {
+        let (ar, store) = self.store(kind)?;
+        let key = ObjectRef::new_with(name, ar.clone()).within(namespace);
+        Some(store.get(&key).map(|o| o.metadata.clone()))
+    }
+
+    /// Our children of `kind` in `namespace` controlled by the owner with `uid`.
+    pub fn owned_by(&self, kind: &str, namespace: &str, uid: &str) -> Vec<String> {
+        let Some((_, store)) = self.store(kind) else { return vec![] };
+        store
+            .state()
+            .iter()
+            .filter(|o| o.metadata.namespace.as_deref() == Some(namespace) && o.metadata.deletion_timestamp.is_none())
+            .filter(|o| controlled_by(&o.metadata, uid))
+            .filter_map(|o| o.metadata.name.clone())
+            .collect()
+    }
+
+    /// The cached kinds, in a fixed order.
+    pub fn kinds(&self) -> impl Iterator<Item = &ApiResource> {
+        self.kinds.iter().map(|(ar, _)| ar)
+    }
+
+    /// Our Deployment of that name, without its pod template.
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
+        self.deployments.get(&ObjectRef::new(name).within(namespace))
     }
 }
 
-/// The caches per watched scope: one entry keyed None for all namespaces, or one per namespace.
+/// Whether `meta` carries a controller owner reference to the object with `uid`.
+pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// The caches per watched scope, and the mark of each child as we last applied it.
 #[derive(Default)]
-pub struct ChildCaches(HashMap<Option<String>, Children>);
+pub struct ChildCaches {
+    scopes: HashMap<Option<String>, Children>,
+    applied: Mutex<HashMap<String, String>>,
+}
 
 impl ChildCaches {
     /// Caches for `scopes`.
-    pub fn watch(client: &Client, scopes: &[Option<String>]) -> ChildCaches {
-        ChildCaches(scopes.iter().map(|s| (s.clone(), Children::watch(client, s.as_deref()))).collect())
+    pub fn watch(client: &Client, scopes: &[Option<String>], capabilities: Capabilities) -> ChildCaches {
+        ChildCaches {
+            scopes: scopes.iter().map(|s| (s.clone(), Children::watch(client, s.as_deref(), capabilities))).collect(),
+            applied: Mutex::default(),
+        }
     }
 
     /// The caches covering `namespace`.
     pub fn of(&self, namespace: &str) -> Option<&Children> {
-        self.0.get(&Some(namespace.to_string())).or_else(|| self.0.get(&None))
+        self.scopes.get(&Some(namespace.to_string())).or_else(|| self.scopes.get(&None))
+    }
+
+    /// The mark we recorded for a child when we last applied (or first saw) it.
+    pub fn recorded(&self, key: &str) -> Option<String> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    /// Records a child's mark after our apply.
+    pub fn record(&self, key: String, mark: String) {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(key, mark);
+    }
+
+    /// Forgets a deleted child.
+    pub fn forget(&self, key: &str) {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }

@@ -1,15 +1,24 @@
-//! Reconcilers: the OIMService controller (dereference -> select -> build -> apply -> status),
-//! the node agent it owns, per-service profile sources and the operator's metrics.
+//! The operator's reconcilers and what they share:
+//! - `service`: the OIMService pipeline (dereference -> select -> resolve -> build -> apply -> status);
+//! - `cache`: the OIMCache pipeline and its retention finalizer;
+//! - `apply` and `children`: one apply policy for everything we write (ours only, drift
+//!   repaired, a resync writes nothing) and the caches it decides from;
+//! - `agent`: the node agent the operator keeps deployed;
+//! - `context` (Context, Error), `events`, `status` (conditions), `source` (per-service
+//!   registries), `metrics`, and `run` (the wiring).
 
 pub mod agent;
 pub mod apply;
 pub mod cache;
 pub mod children;
+pub mod context;
+pub mod decode;
+pub mod events;
 pub mod metrics;
 pub mod run;
 pub mod service;
 pub mod source;
 pub mod status;
 
+pub use context::{Context, Error};
 pub use run::{Settings, run};
-pub use service::Context;

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -19,18 +18,15 @@ use tracing::{info, warn};
 
 use crate::api::{OIMCache, OIMService};
 use crate::controller::agent::{self, AgentConfig};
-use crate::controller::children::ChildCaches;
+use crate::controller::children::{ChildCaches, ours};
+use crate::controller::context::{Backoff, Context, Error};
+use crate::controller::decode;
 use crate::controller::metrics::{self, Metrics};
-use crate::controller::service::{Context, Error, reconcile};
+use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
 use crate::profile::engines::Engines;
 use crate::profile::select::PodUse;
 use crate::render::{Capabilities, FIELD_MANAGER, Platform};
-
-fn error_policy(svc: Arc<OIMService>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(service = %svc.name_any(), error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
-}
 
 /// What about a Node can change a placement: oim labels, the inventory annotation, allocatable,
 /// taints, cordon and readiness. Heartbeats and other writers (kwok, the controller-manager) do
@@ -81,13 +77,6 @@ pub struct Settings {
 /// connection per reconcile and swamps a small API server.
 const CONCURRENCY: u16 = 8;
 
-/// Children the operator labels as its own; owned-object watches see only these, and only their
-/// metadata (`Api<PartialObjectMeta<_>>` asks for metadata only): the owner reference is all a
-/// trigger needs.
-fn ours() -> watcher::Config {
-    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
-}
-
 /// Runs the controllers until SIGTERM: one OIMService controller per watched namespace (or one
 /// for all), sharing the node and pod caches, plus the node agent's keeper and the metrics.
 pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) {
@@ -129,7 +118,8 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         platform: settings.platform,
         capabilities: settings.capabilities,
         own_image: settings.own_image.clone(),
-        children: ChildCaches::watch(&client, &scopes),
+        children: ChildCaches::watch(&client, &scopes, settings.capabilities),
+        failures: Backoff::default(),
     });
     // A node change (labels, inventory, allocatable, taints) may open or close placements for
     // every service; it is fanned out to each namespace's controller. Pods feed the store only.
@@ -174,40 +164,84 @@ where
     }
 }
 
+/// Our kinds, watched as dynamic objects (see `decode`).
+fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) -> (Api<DynamicObject>, ApiResource) {
+    let ar = decode::resource::<K>();
+    let api = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    (api, ar)
+}
+
+async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match decode::decode::<OIMService>(&obj) {
+        Ok(svc) => reconcile(Arc::new(svc), ctx).await,
+        Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMService>(), "oimservice", &why).await),
+    }
+}
+
+/// A failed reconcile is retried after a backoff by error class: transient errors back off
+/// exponentially with jitter, refusals wait (a change to the object wakes it sooner).
+fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.failures.failed(&format!("OIMService/{}", decode::id(&obj)), err);
+    warn!(service = %decode::id(&obj), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
 fn controller_for(
     client: &Client,
     namespace: &Option<String>,
     node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    let controller = Controller::new(scoped::<OIMService>(client, namespace), watcher::Config::default());
+    let (api, ar) = dynamic::<OIMService>(client, namespace);
+    let controller = Controller::new_with(api, watcher::Config::default(), ar.clone());
     let services = controller.store();
     // A cache becoming Ready (or going away) wakes the services that mount it.
-    let users = move |cache: OIMCache| {
-        let ns = cache.namespace();
-        let name = cache.name_any();
+    let users = move |cache: DynamicObject| {
+        let ns = cache.metadata.namespace.clone();
+        let name = cache.metadata.name.clone().unwrap_or_default();
         services
             .state()
             .into_iter()
-            .filter(|s| s.namespace() == ns)
-            .filter(|s| s.spec.storage.as_ref().and_then(|x| x.oim_cache.as_ref()).is_some_and(|c| c.name == name))
-            .map(|s| ObjectRef::from_obj(&*s))
+            .filter(|s| s.metadata.namespace == ns && s.data["spec"]["storage"]["oimCache"]["name"] == name.as_str())
+            .map(|s| ObjectRef::from_obj_with(&*s, ar.clone()))
             .collect::<Vec<_>>()
     };
+    let (caches, cache_ar) = dynamic::<OIMCache>(client, namespace);
+    let mut controller = controller.watches_with(caches, cache_ar, watcher::Config::default(), users);
+    // Every kind we may own wakes its owner when it changes (drift is repaired) or goes.
+    for ar in crate::controller::children::service_child_kinds(ctx.capabilities) {
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        controller = controller.owns_with(api, ar, ours());
+    }
     controller
-        .watches(scoped::<OIMCache>(client, namespace), watcher::Config::default(), users)
-        .owns(scoped::<PartialObjectMeta<Deployment>>(client, namespace), ours())
-        .owns(scoped::<PartialObjectMeta<Service>>(client, namespace), ours())
-        .owns(scoped::<PartialObjectMeta<ConfigMap>>(client, namespace), ours())
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_object, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "controller");
             }
         })
+}
+
+async fn reconcile_cache_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match decode::decode::<OIMCache>(&obj) {
+        Ok(cache) => super::cache::reconcile(Arc::new(cache), ctx).await,
+        Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMCache>(), "oimcache", &why).await),
+    }
+}
+
+fn cache_error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.failures.failed(&format!("OIMCache/{}", decode::id(&obj)), err);
+    warn!(cache = %decode::id(&obj), error = %err, retry_in = ?delay, "cache reconcile failed");
+    Action::requeue(delay)
 }
 
 fn cache_controller_for(
@@ -216,20 +250,16 @@ fn cache_controller_for(
     node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    Controller::new(scoped::<OIMCache>(client, namespace), watcher::Config::default())
+    let (api, ar) = dynamic::<OIMCache>(client, namespace);
+    Controller::new_with(api, watcher::Config::default(), ar)
         .owns(scoped::<PartialObjectMeta<k8s_openapi::api::batch::v1::Job>>(client, namespace), ours())
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .shutdown_on_signal()
-        .run(super::cache::reconcile, cache_error_policy, ctx)
+        .run(reconcile_cache_object, cache_error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "cache controller");
             }
         })
-}
-
-fn cache_error_policy(cache: Arc<OIMCache>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(cache = %cache.name_any(), error = %err, "cache reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
 }

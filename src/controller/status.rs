@@ -130,6 +130,7 @@ mod tests {
             profile: &profile,
             digest: "",
             source: "",
+            selection: Default::default(),
             group: &group,
             weights: Weights::Hub,
             platform: if routes { Platform::Openshift } else { Platform::Kubernetes },

@@ -107,15 +107,15 @@ pub enum HubError {
 }
 
 impl HubError {
-    /// The CLI exit code: 2 for what the user must change (auth, names, globs), 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
+    /// Whether the user must change something (credentials, names, globs) for a retry to help.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
             HubError::Unauthorized { .. }
-            | HubError::Forbidden { .. }
-            | HubError::NotFound { .. }
-            | HubError::BadInput(_) => crate::cli::exit::BAD_INPUT,
-            _ => crate::cli::exit::RUNTIME,
-        }
+                | HubError::Forbidden { .. }
+                | HubError::NotFound { .. }
+                | HubError::BadInput(_)
+        )
     }
 
     fn transient(&self) -> bool {

@@ -6,6 +6,7 @@ pub mod estimate;
 pub mod oci;
 pub mod schema;
 pub mod select;
+pub mod weights;
 
 pub use schema::{Profile, ProfileError};
 

@@ -392,8 +392,8 @@ fn fix_for(field: &str) -> String {
         "kpi" => "use latency, throughput or quantization".into(),
         "precision" => "use fp32, bf16, fp16, fp8, int8, int4, nvfp4 or mxfp4".into(),
         "accelerator.vendor" => "use nvidia, amd, intel, habana or cpu".into(),
-        "." | "" => "see the profile document in DESIGN §5".into(),
-        f => format!("check {f} against the profile document in DESIGN §5 (unknown fields are refused)"),
+        "." | "" => "see the profile document in docs/profiles-and-selection.md".into(),
+        f => format!("check {f} against docs/profiles-and-selection.md (unknown fields are refused)"),
     }
 }
 

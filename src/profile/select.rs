@@ -207,6 +207,39 @@ impl Request {
             ..Request::default()
         }
     }
+
+    /// The request an OIMService makes: its selector, the replicas (or `hpa.minReplicas`) that
+    /// must fit, its placement, and its own name (its pods do not count against free devices).
+    pub fn for_service(svc: &crate::api::OIMService) -> Request {
+        let p = svc.spec.profile.clone().unwrap_or_default();
+        let replicas = u32::try_from(svc.spec.replicas_to_fit().max(1)).unwrap_or(1);
+        let mut req = Request::from_selector(svc.spec.model.name.clone(), &p, replicas);
+        req.service = svc.metadata.name.as_deref().map(|n| service_id(svc.metadata.namespace.as_deref(), n));
+        req.node_selector = svc.spec.node_selector.clone().unwrap_or_default();
+        req.tolerations = svc.spec.tolerations.clone().unwrap_or_default();
+        req
+    }
+
+    /// The request an OIMCache's selector makes: every device counts as free (the cache is for
+    /// later), and the cache's node selector and tolerations narrow the nodes.
+    pub fn for_cache(cache: &crate::api::OIMCache) -> Request {
+        let p = cache.spec.profile.clone().unwrap_or_default();
+        let mut req = Request::from_selector(cache.spec.model(), &p, 1);
+        req.node_selector = cache.spec.node_selector.clone().unwrap_or_default();
+        req.tolerations = cache.spec.tolerations.clone().unwrap_or_default();
+        req
+    }
+}
+
+/// The hash of what a service's selection depends on (model, profile selector, placement,
+/// replicas): a stored selection made for another key is not kept.
+pub fn selection_key(svc: &crate::api::OIMService) -> String {
+    use sha2::Digest;
+    let s = &svc.spec;
+    let basis =
+        serde_json::json!([s.model, s.profile, s.node_selector, s.tolerations, s.affinity, s.replicas_to_fit()]);
+    let d = sha2::Sha256::digest(basis.to_string().as_bytes());
+    d.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Candidate nodes with equal (vendor, product, resource, devices per node).

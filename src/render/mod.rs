@@ -1,6 +1,7 @@
 //! Pure builders (DESIGN §7): from an OIMService, its selected profile and node group, to the
 //! typed objects the operator applies. No client calls; `oim render` prints exactly these.
 
+pub mod cache;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -33,10 +34,17 @@ pub use workload::{deployment, proxy_env, token_env};
 
 /// The container port vLLM listens on.
 pub const PORT: i32 = 8000;
+/// The operator's image when it cannot tell its own: it is also the node agent and the
+/// OIMCache downloader.
+pub const DEFAULT_IMAGE: &str = concat!("docker.io/opea/oim:", env!("CARGO_PKG_VERSION"));
 /// The one field manager for everything the operator applies.
 pub const FIELD_MANAGER: &str = "oim-operator";
 /// Annotation on a PVC saying what happens to it when its owner goes.
 pub const RETENTION_ANNOTATION: &str = "oim.opea.dev/retention-policy";
+/// Annotation on the profile ConfigMap: what the selection was made for.
+pub const SELECTION_KEY: &str = "oim.opea.dev/selection-key";
+/// Annotation on the profile ConfigMap: why this profile was chosen.
+pub const REASON_ANNOTATION: &str = "oim.opea.dev/reason";
 
 /// Target platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +89,9 @@ pub struct Input<'a> {
     pub digest: &'a str,
     /// Where it came from.
     pub source: &'a str,
+    /// What the selection was made for ([`crate::profile::select::selection_key`]), why, and
+    /// the profiles rejected: kept with the choice so a later reconcile reports the same.
+    pub selection: Selection<'a>,
     /// The group it runs on.
     pub group: &'a Group,
     /// Weights source.
@@ -93,6 +104,17 @@ pub struct Input<'a> {
     pub engines: &'a Engines,
     /// Supplemental groups for AMD/Intel device nodes (operator config).
     pub device_groups: Vec<i64>,
+}
+
+/// Why the profile was chosen, recorded on the profile ConfigMap.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Selection<'a> {
+    /// The selection key.
+    pub key: &'a str,
+    /// Why this profile.
+    pub reason: &'a str,
+    /// The profiles rejected, with why.
+    pub rejected: &'a [crate::api::RejectedProfile],
 }
 
 /// A spec the operator cannot render, with the field and the fix.
@@ -259,13 +281,18 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
 fn profile_config_map(input: &Input) -> ConfigMap {
     let svc = input.service;
     let yaml = serde_saphyr::to_string(input.profile).unwrap_or_default();
+    let mut meta = meta(svc, &format!("{}-profile", name_of(svc)), "profile");
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(SELECTION_KEY.into(), input.selection.key.into());
+    annotations.insert(REASON_ANNOTATION.into(), input.selection.reason.into());
     ConfigMap {
-        metadata: meta(svc, &format!("{}-profile", name_of(svc)), "profile"),
+        metadata: meta,
         data: Some(
             [
                 ("profile.yaml".to_string(), yaml),
                 ("digest".to_string(), input.digest.to_string()),
                 ("source".to_string(), input.source.to_string()),
+                ("rejected".to_string(), serde_json::to_string(input.selection.rejected).unwrap_or_default()),
             ]
             .into(),
         ),
@@ -386,17 +413,23 @@ fn ingress(svc: &OIMService) -> Option<Ingress> {
     Some(Ingress { metadata: meta, spec: Some(i.spec.clone().unwrap_or(default)), ..Default::default() })
 }
 
+/// The OpenShift Route API (`route.openshift.io/v1`), with its resource name as published.
+pub fn route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("route.openshift.io", "v1", "Route"), "routes")
+}
+
+/// The Prometheus Operator's ServiceMonitor API (`monitoring.coreos.com/v1`).
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
 /// An object of an optional API (Route, ServiceMonitor) named after the service.
-fn dynamic(
-    input: &Input,
-    gvk: GroupVersionKind,
-    plural: &str,
-    component: &str,
-    spec: serde_json::Value,
-) -> DynamicObject {
+fn dynamic(input: &Input, ar: &ApiResource, component: &str, spec: serde_json::Value) -> DynamicObject {
     let name = name_of(input.service);
-    let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
-    let mut obj = DynamicObject::new(&name, &ar).data(json!({ "spec": spec }));
+    let mut obj = DynamicObject::new(&name, ar).data(json!({ "spec": spec }));
     obj.metadata = meta(input.service, &name, component);
     obj
 }
@@ -415,7 +448,7 @@ fn route(input: &Input) -> Option<DynamicObject> {
     if let Some(h) = &r.host {
         spec["host"] = json!(h);
     }
-    Some(dynamic(input, GroupVersionKind::gvk("route.openshift.io", "v1", "Route"), "routes", "inference", spec))
+    Some(dynamic(input, &route_resource(), "inference", spec))
 }
 
 fn service_monitor(input: &Input) -> Option<DynamicObject> {
@@ -433,13 +466,7 @@ fn service_monitor(input: &Input) -> Option<DynamicObject> {
         endpoint["scrapeTimeout"] = json!(t);
     }
     let spec = json!({"selector": {"matchLabels": selector_labels(&name_of(svc))}, "endpoints": [endpoint]});
-    let mut obj = dynamic(
-        input,
-        GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
-        "servicemonitors",
-        "metrics",
-        spec,
-    );
+    let mut obj = dynamic(input, &service_monitor_resource(), "metrics", spec);
     if let Some(extra) = sm.additional_labels {
         obj.metadata.labels.get_or_insert_with(BTreeMap::new).extend(extra);
     }

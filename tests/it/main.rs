@@ -11,6 +11,8 @@ mod estimate;
 mod fixtures;
 mod operator;
 mod ownership;
+mod pipeline;
 mod profiles;
 mod render;
 mod sources;
+mod trust;

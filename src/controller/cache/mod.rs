@@ -1,0 +1,86 @@
+//! The OIMCache reconciler, a pipeline: dereference (catalog listing, PVC, Job and its pods) ->
+//! select (the profile per node group present, pure) -> build (PVC and Job, pure, in `render`)
+//! -> apply (create or adopt the PVC, run or replace the Job) -> status (one writer, from a
+//! [`Report`]). A finalizer carries out `retentionPolicy` on deletion ([`cleanup`]).
+
+mod cleanup;
+mod dereference;
+mod job;
+mod pvc;
+pub mod report;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+
+use crate::api::{CacheState, OIMCache};
+use crate::controller::context::{Context, Error};
+use crate::profile::weights::plan;
+use dereference::Read;
+pub use report::Report;
+
+/// Keeps the cache until its retention policy has been carried out.
+pub const FINALIZER: &str = "oim.opea.dev/cache-retention";
+
+/// Reconciles one OIMCache, counted in the metrics by outcome.
+pub async fn reconcile(cache: Arc<OIMCache>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let key = failure_key(&cache);
+    let api: Api<OIMCache> = Api::namespaced(ctx.client.clone(), &cache.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, cache, |event| async {
+        match event {
+            Finalizer::Apply(c) => pipeline(&c, &ctx).await,
+            Finalizer::Cleanup(c) => cleanup::run(&c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    let outcome = result.as_ref().err().map_or("ok", Error::label);
+    ctx.metrics.reconciled("oimcache", outcome, started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures.succeeded(&key);
+    }
+    result
+}
+
+/// The backoff key of a cache.
+pub fn failure_key(cache: &OIMCache) -> String {
+    format!("OIMCache/{}/{}", cache.namespace().unwrap_or_default(), cache.name_any())
+}
+
+async fn pipeline(cache: &OIMCache, ctx: &Context) -> Result<Action, Error> {
+    let world = match dereference::read(cache, ctx).await? {
+        Read::NotSynced => return Ok(Action::requeue(Duration::from_secs(2))),
+        Read::Blocked(report) => return report::finish(ctx, cache, report).await,
+        Read::World(w) => w,
+    };
+    let (wanted, group) = match plan(cache, &world.profiles, &world.nodes, &ctx.engines) {
+        Ok(x) => x,
+        Err(message) => {
+            let report = Report::problem(cache, CacheState::Pending, "NoFeasibleProfile", message);
+            return report::finish(ctx, cache, report).await;
+        }
+    };
+    let pvc = match pvc::ensure(ctx, cache, world.pvc.as_ref(), &wanted).await? {
+        pvc::Ensured::Ready(p) => p,
+        pvc::Ensured::Blocked(report) => return report::finish(ctx, cache, report).await,
+        pvc::Ensured::Again => return Ok(Action::requeue(Duration::from_secs(2))),
+    };
+    if let Some(report) = pvc::already_complete(cache, &pvc, &wanted) {
+        return report::finish(ctx, cache, report).await;
+    }
+    let job = crate::render::cache::build_job(cache, &wanted, &group, &ctx.puller_image(cache), ctx.platform);
+    match job::ensure(ctx, cache, &job, world.job.as_ref()).await? {
+        job::Ensured::Running => {}
+        job::Ensured::Again => return Ok(Action::requeue(Duration::from_secs(2))),
+    }
+    let report = job::progress(cache, &pvc, &wanted, world.job.as_ref(), &world.pods);
+    report::finish(ctx, cache, report).await
+}

@@ -1,0 +1,167 @@
+//! Apply: the rendered set is applied — the Deployment first, the rest together — and every
+//! object this service owns that is no longer rendered is deleted (never a PVC: its retention
+//! is deliberate). Objects of our names that we did not create are a conflict: nothing is
+//! written then.
+
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+use tracing::info;
+
+use crate::api::OIMService;
+use crate::controller::apply::{Owner, Verdict, api_for, key, mark, server_side_apply, stamp, verdict};
+use crate::controller::context::{Context, Error};
+use crate::controller::service::outcome::{Blocked, Step};
+use crate::render::{FIELD_MANAGER, Rendered};
+
+/// One rendered object and what to do with it.
+struct Planned {
+    obj: Value,
+    kind: String,
+    name: String,
+    verdict: Verdict,
+    live: Option<ObjectMeta>,
+}
+
+/// Applies `rendered` for `svc` and removes what it no longer renders. `Ok(Err(_))` is a
+/// conflict with an object we did not create; `Err(_)` an API error naming the object.
+pub async fn apply(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<Result<usize, Blocked>, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let uid = svc.uid().unwrap_or_default();
+    let name = svc.name_any();
+    let owner = Owner { uid: &uid, name: &name };
+    let mut planned = vec![];
+    for mut obj in rendered.objects() {
+        let hash = stamp(&mut obj, Some(&ns));
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let child = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let live = live_meta(ctx, &ns, &obj).await?;
+        let recorded = ctx.children.recorded(&key(&kind, &ns, &child));
+        let verdict = verdict(live.as_ref(), Some(&owner), &hash, recorded.as_deref());
+        planned.push(Planned { obj, kind, name: child, verdict, live });
+    }
+    if let Some(p) = planned.iter().find(|p| p.verdict == Verdict::Foreign) {
+        let message = format!(
+            "{} {ns}/{} exists and was not created by the operator for this OIMService; nothing was written to it: rename the OIMService, or delete that {}",
+            p.kind, p.name, p.kind
+        );
+        return Ok(Err(Blocked::new(Step::Conflict, "ConflictingObject", message)));
+    }
+    let mut wrote = 0;
+    // The Deployment first: it is what users wait for.
+    let (first, rest): (Vec<_>, Vec<_>) = planned.into_iter().partition(|p| p.kind == "Deployment");
+    for p in &first {
+        if p.verdict == Verdict::Apply && svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true) {
+            hand_replicas_to_hpa(ctx, &ns, &p.name).await?;
+        }
+    }
+    for batch in [first, rest] {
+        let writes = batch.iter().map(|p| apply_one(ctx, &ns, p));
+        for r in join_all(writes).await {
+            wrote += usize::from(r?);
+        }
+    }
+    wrote += prune(ctx, svc, rendered).await?;
+    Ok(Ok(wrote))
+}
+
+/// The live metadata of a rendered object: from our caches, else (a kind we do not cache, or
+/// not yet cached as ours) a metadata GET, which also sees objects of that name we did not make.
+async fn live_meta(ctx: &Context, ns: &str, obj: &Value) -> Result<Option<ObjectMeta>, Error> {
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    if let Some(Some(m)) = ctx.children.of(ns).and_then(|c| c.meta(kind, ns, name)) {
+        return Ok(Some(m));
+    }
+    let Some((api, name)) = api_for(&ctx.client, obj) else { return Ok(None) };
+    let live = api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|source| Error::Read { what: format!("{kind} {ns}/{name}"), source })?;
+    Ok(live.map(|l| l.metadata))
+}
+
+async fn apply_one(ctx: &Context, ns: &str, p: &Planned) -> Result<bool, Error> {
+    let k = key(&p.kind, ns, &p.name);
+    if p.verdict != Verdict::Apply {
+        if ctx.children.recorded(&k).is_none()
+            && let Some(live) = &p.live
+        {
+            ctx.children.record(k, mark(live));
+        }
+        return Ok(false);
+    }
+    let live = server_side_apply(&ctx.client, &p.obj, &ctx.metrics.writes).await.map_err(|source| Error::Apply {
+        kind: p.kind.clone(),
+        name: p.name.clone(),
+        source,
+    })?;
+    info!(namespace = %ns, kind = %p.kind, name = %p.name, "applied");
+    ctx.children.record(k, mark(&live));
+    Ok(true)
+}
+
+/// Deletes what this service owns (by owner UID, among our labelled children) and no longer
+/// renders. Returns how many.
+async fn prune(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<usize, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let uid = svc.uid().unwrap_or_default();
+    let Some(children) = ctx.children.of(&ns) else { return Ok(0) };
+    let wanted: Vec<(String, String)> = rendered
+        .objects()
+        .iter()
+        .map(|o| {
+            (o["kind"].as_str().unwrap_or_default().into(), o["metadata"]["name"].as_str().unwrap_or_default().into())
+        })
+        .collect();
+    let mut deleted = 0;
+    for ar in children.kinds() {
+        for name in children.owned_by(&ar.kind, &ns, &uid) {
+            if wanted.iter().any(|(k, n)| *k == ar.kind && *n == name) {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, ar);
+            let background =
+                DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+            match api.delete(&name, &background).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(source) => return Err(Error::Delete { kind: ar.kind.clone(), name, source }),
+            }
+            ctx.metrics.writes.add();
+            ctx.children.forget(&key(&ar.kind, &ns, &name));
+            let note = format!("{} {name} removed: the spec no longer asks for it", ar.kind);
+            info!(namespace = %ns, kind = %ar.kind, %name, "removed");
+            crate::controller::events::publish(ctx, &svc.object_ref(&()), false, "ChildRemoved", &note).await;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// With autoscaling on, the rendered Deployment leaves `replicas` out. Dropping a field we own
+/// would reset it to 1, so first a second field manager takes over the current value: the HPA
+/// then moves it from there and running replicas never drop.
+async fn hand_replicas_to_hpa(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    const HANDOFF: &str = "oim-operator-replicas-handoff";
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let read = |source| Error::Read { what: format!("Deployment {ns}/{name}"), source };
+    let Some(live) = api.get_opt(name).await.map_err(read)? else { return Ok(()) };
+    let we_own_replicas = live.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER)
+            && m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+    });
+    let Some(current) = live.spec.as_ref().and_then(|s| s.replicas).filter(|_| we_own_replicas) else { return Ok(()) };
+    let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": current}});
+    api.patch(name, &PatchParams::apply(HANDOFF), &Patch::Apply(&patch)).await.map_err(|source| Error::Apply {
+        kind: "Deployment".into(),
+        name: name.into(),
+        source,
+    })?;
+    ctx.metrics.writes.add();
+    info!(service = %name, replicas = current, "replicas handed to the autoscaler");
+    Ok(())
+}

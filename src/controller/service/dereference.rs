@@ -1,0 +1,255 @@
+//! Dereference: every read a service's reconcile needs, and nothing else — the node and pod
+//! snapshots, the profile catalog (default or the service's source), the OIMCache it mounts, the
+//! stored selection and our running Deployment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use kube::{Resource, ResourceExt};
+
+use crate::api::{CacheState, OIMCache, OIMService, RejectedProfile};
+use crate::controller::context::{Context, Error, ReadContext};
+use crate::controller::source::SourceError;
+use crate::profile::Profile;
+use crate::profile::catalog::{Catalog, ProfileSummary};
+use crate::profile::oci::enum_str;
+use crate::profile::select::{NodeView, PodUse};
+use crate::render::{REASON_ANNOTATION, SELECTION_KEY};
+
+/// The selection stored with the service's profile ConfigMap by an earlier reconcile.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The selection key it was made for.
+    pub key: String,
+    /// The profile document.
+    pub profile: Profile,
+    /// Its digest, empty for generated profiles.
+    pub digest: String,
+    /// Where it came from.
+    pub source: String,
+    /// Why it was chosen.
+    pub reason: String,
+    /// What was rejected then.
+    pub rejected: Vec<RejectedProfile>,
+}
+
+impl Stored {
+    /// The stored selection in a profile ConfigMap; None when it is missing or unreadable (then a
+    /// fresh selection is made and the ConfigMap rewritten).
+    pub fn parse(cm: &ConfigMap) -> Option<Stored> {
+        let ann = cm.metadata.annotations.as_ref()?;
+        let data = cm.data.as_ref()?;
+        let profile = Profile::parse(data.get("profile.yaml")?.as_bytes(), "profile ConfigMap").ok()?;
+        Some(Stored {
+            key: ann.get(SELECTION_KEY)?.clone(),
+            digest: data.get("digest").cloned().unwrap_or_default(),
+            source: data.get("source").cloned().unwrap_or_default(),
+            reason: ann.get(REASON_ANNOTATION).cloned().unwrap_or_else(|| "kept from the earlier selection".into()),
+            rejected: data.get("rejected").and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default(),
+            profile,
+        })
+    }
+}
+
+/// The OIMCache a service mounts, as far as it matters to the service.
+#[derive(Debug, Clone)]
+pub enum CacheRef {
+    /// No `spec.storage.oimCache`.
+    None,
+    /// Ready: what it holds.
+    Ready(Box<OIMCache>),
+    /// Not there, or not Ready: the reason and message to report.
+    Waiting {
+        /// `CacheNotFound` or `CacheNotReady`.
+        reason: &'static str,
+        /// With the cache's own message.
+        message: String,
+    },
+}
+
+/// Everything read for one reconcile.
+pub struct World {
+    /// The catalog the service's profiles come from (to fetch a chosen document).
+    pub catalog: Arc<Catalog>,
+    /// The model's published profiles, or why they could not be listed.
+    pub listed: Result<Vec<ProfileSummary>, String>,
+    /// Nodes as selection sees them.
+    pub nodes: Vec<NodeView>,
+    /// Pods holding devices.
+    pub pods: Vec<PodUse>,
+    /// The OIMCache it mounts.
+    pub cache: CacheRef,
+    /// The stored selection, verified against the catalog (published profiles) or the model.
+    pub stored: Option<Stored>,
+    /// Why a stored selection was not trusted (its ConfigMap was changed by someone else).
+    pub distrusted: Option<String>,
+    /// Our running Deployment (only if we created it for this service).
+    pub deployment: Option<Arc<Deployment>>,
+}
+
+/// What dereferencing found.
+pub enum Read {
+    /// The shared caches are not synced yet: selecting now would report false "nothing fits".
+    NotSynced,
+    /// The profile source cannot be used.
+    Source(SourceError),
+    /// Everything read.
+    World(Box<World>),
+}
+
+/// Reads what the reconcile of `svc` needs.
+pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    if !synced(ctx, &ns).await {
+        return Ok(Read::NotSynced);
+    }
+    let source = svc.spec.profile.as_ref().and_then(|p| p.source.as_ref());
+    let catalog = match ctx.sources.for_service(&ctx.client, &ns, source).await {
+        Ok(c) => c,
+        Err(SourceError::Kube(e)) => return Err(Error::Read { what: "the profile source's Secret".into(), source: e }),
+        Err(e) => return Ok(Read::Source(e)),
+    };
+    let listed = catalog.list(&svc.spec.model.name).await.map_err(|e| e.to_string());
+    let cache = cache(ctx, svc, &ns).await?;
+    let (stored, distrusted) = match stored(ctx, svc, &ns).await? {
+        Some(s) => match verify(&s, svc, &catalog).await {
+            Ok(()) => (Some(s), None),
+            Err(why) => (None, Some(why)),
+        },
+        None => (None, None),
+    };
+    let uid = svc.uid().unwrap_or_default();
+    let deployment = ctx
+        .children
+        .of(&ns)
+        .and_then(|c| c.deployment(&ns, &svc.name_any()))
+        .filter(|d| crate::controller::children::controlled_by(&d.metadata, &uid));
+    Ok(Read::World(Box::new(World {
+        catalog,
+        listed,
+        nodes: ctx.nodes.state().iter().filter_map(|n| NodeView::from_node(n)).collect(),
+        pods: ctx.pods.state().iter().filter_map(|p| PodUse::from_pod(p)).collect(),
+        cache,
+        stored,
+        distrusted,
+        deployment,
+    })))
+}
+
+async fn synced(ctx: &Context, ns: &str) -> bool {
+    let all = async {
+        ctx.nodes.wait_until_ready().await.is_ok()
+            && ctx.pods.wait_until_ready().await.is_ok()
+            && match ctx.children.of(ns) {
+                Some(c) => c.ready().await,
+                None => true,
+            }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all).await.unwrap_or(false)
+}
+
+async fn cache(ctx: &Context, svc: &OIMService, ns: &str) -> Result<CacheRef, Error> {
+    let Some(name) = svc.spec.storage.as_ref().and_then(|s| s.oim_cache.as_ref()).map(|c| c.name.clone()) else {
+        return Ok(CacheRef::None);
+    };
+    let live = Api::<OIMCache>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&name)
+        .await
+        .reading(|| format!("OIMCache {ns}/{name}"))?;
+    Ok(match live {
+        Some(c) if c.status.as_ref().and_then(|s| s.state) == Some(CacheState::Ready) => CacheRef::Ready(Box::new(c)),
+        Some(c) => {
+            let st = c.status.clone().unwrap_or_default();
+            let why = st.conditions.iter().find(|x| x.type_ == "Ready").map(|x| x.message.clone()).unwrap_or_default();
+            let state = st.state.map(|s| enum_str(&s)).unwrap_or_else(|| "Pending".into());
+            CacheRef::Waiting { reason: "CacheNotReady", message: format!("OIMCache {name} is {state}: {why}") }
+        }
+        None => CacheRef::Waiting {
+            reason: "CacheNotFound",
+            message: format!(
+                "spec.storage.oimCache.name: OIMCache {name} does not exist in {ns}; create it or remove spec.storage.oimCache"
+            ),
+        },
+    })
+}
+
+/// The stored selection, only from a ConfigMap we created for this service.
+async fn stored(ctx: &Context, svc: &OIMService, ns: &str) -> Result<Option<Stored>, Error> {
+    let name = format!("{}-profile", svc.name_any());
+    let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&name)
+        .await
+        .reading(|| format!("ConfigMap {ns}/{name}"))?;
+    let uid = svc.meta().uid.clone().unwrap_or_default();
+    Ok(cm.filter(|c| crate::controller::children::controlled_by(&c.metadata, &uid)).as_ref().and_then(Stored::parse))
+}
+
+/// The stored selection is a cache, never the authority: a published profile must be exactly
+/// the document its digest names in the service's catalog (the digest cache, else the registry);
+/// a generated one is checked again by selection. Whoever can edit the ConfigMap cannot change
+/// the image, args or env this way.
+async fn verify(stored: &Stored, svc: &OIMService, catalog: &Catalog) -> Result<(), String> {
+    if stored.profile.model != svc.spec.model.name {
+        return Err(format!("it names model {}, not {}", stored.profile.model, svc.spec.model.name));
+    }
+    if stored.profile.generated {
+        return Ok(());
+    }
+    if stored.digest.is_empty() {
+        return Err("a published profile without a digest".into());
+    }
+    let summary = ProfileSummary::of(&stored.profile, stored.digest.clone(), stored.source.clone());
+    match catalog.fetch(&summary).await {
+        Ok(p) if p == stored.profile => Ok(()),
+        Ok(_) => Err(format!("its document is not the one digest {} names", stored.digest)),
+        Err(e) => Err(format!("digest {} could not be checked: {e}", stored.digest)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::catalog::{DirCatalog, digest_of};
+
+    fn stored() -> (Stored, OIMService, Catalog) {
+        let dir = DirCatalog::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"))).unwrap();
+        let (path, bytes, p) =
+            dir.entries().find(|(_, _, p)| p.name == "vllm-nvidia-h100-sxm-80gb-x1-latency-bf16").unwrap();
+        // What the profile ConfigMap carries: the document as the operator serialised it.
+        let yaml = serde_saphyr::to_string(p).unwrap();
+        let stored = Stored {
+            key: "k".into(),
+            profile: Profile::parse(yaml.as_bytes(), "cm").unwrap(),
+            digest: digest_of(bytes),
+            source: path.display().to_string(),
+            reason: String::new(),
+            rejected: vec![],
+        };
+        let svc: OIMService = serde_saphyr::from_str(
+            "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {name: llm}\nspec:\n  model: {name: meta-llama/Llama-3.1-8B-Instruct}\n",
+        )
+        .unwrap();
+        (stored, svc, Catalog::Dir(dir))
+    }
+
+    #[tokio::test]
+    async fn a_stored_selection_is_trusted_only_as_the_document_its_digest_names() {
+        let (good, svc, catalog) = stored();
+        assert_eq!(verify(&good, &svc, &catalog).await, Ok(()));
+        let mut image = good.clone();
+        image.profile.engine.image = "docker.io/evil/vllm:1.0".into();
+        assert!(verify(&image, &svc, &catalog).await.unwrap_err().contains("not the one digest"));
+        let mut digest = good.clone();
+        digest.digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
+        assert!(verify(&digest, &svc, &catalog).await.is_err(), "a digest the catalog does not have");
+        let mut other = good.clone();
+        other.profile.model = "acme/other".into();
+        assert!(verify(&other, &svc, &catalog).await.unwrap_err().contains("acme/other"));
+        let mut unpinned = good;
+        unpinned.digest = String::new();
+        assert!(verify(&unpinned, &svc, &catalog).await.is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! The OIMService reconciler, a pipeline of named steps:
+//! dereference (every read) -> select (pure: sticky, re-published or fresh) -> resolve (fetch the
+//! chosen document) -> build (pure renderers) -> apply (ours only, prune the rest) -> status (one
+//! writer, from the outcome).
+
+pub mod apply;
+pub mod dereference;
+pub mod outcome;
+pub mod select;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+
+use crate::api::{OIMService, UpdatePolicy};
+use crate::controller::context::{Context, Error};
+use crate::controller::events::publish;
+use crate::controller::source::SourceError;
+use crate::controller::status::{Assigned, external_endpoint};
+use dereference::{CacheRef, Read, World};
+use outcome::{Blocked, Outcome, Serving, Step};
+use select::{Chosen, Decision};
+use status::Rollout;
+
+use crate::profile::select::selection_key;
+use crate::render::{Input, Rendered, Selection, Weights, render};
+
+/// Reconciles one OIMService, counted in the metrics by outcome.
+pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = pipeline(&svc, &ctx).await;
+    let outcome = result.as_ref().err().map_or("ok", Error::label);
+    ctx.metrics.reconciled("oimservice", outcome, started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures.succeeded(&failure_key(&svc));
+    }
+    result
+}
+
+/// The backoff key of a service.
+pub fn failure_key(svc: &OIMService) -> String {
+    format!("OIMService/{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())
+}
+
+async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
+    if svc.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let world = match dereference::read(svc, ctx).await? {
+        Read::NotSynced => return Ok(Action::requeue(Duration::from_secs(2))),
+        Read::Source(e) => return finish(ctx, svc, Outcome::Blocked(source_blocked(&e)), None).await,
+        Read::World(w) => w,
+    };
+    if let Some(why) = &world.distrusted {
+        let note =
+            format!("the stored selection in ConfigMap {}-profile was ignored: {why}; selecting again", svc.name_any());
+        publish(ctx, &svc.object_ref(&()), true, "StoredSelectionRejected", &note).await;
+    }
+    let running = world.deployment.as_deref();
+    let (chosen, update) = match select::decide(svc, &world, &ctx.engines) {
+        Decision::Blocked(b) => return finish(ctx, svc, Outcome::Blocked(b), running).await,
+        Decision::Keep { chosen, update } => (*chosen, update),
+        Decision::Fresh { selected, rejected, followed } => {
+            match resolve(ctx, svc, &world, *selected, rejected, followed).await {
+                Ok(c) => (c, None),
+                Err(b) => return finish(ctx, svc, Outcome::Blocked(b), running).await,
+            }
+        }
+    };
+    let (rendered, serving) = match build(ctx, svc, &world, chosen, update) {
+        Ok(x) => x,
+        Err(b) => return finish(ctx, svc, Outcome::Blocked(b), running).await,
+    };
+    let mut serving = *serving;
+    match apply::apply(ctx, svc, &rendered).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(conflict)) => return finish(ctx, svc, Outcome::Blocked(conflict), running).await,
+        Err(e @ (Error::Apply { .. } | Error::Delete { .. })) => {
+            serving.apply_error = Some(format!("{e}"));
+            finish(ctx, svc, Outcome::Serving(Box::new(serving)), running).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    }
+    serving.external_endpoint = external_endpoint(&rendered, &assigned_address(ctx, &rendered).await?);
+    finish(ctx, svc, Outcome::Serving(Box::new(serving)), running).await
+}
+
+/// A `spec.profile.source` the operator cannot use.
+fn source_blocked(e: &SourceError) -> Blocked {
+    match e {
+        SourceError::Refused(m) => Blocked::new(Step::SourceRefused, "ProfileSourceRefused", m.clone()),
+        other => Blocked::new(Step::SourceMissing, "ProfileSourceUnavailable", other.to_string()),
+    }
+}
+
+/// Resolve: the document of a freshly selected profile (generated ones carry theirs).
+async fn resolve(
+    ctx: &Context,
+    svc: &OIMService,
+    world: &World,
+    selected: crate::profile::select::Selected,
+    rejected: Vec<crate::api::RejectedProfile>,
+    followed: Option<String>,
+) -> Result<Chosen, Blocked> {
+    let profile = match selected.document.clone() {
+        Some(d) => d,
+        None => world
+            .catalog
+            .fetch(&selected.profile)
+            .await
+            .map_err(|e| Blocked::new(Step::Registry, "RegistryUnavailable", e.to_string()))?,
+    };
+    if let Some(note) = followed {
+        publish(ctx, &svc.object_ref(&()), false, "ProfileUpdated", &note).await;
+    }
+    let note = format!("{}: {}", profile.name, selected.reason);
+    publish(ctx, &svc.object_ref(&()), false, "ProfileSelected", &note).await;
+    Ok(Chosen {
+        digest: selected.profile.digest.clone(),
+        source: selected.profile.source.clone(),
+        reason: selected.reason.clone(),
+        generated: selected.generated,
+        group: selected.group,
+        profile,
+        rejected,
+    })
+}
+
+/// Build (pure): the rendered objects and what the status will say of them.
+fn build(
+    ctx: &Context,
+    svc: &OIMService,
+    world: &World,
+    chosen: Chosen,
+    update: Option<String>,
+) -> Result<(Rendered, Box<Serving>), Blocked> {
+    let (weights, cache, shared_rwo) = match &world.cache {
+        CacheRef::Ready(c) => {
+            let held = c.status.clone().unwrap_or_default().profiles;
+            let path = select::cached_path(&held, &chosen.profile).ok_or_else(|| {
+                let m = format!("OIMCache {} does not hold the weights of {}", c.name_any(), chosen.profile.name);
+                Blocked::new(Step::Cache, "CacheNotReady", m)
+            })?;
+            let pvc =
+                c.status.as_ref().and_then(|s| s.pvc.clone()).unwrap_or_else(|| crate::render::cache::pvc_name(c));
+            let message = format!("weights from OIMCache {} (PVC {pvc}, {path})", c.name_any());
+            let shared = crate::render::cache::rwo_shared(c, svc.spec.max_replicas());
+            (Weights::Cache { pvc, path }, Some(message), shared)
+        }
+        _ => (Weights::Hub, None, None),
+    };
+    let key = selection_key(svc);
+    let input = Input {
+        service: svc,
+        profile: &chosen.profile,
+        digest: &chosen.digest,
+        source: &chosen.source,
+        selection: Selection { key: &key, reason: &chosen.reason, rejected: &chosen.rejected },
+        group: &chosen.group,
+        weights,
+        platform: ctx.platform,
+        capabilities: ctx.capabilities,
+        engines: &ctx.engines,
+        device_groups: vec![],
+    };
+    let rendered = render(&input).map_err(|e| Blocked::new(Step::Render, "InvalidResources", e.to_string()))?;
+    let ns = svc.namespace().unwrap_or_default();
+    let port =
+        rendered.service.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p.first()).map_or(8000, |p| p.port);
+    let serving = Serving {
+        resources: rendered
+            .deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.first())
+            .and_then(|c| c.resources.clone()),
+        cluster_endpoint: format!("http://{}.{ns}.svc:{port}", svc.name_any()),
+        external_endpoint: None,
+        cache,
+        shared_rwo,
+        update,
+        auto: svc.spec.profile.as_ref().and_then(|p| p.update_policy) == Some(UpdatePolicy::Auto),
+        apply_error: None,
+        chosen,
+    };
+    Ok((rendered, Box::new(serving)))
+}
+
+/// Status: writes the status built from `outcome`, publishes an Event when a problem is new,
+/// and says when to look again.
+async fn finish(
+    ctx: &Context,
+    svc: &OIMService,
+    outcome: Outcome,
+    running: Option<&k8s_openapi::api::apps::v1::Deployment>,
+) -> Result<Action, Error> {
+    let st = status::build(svc, &outcome, Rollout::of(running), running.is_some());
+    let changed = status::write(ctx, svc, &st).await?;
+    let revisit = ctx.sources.refresh().clamp(Duration::from_secs(1), Duration::from_secs(600));
+    Ok(match &outcome {
+        Outcome::Blocked(b) => {
+            if changed {
+                let warning = !matches!(b.step, Step::Cache);
+                publish(ctx, &svc.object_ref(&()), warning, &b.reason, &b.message).await;
+            }
+            b.retry().map_or_else(Action::await_change, Action::requeue)
+        }
+        Outcome::Serving(s) => {
+            if changed && let Some(e) = &s.apply_error {
+                publish(ctx, &svc.object_ref(&()), true, "ApplyFailed", e).await;
+            }
+            // Our Deployment's changes wake us during a rollout; the timer only revisits the
+            // published profile (updatePolicy) and is the backstop.
+            Action::requeue(revisit)
+        }
+    })
+}
+
+/// What only the cluster knows about the exposure: a LoadBalancer Service's address and a
+/// Route's router-assigned host. Read only when such objects were rendered.
+async fn assigned_address(ctx: &Context, rendered: &Rendered) -> Result<Assigned, Error> {
+    let mut out = Assigned::default();
+    let ns = rendered.service.metadata.namespace.clone().unwrap_or_default();
+    let name = rendered.service.metadata.name.clone().unwrap_or_default();
+    let read = |what: &str| {
+        let what = format!("{what} {ns}/{name}");
+        move |source| Error::Read { what, source }
+    };
+    if rendered.service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+        && let Some(live) = Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&name)
+            .await
+            .map_err(read("Service"))?
+    {
+        let lb = live.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).unwrap_or_default();
+        out.load_balancer = lb.into_iter().find_map(|i| i.hostname.or(i.ip));
+    }
+    if let Some(route) = rendered.route.as_ref().filter(|r| r.data["spec"]["host"].is_null()) {
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &ns, &crate::render::route_resource());
+        if let Some(live) = api.get_opt(&route.name_any()).await.map_err(read("Route"))? {
+            out.route_host = live.data["status"]["ingress"][0]["host"].as_str().map(str::to_string);
+        }
+    }
+    Ok(out)
+}

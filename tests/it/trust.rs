@@ -1,0 +1,112 @@
+//! Trust boundaries: whoever can write an OIMService (or edit what the operator stores in its
+//! namespace) cannot make the operator take over, delete or run what they could not alone.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use oim::api::{OIMService, ServiceState};
+use serde_json::json;
+
+use crate::cluster::{self, KwokNode, TestNs};
+use crate::operator::{Operator, condition, service};
+
+fn image(d: &Deployment) -> String {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_edited_stored_selection_is_ignored_reported_and_rewritten() {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "trust-cm", &[]).await;
+    let node = KwokNode::create(&client, "trust-cm", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    let _operator = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    svcs.create(&PostParams::default(), &service("llm", "meta-llama/Llama-3.1-8B-Instruct", "latency", "trust-cm"))
+        .await
+        .unwrap();
+    cluster::wait_for(&svcs, "llm", Duration::from_secs(90), |s| {
+        s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready)
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let legit = image(&deployments.get("llm").await.unwrap());
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let cm = cms.get("llm-profile").await.unwrap();
+    let doc = cm.data.as_ref().unwrap()["profile.yaml"].replace(&legit, "docker.io/evil/vllm:1.0");
+    assert!(doc.contains("evil"), "the profile document names the image");
+    let edit = json!({"data": {"profile.yaml": doc}});
+    let mallory = PatchParams { field_manager: Some("mallory".into()), ..Default::default() };
+    cms.patch("llm-profile", &mallory, &Patch::Merge(&edit)).await.unwrap();
+    // A resync reads the stored selection again.
+    let touch = json!({"metadata": {"annotations": {"oim.test/resync": "1"}}});
+    svcs.patch("llm", &PatchParams::default(), &Patch::Merge(&touch)).await.unwrap();
+
+    cluster::wait_until("the edited ConfigMap rewritten", Duration::from_secs(30), || async {
+        let cm = cms.get("llm-profile").await.ok()?;
+        (!cm.data?["profile.yaml"].contains("evil")).then_some(())
+    })
+    .await;
+    let out = cluster::kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "reason=StoredSelectionRejected",
+        "-o",
+        "name",
+    ]);
+    assert!(!out.trim().is_empty(), "no StoredSelectionRejected event");
+    assert_eq!(image(&deployments.get("llm").await.unwrap()), legit, "the edited image never reached the Deployment");
+    let s = svcs.get("llm").await.unwrap();
+    assert_eq!(s.status.unwrap().profile.unwrap().image.as_deref(), Some(legit.as_str()));
+    ns.cleanup().await;
+    node.delete(&client).await;
+}
+
+#[tokio::test]
+async fn a_service_cannot_adopt_someone_elses_pvc_and_its_deletion_never_takes_the_pvc() {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "trust-pvc", &[]).await;
+    let node = KwokNode::create(&client, "trust-pvc", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    let weights: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "team-weights"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    pvcs.create(&PostParams::default(), &weights).await.unwrap();
+    let _operator = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    let mut svc = service("grab", "meta-llama/Llama-3.1-8B-Instruct", "latency", "trust-pvc");
+    svc.spec.storage = Some(
+        serde_json::from_value(
+            json!({"pvc": {"create": true, "name": "team-weights", "size": "1Gi", "retentionPolicy": "Delete"}}),
+        )
+        .unwrap(),
+    );
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let failed = cluster::wait_for(&svcs, "grab", Duration::from_secs(90), |s| {
+        s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Failed)
+    })
+    .await;
+    let c = condition(&failed, "Degraded").unwrap();
+    assert_eq!(c.reason, "ConflictingObject");
+    assert!(c.message.contains("PersistentVolumeClaim") && c.message.contains("team-weights"), "{}", c.message);
+    let live = pvcs.get("team-weights").await.unwrap();
+    assert!(live.metadata.owner_references.is_none(), "the PVC was given an owner");
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns.name).get_opt("grab").await.unwrap().is_none(),
+        "nothing written"
+    );
+    svcs.delete("grab", &Default::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(pvcs.get_opt("team-weights").await.unwrap().is_some_and(|p| p.metadata.deletion_timestamp.is_none()));
+    ns.cleanup().await;
+    node.delete(&client).await;
+}

@@ -264,11 +264,11 @@ pub async fn select(args: super::ProfilesSelectArgs) -> u8 {
         (None, true) => {
             let hub = match crate::hub::Hub::from_env() {
                 Ok(h) => h,
-                Err(e) => return fail(e.exit_code(), e.to_string()),
+                Err(e) => return fail(if e.is_user_error() { exit::BAD_INPUT } else { exit::RUNTIME }, e.to_string()),
             };
             match hub.model_arch(&args.model, "main").await {
                 Ok(a) => Some(a),
-                Err(e) => return fail(e.exit_code(), e.to_string()),
+                Err(e) => return fail(if e.is_user_error() { exit::BAD_INPUT } else { exit::RUNTIME }, e.to_string()),
             }
         }
         (None, false) => None,

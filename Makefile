@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test unit cluster-up cluster-down lint crds demo demo-down bench golden
+.PHONY: all build test unit cluster-up cluster-down lint crds manifests bundle catalog image packaging-tools demo demo-down bench golden
 
 all: build
 
@@ -29,9 +29,37 @@ lint:
 	@# One rustls crypto provider: ring. aws-lc-rs next to it makes the kube client panic at start.
 	@if $(CARGO) tree --locked -i aws-lc-rs >/dev/null 2>&1; then echo "aws-lc-rs is in the dependency tree: keep ring as the only crypto provider" >&2; exit 1; fi
 
-## Regenerate the checked-in CRDs from the Rust types.
+## Regenerate the checked-in CRDs from the Rust types (and their copies in config/, the chart, the bundle).
 crds:
 	$(CARGO) run --locked --quiet -- crds > crds/oim.opea.dev.yaml
+	$(MAKE) manifests
+
+## Copy the sources of truth (crds/, config/rbac/role.yaml) into kustomize and the chart; regenerate the bundle.
+manifests:
+	cp crds/oim.opea.dev.yaml config/crd/oim.opea.dev.yaml
+	cp crds/oim.opea.dev.yaml charts/oim-operator/files/crds.yaml
+	cp config/rbac/role.yaml charts/oim-operator/files/role.yaml
+	$(MAKE) bundle
+
+## The OLM bundle (bundle/, bundle.Dockerfile) from crds/, config/ and examples/ (needs python3-yaml).
+bundle:
+	@python3 -c 'import yaml' 2>/dev/null || { echo "make bundle needs PyYAML: apt-get install python3-yaml" >&2; exit 1; }
+	python3 hack/bundle.py
+
+## helm, crane, opm and the bundle validator, built once from the Go module proxy into ~/.cache.
+packaging-tools:
+	bash tests/cluster/build-packaging.sh
+
+## The runtime image, built without a container runtime from the release binary, pushed to IMAGE.
+IMAGE ?= $(or $(OIM_REGISTRY),127.0.0.1:5000)/opea/oim:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+image:
+	$(CARGO) build --release --locked --bin oim
+	CRANE=$$(bash tests/cluster/build-packaging.sh)/crane bash hack/image.sh $(IMAGE)
+
+## Push the bundle image to REGISTRY and render a file-based catalog for it into catalog/ with opm.
+REGISTRY ?= $(or $(OIM_REGISTRY),127.0.0.1:5000)
+catalog: bundle
+	PATH=$$(bash tests/cluster/build-packaging.sh):$$PATH bash hack/catalog.sh $(REGISTRY) catalog
 
 ## A local control plane with simulated GPU nodes, the CRDs and the examples; keeps running.
 demo:

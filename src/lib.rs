@@ -6,9 +6,13 @@
 
 pub mod agent;
 pub mod api;
+pub mod bounded;
 pub mod cli;
 pub mod controller;
+#[cfg(test)]
+mod fake_http;
 pub mod hardware;
 pub mod hub;
 pub mod profile;
+pub mod redact;
 pub mod render;

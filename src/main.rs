@@ -39,7 +39,8 @@ async fn download(args: oim::cli::DownloadArgs) -> u8 {
             "path": dir.display().to_string(),
         })
         .to_string(),
-        Err(e) => format!("oim download: {e}"),
+        // Errors carry URLs already redacted; redact again so no future message can leak one.
+        Err(e) => format!("oim download: {}", oim::redact::redact_text(&e.to_string())),
     };
     if let Some(path) = std::env::var_os("OIM_TERMINATION_LOG")
         && let Err(e) = std::fs::write(&path, &report)
@@ -111,11 +112,11 @@ fn operator(args: OperatorArgs) -> ExitCode {
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
-    for r in &args.allowed_registries {
-        if let Err(e) = oim::profile::oci::RegistryRef::parse(r) {
-            eprintln!("oim operator: --allowed-registries: {e}");
-            return ExitCode::from(exit::BAD_INPUT);
-        }
+    if let Err(e) = oim::profile::reference::parse_allow_list(&args.allowed_registries) {
+        eprintln!(
+            "oim operator: --allowed-registries: {e}; expected [http://]host[:port][/path] (http:// lets services ask for plain HTTP)"
+        );
+        return ExitCode::from(exit::BAD_INPUT);
     }
     let metrics_bind = match args.metrics_bind.as_str() {
         "" | "0" | "off" => None,
@@ -166,11 +167,16 @@ fn operator(args: OperatorArgs) -> ExitCode {
             let image = args.agent_image.clone().unwrap_or_else(|| own.clone());
             let namespace =
                 args.agent_namespace.clone().unwrap_or_else(|| oim::controller::agent::DEFAULT_NAMESPACE.into());
-            Some(oim::controller::agent::AgentConfig { namespace, image })
+            Some(oim::controller::agent::AgentConfig {
+                namespace,
+                image,
+                without_admission_policy: args.agent_without_admission_policy,
+            })
         };
         tracing::info!(?platform, ?capabilities, ?agent, "oim operator starting");
         let settings = oim::controller::Settings {
-            namespaces: args.watch_namespaces.clone(),
+            // Empty entries mean nothing: OLM's olm.targetNamespaces is "" for AllNamespaces.
+            namespaces: args.watch_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
             platform,
             capabilities,
             agent,

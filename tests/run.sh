@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OIM_CLUSTER_STATE=${OIM_CLUSTER_STATE:-/tmp/oim-cluster-test-$$}
 cargo test --locked --no-run
+# helm, crane, opm and the bundle validator for the install tests (cached after the first run).
+OIM_PACKAGING_BIN=$(bash tests/cluster/build-packaging.sh)
+export OIM_PACKAGING_BIN
 trap 'bash tests/cluster/down.sh' EXIT
 bash tests/cluster/up.sh
 # shellcheck disable=SC1091

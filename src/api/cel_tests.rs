@@ -97,14 +97,53 @@ fn min_replicas_must_not_exceed_max_replicas() {
 #[test]
 fn args_the_operator_owns_are_rejected() {
     assert_accepted(svc_with("s", "args: ['--max-num-seqs', '32', '--enforce-eager']").validate_cel());
-    for bad in
-        ["--port", "--port=9000", "--host", "--host=0.0.0.0", "--served-model-name", "--served-model-name=x", "--model"]
-    {
+    assert_accepted(
+        svc_with("s", "args: ['--max_num_seqs=32', '--model-impl', 'vllm', '--seed', '-1', '--', '--hosts-file']")
+            .validate_cel(),
+    );
+    // vLLM's parser reads '_' as '-', takes unique prefixes and single-dash long flags.
+    for bad in [
+        "--port",
+        "--port=9000",
+        "--host",
+        "--host=0.0.0.0",
+        "--served-model-name",
+        "--served-model-name=x",
+        "--model",
+        "--served_model_name",
+        "--served_model_name=x",
+        "--por",
+        "--ho=0.0.0.0",
+        "-port",
+        "--mod",
+        "--served",
+    ] {
         assert_rejected(
             svc_with("s", &format!("args: ['--enforce-eager', '{bad}', 'x']")).validate_cel(),
             "must not contain --port, --host, --served-model-name or --model",
         );
     }
+}
+
+#[test]
+fn proxy_urls_carry_no_credentials_and_the_secret_excludes_them() {
+    assert_accepted(svc_with("s", "proxy:\n  httpsProxy: http://proxy.corp:3128\n  noProxy: .svc").validate_cel());
+    assert_accepted(svc_with("s", "proxy:\n  credentialsSecret: proxy-creds\n  noProxy: .svc").validate_cel());
+    for url in ["http://user:pw@proxy.corp:3128", "user:pw@proxy:3128", "https://token@proxy"] {
+        assert_rejected(
+            svc_with("s", &format!("proxy:\n  httpProxy: '{url}'")).validate_cel(),
+            "must not contain user:password@",
+        );
+        assert_rejected(
+            cache_with("c", &format!("proxy:\n  httpsProxy: '{url}'")).validate_cel(),
+            "must not contain user:password@",
+        );
+    }
+    assert_accepted(svc_with("s", "proxy:\n  httpProxy: 'http://proxy/a@b'").validate_cel());
+    assert_rejected(
+        svc_with("s", "proxy:\n  credentialsSecret: p\n  httpProxy: http://proxy:3128").validate_cel(),
+        "either httpProxy/httpsProxy or credentialsSecret",
+    );
 }
 
 #[test]

@@ -185,27 +185,45 @@ pub struct ProfileSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub credentials_secret: Option<String>,
-    /// Use plain HTTP. Loopback registries always do.
+    /// Use plain HTTP. Honoured only when the operator's `--allowed-registries` entry for this
+    /// registry is written `http://...`; otherwise the service is refused. Loopback registries
+    /// always use plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
 }
 
+/// CEL rule for a proxy URL: no userinfo (credentials belong in `proxy.credentialsSecret`).
+pub const PROXY_NO_CREDENTIALS_RULE: &str = "!self.matches('^([a-zA-Z][a-zA-Z0-9+.-]*://)?[^/@]*@')";
+
 /// HTTP proxy settings for pods that reach the network.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.credentialsSecret) || (!has(self.httpProxy) && !has(self.httpsProxy))")
+        .message("spec.proxy: set either httpProxy/httpsProxy or credentialsSecret, not both")
+)]
 pub struct ProxySpec {
-    /// Value for `HTTP_PROXY` / `http_proxy`.
+    /// Value for `HTTP_PROXY` / `http_proxy`. No credentials: a proxy that needs them goes in
+    /// `credentialsSecret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new(PROXY_NO_CREDENTIALS_RULE).message("spec.proxy.httpProxy must not contain user:password@; put the proxy URL in a Secret (keys HTTP_PROXY, HTTPS_PROXY) and name it in spec.proxy.credentialsSecret"))]
     pub http_proxy: Option<String>,
-    /// Value for `HTTPS_PROXY` / `https_proxy`.
+    /// Value for `HTTPS_PROXY` / `https_proxy`. No credentials (see `credentialsSecret`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new(PROXY_NO_CREDENTIALS_RULE).message("spec.proxy.httpsProxy must not contain user:password@; put the proxy URL in a Secret (keys HTTP_PROXY, HTTPS_PROXY) and name it in spec.proxy.credentialsSecret"))]
     pub https_proxy: Option<String>,
     /// Value for `NO_PROXY` / `no_proxy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub no_proxy: Option<String>,
+    /// Secret in the same namespace whose `HTTP_PROXY` and `HTTPS_PROXY` keys (either may be
+    /// absent) hold proxy URLs with credentials; the pod reads them from the Secret, so they
+    /// never appear in the rendered objects. Exclusive with `httpProxy`/`httpsProxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub credentials_secret: Option<String>,
     /// ConfigMap with extra CA certificates (PEM) trusted by the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]

@@ -3,6 +3,7 @@
 pub mod common;
 pub mod oimcache;
 pub mod oimservice;
+pub mod openapi;
 
 pub use common::*;
 pub use oimcache::*;

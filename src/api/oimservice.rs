@@ -15,8 +15,11 @@ use super::common::{
     NAME_MESSAGE, NAME_RULE, ProfileSelector, ProxySpec, QUANTITY_RULE, RetentionPolicy, Vendor, VolumeAccessMode,
 };
 
-/// Engine flags the operator sets itself; user `args` must not repeat them.
-pub const FORBIDDEN_ARG_RULE: &str = "self.all(a, !(a in ['--port', '--host', '--served-model-name', '--model'] || a.startsWith('--port=') || a.startsWith('--host=') || a.startsWith('--served-model-name=') || a.startsWith('--model=')))";
+/// Engine flags the operator sets itself; user `args` must not repeat them in any spelling
+/// vLLM's argument parser accepts: one or two leading dashes, `_` for `-`, `--x=y`, and any
+/// prefix of the name (argparse takes unique prefixes). The operator checks the same way
+/// (`render::checks::forbidden_arg`).
+pub const FORBIDDEN_ARG_RULE: &str = "self.all(a, !a.startsWith('-') || size((a.startsWith('--') ? a.substring(2) : a.substring(1)).split('=')[0]) == 0 || !['port', 'host', 'served-model-name', 'model'].exists(f, f.startsWith((a.startsWith('--') ? a.substring(2) : a.substring(1)).split('=')[0].replace('_', '-'))))";
 
 /// Desired state of an inference service.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -67,10 +70,13 @@ pub struct OIMServiceSpec {
     pub env: Option<Vec<EnvVar>>,
     /// Extra engine arguments, appended after the profile's (last wins). Must not set `--port`,
     /// `--host`, `--served-model-name`, `--model` or a positional model: the operator owns those.
+    /// They are matched the way vLLM's argument parser reads flags: `_` equals `-`
+    /// (`--served_model_name`), `--flag=value` is the flag, a single leading dash works, and a
+    /// prefix of a name is that name (`--por 1` is `--port 1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(
         validation = Rule::new(FORBIDDEN_ARG_RULE)
-            .message("spec.args must not contain --port, --host, --served-model-name or --model: the operator sets them (use spec.model.servedName and spec.expose.service.port instead)"),
+            .message("spec.args must not contain --port, --host, --served-model-name or --model, in any spelling vLLM accepts (underscores, --x=y, or a prefix such as --por): the operator sets them (use spec.model.servedName and spec.expose.service.port instead)"),
         validation = Rule::new("size(self) == 0 || self[0].startsWith('-')")
             .message("spec.args must start with a flag (e.g. --max-num-seqs): a leading positional argument would be taken as the model; the operator passes the model itself")
     )]

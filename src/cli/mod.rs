@@ -132,7 +132,9 @@ pub struct OperatorArgs {
     /// A profile catalog directory instead of a registry (e.g. the seed catalog in the image).
     #[arg(long, value_name = "DIR", conflicts_with = "profile_registry")]
     pub catalog: Option<PathBuf>,
-    /// Registries a per-service `profile.source` may name (comma-separated).
+    /// Registries a per-service `profile.source` may name (comma-separated), each
+    /// `host[:port][/path]` matched on whole path segments; `http://host[:port][/path]` also lets
+    /// a service ask for plain HTTP with `insecure: true`.
     #[arg(long, value_delimiter = ',', value_name = "REF,...")]
     pub allowed_registries: Vec<String>,
     /// Image of the node agent DaemonSet; default the operator's own image (read from its pod).
@@ -144,6 +146,10 @@ pub struct OperatorArgs {
     /// Do not deploy the node agent (it is installed some other way, or not wanted).
     #[arg(long, conflicts_with_all = ["agent_image", "agent_namespace"])]
     pub no_agent: bool,
+    /// Deploy the node agent even where its ValidatingAdmissionPolicy cannot be applied (clusters
+    /// without the API): its ClusterRole may then patch any Node. Off by default: fail closed.
+    #[arg(long)]
+    pub agent_without_admission_policy: bool,
     /// Seconds before a profile tag is resolved again (updatePolicy, ProfileUpdateAvailable).
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub profile_refresh: u64,

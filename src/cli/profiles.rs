@@ -145,7 +145,8 @@ pub async fn push(args: ProfilesPushArgs) -> u8 {
 pub fn read_nodes(path: &std::path::Path) -> Result<Vec<crate::profile::select::NodeView>, String> {
     use crate::hardware::inventory::Inventory;
     use crate::profile::select::NodeView;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--inventory {}: {e}", path.display()))?;
+    let text =
+        crate::bounded::read_text(path, crate::bounded::MAX_INPUT_BYTES).map_err(|e| format!("--inventory {e}"))?;
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
         .map_err(|e| format!("--inventory {}: not YAML or JSON: {e}", path.display()))?;
     let mut nodes = vec![];
@@ -154,11 +155,9 @@ pub fn read_nodes(path: &std::path::Path) -> Result<Vec<crate::profile::select::
             let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(v)
                 .map_err(|e| format!("--inventory {}: a Node that does not parse: {e}", path.display()))?;
             let name = node.metadata.name.clone().unwrap_or_default();
-            match NodeView::from_node(&node) {
-                Some(n) => nodes.push(n),
-                None => {
-                    tracing::warn!(node = %name, "node has no oim.opea.dev/inventory annotation; is the node agent running?")
-                }
+            match NodeView::try_from_node(&node) {
+                Ok(n) => nodes.push(n),
+                Err(problem) => tracing::warn!(node = %name, "node {name} {problem}; it is left out"),
             }
             return Ok(());
         }

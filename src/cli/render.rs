@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::{Platform as CliPlatform, RenderArgs, exit};
+use crate::api::openapi::SchemaCheck;
 use crate::api::{OIMCache, OIMService};
 use crate::profile::engines::Engines;
 use crate::profile::select::{PodUse, Request, select};
@@ -12,13 +13,18 @@ use crate::render::{Capabilities, Input, Platform, Selection, Weights, render};
 fn read_inputs(files: &[std::path::PathBuf]) -> Result<(Vec<OIMService>, Vec<OIMCache>), String> {
     let mut services = vec![];
     let mut caches = vec![];
+    let schema = SchemaCheck::new()?;
     for f in files {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let text = crate::bounded::read_text(f, crate::bounded::MAX_INPUT_BYTES).map_err(|e| e.to_string())?;
         let docs: Vec<serde_json::Value> =
             serde_saphyr::from_multiple(&text).map_err(|e| format!("{}: not YAML: {e}", f.display()))?;
         for (i, doc) in docs.into_iter().filter(|d| !d.is_null()).enumerate() {
             let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
             let at = format!("{} (document {})", f.display(), i + 1);
+            // What the API server checks first: the CRD's OpenAPI schema.
+            if let Err(errors) = schema.check(&kind, &doc) {
+                return Err(format!("{at}: {kind} is invalid:\n  {}", errors.join("\n  ")));
+            }
             match kind.as_str() {
                 "OIMService" => {
                     let svc: OIMService = serde_path_to_error::deserialize(doc)
@@ -44,7 +50,7 @@ fn read_inputs(files: &[std::path::PathBuf]) -> Result<(Vec<OIMService>, Vec<OIM
 }
 
 fn read_pods(path: &Path) -> Result<Vec<PodUse>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--pods {}: {e}", path.display()))?;
+    let text = crate::bounded::read_text(path, crate::bounded::MAX_INPUT_BYTES).map_err(|e| format!("--pods {e}"))?;
     let docs: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(&text).map_err(|e| format!("--pods {}: not YAML: {e}", path.display()))?;
     let mut pods = vec![];

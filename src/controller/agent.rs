@@ -11,11 +11,12 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::controller::apply::{Verdict, WriteCounter, api_for, mark, server_side_apply, stamp, verdict};
+use crate::controller::apply::{APPLIED_HASH, Verdict, WriteCounter, api_for, mark, server_side_apply, stamp, verdict};
+use crate::controller::metrics::Metrics;
 
 /// The namespace `config/agent` installs into; cluster-scoped names stay unsuffixed for it.
 pub const DEFAULT_NAMESPACE: &str = "oim-system";
@@ -28,6 +29,9 @@ pub struct AgentConfig {
     pub namespace: String,
     /// The agent's image (the operator's own by default).
     pub image: String,
+    /// Deploy the agent even where its admission policy cannot be applied (clusters without
+    /// ValidatingAdmissionPolicy): its ClusterRole may then patch every Node without limits.
+    pub without_admission_policy: bool,
 }
 
 /// The `config/agent` objects for `cfg`, typed-checked and adjusted: image, namespace, and the
@@ -76,13 +80,14 @@ pub fn objects(cfg: &AgentConfig) -> Result<Vec<Value>, String> {
         c.image = Some(cfg.image.clone());
     }
     let json = |v: Result<Value, serde_json::Error>| v.map_err(|e| e.to_string());
+    // The admission policy first: the agent's rights exist only once they are limited.
     Ok(vec![
         json(serde_json::to_value(ns))?,
+        json(serde_json::to_value(policy))?,
+        json(serde_json::to_value(policy_binding))?,
         json(serde_json::to_value(sa))?,
         json(serde_json::to_value(role))?,
         json(serde_json::to_value(binding))?,
-        json(serde_json::to_value(policy))?,
-        json(serde_json::to_value(policy_binding))?,
         json(serde_json::to_value(ds))?,
     ])
 }
@@ -96,43 +101,82 @@ fn two_documents(text: &str) -> Result<[Value; 2], String> {
 /// What we last wrote of each object: its mark (generation or resourceVersion).
 type Seen = HashMap<String, String>;
 
-/// Applies every object that is missing or changed since our last apply: the same policy as
-/// the services' children ([`crate::controller::apply::verdict`]).
-async fn ensure(client: &kube::Client, objects: &[Value], seen: &mut Seen, writes: &WriteCounter) {
-    for obj in objects {
-        let Some((api, name)) = api_for(client, obj) else { continue };
-        let key = format!("{}/{name}", obj["kind"].as_str().unwrap_or_default());
-        let mut obj = obj.clone();
-        let hash = stamp(&mut obj, None);
-        match api.get_metadata_opt(&name).await {
-            Ok(live)
-                if verdict(live.as_ref().map(|l| &l.metadata), None, &hash, seen.get(&key).map(String::as_str))
-                    == Verdict::Unchanged =>
-            {
-                if let Some(l) = live {
-                    seen.insert(key, mark(&l.metadata));
-                }
-                continue;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(object = %key, error = %e, "node agent object not readable");
-                continue;
-            }
+/// Whether an object is in place after this pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    Yes,
+    No,
+}
+
+/// Applies one object when it is missing or changed since our last apply (the services'
+/// policy, [`crate::controller::apply::verdict`]). A Namespace someone else made is used as it
+/// is: its labels (Pod Security) are theirs.
+async fn ensure_one(client: &kube::Client, obj: &Value, seen: &mut Seen, writes: &WriteCounter) -> Placed {
+    let Some((api, name)) = api_for(client, obj) else { return Placed::No };
+    let key = format!("{}/{name}", obj["kind"].as_str().unwrap_or_default());
+    let mut obj = obj.clone();
+    let hash = stamp(&mut obj, None);
+    let live = match api.get_metadata_opt(&name).await {
+        Ok(l) => l.map(|l| l.metadata),
+        Err(e) => {
+            warn!(object = %key, error = %e, "node agent object not readable");
+            return Placed::No;
         }
-        match server_side_apply(client, &obj, writes).await {
-            Ok(applied) => {
-                info!(object = %key, "node agent object applied");
-                seen.insert(key, mark(&applied));
-            }
-            Err(e) => warn!(object = %key, error = %e, "node agent object not applied; retrying"),
+    };
+    let foreign_namespace = obj["kind"] == "Namespace"
+        && live.as_ref().is_some_and(|l| l.annotations.as_ref().is_none_or(|a| !a.contains_key(APPLIED_HASH)));
+    if foreign_namespace
+        || verdict(live.as_ref(), None, &hash, seen.get(&key).map(String::as_str)) == Verdict::Unchanged
+    {
+        if let Some(l) = &live {
+            seen.insert(key, mark(l));
+        }
+        return Placed::Yes;
+    }
+    match server_side_apply(client, &obj, writes).await {
+        Ok(applied) => {
+            info!(object = %key, "node agent object applied");
+            seen.insert(key, mark(&applied));
+            Placed::Yes
+        }
+        Err(e) => {
+            warn!(object = %key, error = %e, "node agent object not applied; retrying");
+            Placed::No
         }
     }
 }
 
+/// Applies the agent's objects in order, failing closed: without its admission policy and
+/// binding in place, neither its RBAC nor its DaemonSet is deployed (unless opted out).
+/// Returns whether the agent runs limited by the policy.
+async fn ensure(
+    client: &kube::Client,
+    cfg: &AgentConfig,
+    objects: &[Value],
+    seen: &mut Seen,
+    writes: &WriteCounter,
+) -> bool {
+    let mut limited = true;
+    for obj in objects {
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let gated = !matches!(kind, "Namespace" | "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding");
+        if gated && !limited && !cfg.without_admission_policy {
+            error!(
+                "the node agent's ValidatingAdmissionPolicy could not be applied: its RBAC and DaemonSet are not deployed (the agent could otherwise patch every Node); grant the operator validatingadmissionpolicies, or run with --agent-without-admission-policy"
+            );
+            return false;
+        }
+        let placed = ensure_one(client, obj, seen, writes).await;
+        if kind.starts_with("ValidatingAdmissionPolicy") && placed == Placed::No {
+            limited = false;
+        }
+    }
+    limited
+}
+
 /// Keeps the agent objects in shape until the process ends: at start, on every change to the
 /// DaemonSet, and every `period` for the others.
-pub async fn keep(client: kube::Client, cfg: AgentConfig, writes: std::sync::Arc<WriteCounter>, period: Duration) {
+pub async fn keep(client: kube::Client, cfg: AgentConfig, metrics: std::sync::Arc<Metrics>, period: Duration) {
     let objects = match objects(&cfg) {
         Ok(o) => o,
         Err(e) => {
@@ -142,14 +186,17 @@ pub async fn keep(client: kube::Client, cfg: AgentConfig, writes: std::sync::Arc
     };
     let mut seen = Seen::new();
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &cfg.namespace);
-    let changes = watcher(daemonsets, watcher::Config::default().fields(&format!("metadata.name={NAME}"))).map(|_| ());
+    let changes = watcher(daemonsets, watcher::Config::default().fields(&format!("metadata.name={NAME}")))
+        .default_backoff()
+        .map(|_| ());
     let ticks = futures::stream::unfold((), move |_| async move {
         tokio::time::sleep(period).await;
         Some(((), ()))
     });
     let mut triggers = futures::stream::select(futures::stream::once(async {}).chain(changes), ticks).boxed();
     while triggers.next().await.is_some() {
-        ensure(&client, &objects, &mut seen, &writes).await;
+        let limited = ensure(&client, &cfg, &objects, &mut seen, &metrics.writes).await;
+        metrics.agent_policy_missing.set(i64::from(!limited));
     }
 }
 
@@ -159,37 +206,46 @@ mod tests {
 
     #[test]
     fn the_agent_runs_the_given_image_in_the_given_namespace_and_the_policy_names_its_account() {
-        let cfg = AgentConfig { namespace: "platform".into(), image: "registry.example/oim:1.2.3".into() };
+        let cfg = AgentConfig {
+            namespace: "platform".into(),
+            image: "registry.example/oim:1.2.3".into(),
+            without_admission_policy: false,
+        };
         let objs = objects(&cfg).unwrap();
         let kinds: Vec<&str> = objs.iter().map(|o| o["kind"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,
             [
                 "Namespace",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
                 "ServiceAccount",
                 "ClusterRole",
                 "ClusterRoleBinding",
-                "ValidatingAdmissionPolicy",
-                "ValidatingAdmissionPolicyBinding",
                 "DaemonSet"
-            ]
+            ],
+            "the admission policy comes before the rights it limits"
         );
         let ds = &objs[6];
         assert_eq!(ds["metadata"]["namespace"], "platform");
         assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/oim:1.2.3");
-        assert_eq!(objs[3]["subjects"][0]["namespace"], "platform");
-        assert_eq!(objs[3]["roleRef"]["name"], "oim-node-agent-platform");
-        let rule = objs[4]["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+        assert_eq!(objs[5]["subjects"][0]["namespace"], "platform");
+        assert_eq!(objs[5]["roleRef"]["name"], "oim-node-agent-platform");
+        let rule = objs[1]["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
         assert!(rule.contains("system:serviceaccount:platform:oim-node-agent"), "{rule}");
-        assert_eq!(objs[5]["spec"]["policyName"], "oim-node-agent-platform");
+        assert_eq!(objs[2]["spec"]["policyName"], "oim-node-agent-platform");
     }
 
     #[test]
     fn in_the_default_namespace_the_objects_are_the_checked_in_ones() {
-        let cfg = AgentConfig { namespace: DEFAULT_NAMESPACE.into(), image: "docker.io/opea/oim:0.1.0".into() };
+        let cfg = AgentConfig {
+            namespace: DEFAULT_NAMESPACE.into(),
+            image: "docker.io/opea/oim:0.1.0".into(),
+            without_admission_policy: false,
+        };
         let objs = objects(&cfg).unwrap();
-        assert_eq!(objs[2]["metadata"]["name"], "oim-node-agent");
-        let rule = objs[4]["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+        assert_eq!(objs[4]["metadata"]["name"], "oim-node-agent");
+        let rule = objs[1]["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
         assert!(rule.contains("system:serviceaccount:oim-system:oim-node-agent"));
     }
 }

@@ -57,7 +57,7 @@ pub struct Children {
 fn metadata_cache(api: Api<Meta>, ar: &ApiResource) -> Store<Meta> {
     let writer = reflector::store::Writer::<Meta>::new(ar.clone());
     let store = writer.as_reader();
-    let stream = reflector::reflector(writer, watcher(api, ours())).touched_objects();
+    let stream = reflector::reflector(writer, watcher(api, ours()).default_backoff()).touched_objects();
     tokio::spawn(stream.for_each(|_| async {}));
     store
 }
@@ -89,7 +89,8 @@ impl Children {
             None => Api::all(client.clone()),
         };
         let (deployments, writer) = reflector::store();
-        let stream = reflector::reflector(writer, watcher(api, ours()).modify(slim)).touched_objects();
+        let stream =
+            reflector::reflector(writer, watcher(api, ours()).default_backoff().modify(slim)).touched_objects();
         tokio::spawn(stream.for_each(|_| async {}));
         Children { kinds, deployments }
     }

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub writes: Arc<WriteCounter>,
     reconciles: Family<Outcome, Counter>,
     duration: Histogram,
+    /// 1 while the node agent is held back because its admission policy cannot be applied.
+    pub agent_policy_missing: Gauge,
 }
 
 impl Default for Metrics {
@@ -50,7 +53,13 @@ impl Default for Metrics {
         registry.register("reconciles", "Finished reconciles by controller and outcome", reconciles.clone());
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register("reconcile_duration_seconds", "Time per reconcile", duration.clone());
-        Metrics { registry, writes, reconciles, duration }
+        let agent_policy_missing = Gauge::default();
+        registry.register(
+            "agent_admission_policy_missing",
+            "1 while the node agent is not deployed because its admission policy could not be applied",
+            agent_policy_missing.clone(),
+        );
+        Metrics { registry, writes, reconciles, duration, agent_policy_missing }
     }
 }
 

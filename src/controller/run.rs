@@ -82,13 +82,15 @@ const CONCURRENCY: u16 = 8;
 pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let node_stream =
-        reflector::reflector(node_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
-            .applied_objects();
+    let node_stream = reflector::reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    )
+    .applied_objects();
     // Every pod in the cluster may hold accelerators; keep only what accounting reads.
     let pod_stream = reflector::reflector(
         pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).modify(PodUse::slim),
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().modify(PodUse::slim),
     )
     .touched_objects();
     let recorder = Recorder::new(
@@ -100,7 +102,7 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         tokio::spawn(metrics::serve(addr, metrics.clone()));
     }
     if let Some(cfg) = settings.agent.clone() {
-        tokio::spawn(agent::keep(client.clone(), cfg, metrics.writes.clone(), Duration::from_secs(60)));
+        tokio::spawn(agent::keep(client.clone(), cfg, metrics.clone(), Duration::from_secs(60)));
     }
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -150,8 +152,30 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         }
     }));
     tokio::spawn(pod_stream.for_each(|_| async {}));
+    tokio::spawn(bounded_shutdown(Duration::from_secs(10)));
     futures::future::join_all(controllers).await;
     info!("operator stopped");
+}
+
+/// After SIGTERM or Ctrl-C the controllers finish their running reconciles; a controller whose
+/// watches cannot list (an API server down, RBAC missing) must not keep the process alive past
+/// `grace`.
+async fn bounded_shutdown(grace: Duration) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tokio::time::sleep(grace).await;
+    warn!(?grace, "controllers did not stop within the grace period; exiting");
+    std::process::exit(0);
 }
 
 fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>

@@ -68,7 +68,8 @@ impl Sources {
             Some(name) => credentials(client, namespace, name, &registry.host).await?,
             None => (RegistryAuth::Anonymous, String::new()),
         };
-        let insecure = src.insecure.unwrap_or(false);
+        let insecure =
+            registry.plain_http(src.insecure.unwrap_or(false), &self.allowed).map_err(SourceError::Refused)?;
         // A rotated Secret (new resourceVersion) gets a fresh client.
         let key =
             format!("{registry}|{insecure}|{namespace}/{}@{version}", src.credentials_secret.as_deref().unwrap_or(""));

@@ -67,12 +67,20 @@ pub fn parse_meminfo(text: &str) -> Option<u64> {
         .map(|kib| kib / 1024)
 }
 
+/// `/proc/cpuinfo` of a 2,048-thread host is about 3 MiB.
+const MAX_CPUINFO_BYTES: u64 = 16 << 20;
+/// `/proc/meminfo` is a few KiB.
+const MAX_MEMINFO_BYTES: u64 = 64 << 10;
+/// More NUMA nodes than any host has (Linux allows 1,024).
+const MAX_NODE_ENTRIES: usize = 4096;
+
 /// Number of `nodeN` entries under `ROOT/sys/devices/system/node` (1 when absent).
 pub fn numa_node_count(root: &Path) -> u32 {
     let dir = root.join("sys/devices/system/node");
     let count = fs::read_dir(dir)
         .map(|entries| {
             entries
+                .take(MAX_NODE_ENTRIES)
                 .filter_map(Result::ok)
                 .filter(|e| {
                     let name = e.file_name();
@@ -87,11 +95,20 @@ pub fn numa_node_count(root: &Path) -> u32 {
 
 /// CPU facts and host memory under `root`; missing files mean "unknown", not an error.
 pub fn detect(root: &Path) -> Result<(Option<CpuInfo>, u64), DetectError> {
-    let cpu = fs::read_to_string(root.join("proc/cpuinfo")).ok().and_then(|t| parse_cpuinfo(&t)).map(|mut c| {
+    // Bounded and regular files only: `cpuinfo -> /dev/urandom` is refused, not read forever.
+    let read = |name: &str, limit: u64| match crate::bounded::read_text(&root.join(name), limit) {
+        Ok(t) => Some(t),
+        Err(crate::bounded::ReadError::Io { .. }) => None,
+        Err(e) => {
+            tracing::warn!("{e}; CPU facts from it are left out");
+            None
+        }
+    };
+    let cpu = read("proc/cpuinfo", MAX_CPUINFO_BYTES).and_then(|t| parse_cpuinfo(&t)).map(|mut c| {
         c.numa_node_count = numa_node_count(root);
         c
     });
-    let memory = fs::read_to_string(root.join("proc/meminfo")).ok().and_then(|t| parse_meminfo(&t)).unwrap_or(0);
+    let memory = read("proc/meminfo", MAX_MEMINFO_BYTES).and_then(|t| parse_meminfo(&t)).unwrap_or(0);
     Ok((cpu, memory))
 }
 
@@ -107,6 +124,23 @@ mod tests {
         assert_eq!((c.sockets, c.cores, c.threads), (2, 2, 3));
         assert_eq!(c.flags, ["avx2", "avx512f", "amx_tile", "amx_bf16"]);
         assert!(c.has_amx() && c.has_avx512());
+    }
+
+    #[test]
+    fn a_cpuinfo_that_is_a_device_or_too_large_is_refused_at_once() {
+        let root = std::env::temp_dir().join(format!("oim-cpuinfo-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("/dev/urandom", root.join("proc/cpuinfo")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("proc/meminfo")).unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(detect(&root).unwrap(), (None, 0));
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        fs::remove_file(root.join("proc/meminfo")).unwrap();
+        let f = fs::File::create(root.join("proc/meminfo")).unwrap();
+        f.set_len(MAX_MEMINFO_BYTES + 1).unwrap();
+        assert_eq!(detect(&root).unwrap().1, 0, "an oversized meminfo is not read");
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -29,8 +29,15 @@ pub struct PciFunction {
     pub vram_bytes: Option<u64>,
 }
 
+/// Most PCI functions a host can have (256 buses x 32 devices x 8 functions per domain, a few
+/// domains); a directory with more entries is not sysfs.
+const MAX_FUNCTIONS: usize = 65_536;
+/// A sysfs attribute is one short line; a larger file is not one.
+const MAX_ATTRIBUTE_BYTES: u64 = 4096;
+
 /// Reads every PCI function under `root`. A tree without `sys/bus/pci/devices` has no PCI
-/// devices (containers, some VMs); an unreadable directory is an error.
+/// devices (containers, some VMs); an unreadable directory is an error. A function whose ids
+/// cannot be read or are not hex is reported (a warning naming it) and skipped.
 pub fn scan(root: &Path) -> Result<Vec<PciFunction>, DetectError> {
     let dir = root.join("sys/bus/pci/devices");
     if !dir.exists() {
@@ -38,25 +45,46 @@ pub fn scan(root: &Path) -> Result<Vec<PciFunction>, DetectError> {
     }
     let entries = fs::read_dir(&dir).map_err(|e| DetectError::unreadable(&dir, e))?;
     let mut functions = vec![];
-    for entry in entries {
+    for entry in entries.take(MAX_FUNCTIONS) {
         let entry = entry.map_err(|e| DetectError::unreadable(&dir, e))?;
         // A function that vanished or is half-written is skipped, not fatal: hotplug happens.
-        if let Some(f) = read_function(&entry.path()) {
-            functions.push(f);
+        match read_function(&entry.path()) {
+            Ok(f) => functions.push(f),
+            Err(why) => tracing::warn!(function = %entry.path().display(), "PCI function skipped: {why}"),
         }
     }
     functions.sort_by(|a, b| a.address.cmp(&b.address));
     Ok(functions)
 }
 
-fn read_function(path: &Path) -> Option<PciFunction> {
-    let read = |name: &str| fs::read_to_string(path.join(name)).ok().map(|s| s.trim().to_string());
-    let vendor = devices::normalize_id(&read("vendor")?);
-    let device = devices::normalize_id(&read("device")?);
-    let class = u32::from_str_radix(read("class")?.trim_start_matches("0x"), 16).ok()?;
+/// A sysfs attribute, trimmed; bounded and only from a regular file.
+fn attribute(path: &Path, name: &str) -> Result<String, String> {
+    crate::bounded::read_text(&path.join(name), MAX_ATTRIBUTE_BYTES)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A PCI vendor or device id: `0x` and one to four hex digits, as four lowercase digits.
+pub fn parse_id(text: &str) -> Option<String> {
+    let hex = text.strip_prefix("0x").unwrap_or(text);
+    (!hex.is_empty() && hex.len() <= 4 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| format!("{:0>4}", hex.to_ascii_lowercase()))
+}
+
+fn read_function(path: &Path) -> Result<PciFunction, String> {
+    let id = |name: &str| -> Result<String, String> {
+        let text = attribute(path, name)?;
+        parse_id(&text).ok_or_else(|| format!("{name} {text:?} is not a hex PCI id"))
+    };
+    let vendor = id("vendor")?;
+    let device = id("device")?;
+    let class_text = attribute(path, "class")?;
+    let class = u32::from_str_radix(class_text.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("class {class_text:?} is not a hex class code"))?;
+    let read = |name: &str| attribute(path, name).ok();
     let numa_node = read("numa_node").and_then(|n| n.parse::<i64>().ok()).and_then(|n| u32::try_from(n).ok());
-    Some(PciFunction {
-        address: path.file_name()?.to_string_lossy().into_owned(),
+    Ok(PciFunction {
+        address: path.file_name().ok_or("no file name")?.to_string_lossy().into_owned(),
         vendor,
         device,
         class,
@@ -71,7 +99,7 @@ fn driver_name(link: &Path) -> Option<String> {
     if let Ok(target) = fs::read_link(link) {
         return target.file_name().map(|n| n.to_string_lossy().into_owned());
     }
-    fs::read_to_string(link).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    crate::bounded::read_text(link, MAX_ATTRIBUTE_BYTES).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// Whether a function is an accelerator we serve: display, 3D or processing-accelerator class of
@@ -149,4 +177,46 @@ fn resource_name(vendor: Vendor, known: Option<&devices::Device>, driver: Option
 /// `ROOT/sys/bus/pci/devices`, for error messages.
 pub fn devices_dir(root: &Path) -> PathBuf {
     root.join("sys/bus/pci/devices")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function(root: &Path, address: &str, vendor: &[u8], device: &[u8]) {
+        let d = root.join("sys/bus/pci/devices").join(address);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("vendor"), vendor).unwrap();
+        fs::write(d.join("device"), device).unwrap();
+        fs::write(d.join("class"), b"0x030200\n").unwrap();
+    }
+
+    #[test]
+    fn functions_with_bad_ids_are_skipped_and_slugs_hold_only_validated_hex() {
+        let root = std::env::temp_dir().join(format!("oim-pci-ids-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        function(&root, "0000:01:00.0", b"0x10de\n", b"../../x y\n");
+        function(&root, "0000:02:00.0", b"0x10de\n", b"0x2999\n");
+        function(&root, "0000:03:00.0", b"0x10de\n", &vec![b'0'; 5000]);
+        function(&root, "0000:04:00.0", b"0x10dex\n", b"0x2999\n");
+        let found = scan(&root).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].vendor.as_str(), found[0].device.as_str()), ("10de", "2999"));
+        let groups = accelerator_groups(&found);
+        assert_eq!(groups[0].product, "pci-10de-2999");
+        let e = read_function(&root.join("sys/bus/pci/devices/0000:01:00.0")).unwrap_err();
+        assert!(e.contains("not a hex PCI id"), "{e}");
+        let e = read_function(&root.join("sys/bus/pci/devices/0000:03:00.0")).unwrap_err();
+        assert!(e.contains("more than 4096 bytes"), "{e}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn ids_parse_only_as_one_to_four_hex_digits() {
+        assert_eq!(parse_id("0x10DE").as_deref(), Some("10de"));
+        assert_eq!(parse_id("abc").as_deref(), Some("0abc"));
+        for bad in ["", "0x", "0x12345", "../x", "10 de", "0xg1"] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
+    }
 }

@@ -1,7 +1,14 @@
 //! The Hugging Face hub API, as `oim download` (the OIMCache Job) uses it: resolve a revision to a
 //! commit, list its files, download each with resume and size/checksum checks into
-//! `DEST/<repo>/<commit>/`, and write `.oim-complete.json` last. Honours `HF_ENDPOINT` and
-//! `HF_TOKEN`; the token is sent as a header and never printed.
+//! `DEST/<repo>/<commit>/`, and write the completion marker last. Honours `HF_ENDPOINT` and
+//! `HF_TOKEN`; the token is sent as a header and never printed, and URLs are printed without
+//! their userinfo.
+//!
+//! The downloader's own files live in `DEST/<repo>/.oim/<commit>/` (the marker `complete.json`,
+//! and `partial/<path>` while a file downloads): a repository file always lands under
+//! `DEST/<repo>/<commit>/`, so none can pose as the marker or collide with a partial file.
+//! Every read is bounded: the revision document by size and deadline, HEADs by deadline, file
+//! bodies by their advertised size.
 
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -16,10 +23,23 @@ use sha2::Digest;
 
 pub mod model;
 
-/// The marker written last into `DEST/<repo>/<commit>/`.
-pub const COMPLETE_MARKER: &str = ".oim-complete.json";
-const PARTIAL_SUFFIX: &str = ".oim-partial";
+use crate::bounded::ReadError;
+use crate::redact::{redact_text, redact_url};
+
+/// The downloader's folder beside the snapshots of a repository: `DEST/<repo>/.oim/`.
+pub const STATE_DIR: &str = ".oim";
+/// The marker written last: `DEST/<repo>/.oim/<commit>/complete.json`.
+pub const COMPLETE_MARKER: &str = "complete.json";
+/// Files being downloaded: `DEST/<repo>/.oim/<commit>/partial/<path>`.
+const PARTIAL_DIR: &str = "partial";
 const ATTEMPTS: u32 = 5;
+/// The revision document (a repository with 100,000 files is about 20 MiB of JSON).
+pub const MAX_REVISION_BYTES: u64 = 32 << 20;
+/// Deadline for the revision document and each HEAD; file bodies are bounded by their size and
+/// the read timeout instead (a 10 GB shard has no sensible overall deadline).
+pub const METADATA_DEADLINE: Duration = Duration::from_secs(120);
+/// A path inside a repository: at most this many bytes, and components of at most 255.
+const MAX_PATH_BYTES: usize = 1024;
 
 /// Why a download failed; each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -202,13 +222,14 @@ pub struct Hub {
     http: reqwest::Client,
     endpoint: String,
     token: Option<String>,
+    deadline: Duration,
 }
 
 impl Hub {
     /// From `HF_ENDPOINT` (default `https://huggingface.co`) and `HF_TOKEN`.
     pub fn from_env() -> Result<Hub, HubError> {
         let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty());
-        let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
+        let token = std::env::var("HF_TOKEN").ok().map(|t| clean_token(&t)).transpose()?.flatten();
         Hub::new(endpoint.as_deref().unwrap_or("https://huggingface.co"), token)
     }
 
@@ -221,7 +242,13 @@ impl Hub {
             .user_agent(concat!("oim/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| HubError::Protocol(format!("HTTP client: {e}")))?;
-        Ok(Hub { http, endpoint: endpoint.trim_end_matches('/').to_string(), token })
+        Ok(Hub { http, endpoint: endpoint.trim_end_matches('/').to_string(), token, deadline: METADATA_DEADLINE })
+    }
+
+    /// Another deadline for the revision document and each HEAD (default [`METADATA_DEADLINE`]).
+    pub fn with_deadline(mut self, deadline: Duration) -> Hub {
+        self.deadline = deadline;
+        self
     }
 
     fn headers(&self) -> HeaderMap {
@@ -239,24 +266,31 @@ impl Hub {
         match status {
             StatusCode::UNAUTHORIZED => HubError::Unauthorized { repo: repo.into() },
             StatusCode::FORBIDDEN => HubError::Forbidden { repo: repo.into() },
-            StatusCode::NOT_FOUND => HubError::NotFound { what: what.into(), endpoint: self.endpoint.clone() },
-            status => HubError::Http { url: url.into(), status },
+            StatusCode::NOT_FOUND => HubError::NotFound { what: what.into(), endpoint: redact_url(&self.endpoint) },
+            status => HubError::Http { url: redact_url(url), status },
         }
     }
 
     /// Resolves `revision` of `repo` to a commit and lists its files.
     pub async fn revision(&self, repo: &str, revision: &str) -> Result<Revision, HubError> {
         let url = format!("{}/api/models/{repo}/revision/{}?blobs=true", self.endpoint, encode(revision));
-        let resp = self.http.get(&url).headers(self.headers()).send().await.map_err(|e| network(&url, &e))?;
-        if !resp.status().is_success() {
+        let shown = redact_url(&url);
+        let req = self.http.get(&url).headers(self.headers());
+        let (status, _, body) =
+            crate::bounded::fetch(req, &shown, MAX_REVISION_BYTES, self.deadline).await.map_err(|e| match e {
+                ReadError::TooLarge { .. } => HubError::Protocol(format!(
+                    "{e}: the revision document of {repo} is over {MAX_REVISION_BYTES} bytes; is HF_ENDPOINT a hub?"
+                )),
+                e => HubError::Network { url: shown.clone(), message: redact_text(&e.to_string()) },
+            })?;
+        if !status.is_success() {
             let what = format!("{repo} at revision {revision}");
-            return Err(self.status_error(repo, &what, &url, resp.status()));
+            return Err(self.status_error(repo, &what, &url, status));
         }
-        let body = resp.bytes().await.map_err(|e| network(&url, &e))?;
         let api: ApiRevision = serde_json::from_slice(&body)
-            .map_err(|e| HubError::Protocol(format!("{url}: not a hub revision document: {e}")))?;
+            .map_err(|e| HubError::Protocol(format!("{shown}: not a hub revision document: {e}")))?;
         if api.sha.len() < 7 || !api.sha.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(HubError::Protocol(format!("{url}: the commit {:?} is not a sha", api.sha)));
+            return Err(HubError::Protocol(format!("{shown}: the commit {:?} is not a sha", api.sha)));
         }
         let files = api
             .siblings
@@ -274,7 +308,14 @@ impl Hub {
     /// redirects large files to a CDN).
     async fn head(&self, repo: &str, commit: &str, file: &RepoFile) -> Result<Meta, HubError> {
         let url = self.file_url(repo, commit, &file.path);
-        let resp = self.http.head(&url).headers(self.headers()).send().await.map_err(|e| network(&url, &e))?;
+        let send = self.http.head(&url).headers(self.headers()).send();
+        let resp = tokio::time::timeout(self.deadline, send)
+            .await
+            .map_err(|_| HubError::Network {
+                url: redact_url(&url),
+                message: format!("no answer within {}s", self.deadline.as_secs_f32()),
+            })?
+            .map_err(|e| network(&url, &e))?;
         if !resp.status().is_success() {
             return Err(self.status_error(repo, &format!("{repo}/{}", file.path), &url, resp.status()));
         }
@@ -294,7 +335,14 @@ impl Hub {
 
     /// Downloads one file to `target`, resuming a `.oim-partial` left by an earlier attempt, and
     /// checks size and checksum before it takes its final name.
-    async fn fetch(&self, repo: &str, commit: &str, file: &RepoFile, target: &Path) -> Result<u64, HubError> {
+    async fn fetch(
+        &self,
+        repo: &str,
+        commit: &str,
+        file: &RepoFile,
+        target: &Path,
+        partial: &Path,
+    ) -> Result<u64, HubError> {
         let meta = self.head(repo, commit, file).await?;
         if let Some(c) = &meta.commit
             && c != commit
@@ -307,14 +355,13 @@ impl Hub {
         {
             return Ok(s); // verified and renamed by an earlier run
         }
-        let partial = PathBuf::from(format!("{}{PARTIAL_SUFFIX}", target.display()));
-        if let Some(dir) = target.parent() {
+        for dir in [target.parent(), partial.parent()].into_iter().flatten() {
             std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.stream_to(repo, commit, &file.path, &partial, size).await {
+            match self.stream_to(repo, commit, &file.path, partial, size).await {
                 Ok(()) => break,
                 Err(e) if e.transient() && attempt < ATTEMPTS => {
                     tracing::warn!(file = %file.path, attempt, error = %e, "download interrupted; resuming");
@@ -325,8 +372,8 @@ impl Hub {
         }
         let expected_sha256 = file.sha256.clone().or_else(|| meta.etag.clone().filter(|e| is_hex(e, 64)));
         let git_sha1 = meta.etag.clone().filter(|e| is_hex(e, 40));
-        let written = verify(&partial, &file.path, size, expected_sha256.as_deref(), git_sha1.as_deref())?;
-        std::fs::rename(&partial, target).map_err(|e| io(target, e))?;
+        let written = verify(partial, &file.path, size, expected_sha256.as_deref(), git_sha1.as_deref())?;
+        std::fs::rename(partial, target).map_err(|e| io(target, e))?;
         Ok(written)
     }
 
@@ -360,7 +407,10 @@ impl Hub {
         };
         if status == StatusCode::RANGE_NOT_SATISFIABLE {
             let _ = std::fs::remove_file(partial);
-            return Err(HubError::Network { url, message: "range not satisfiable; restarting the file".into() });
+            return Err(HubError::Network {
+                url: redact_url(&url),
+                message: "range not satisfiable; restarting the file".into(),
+            });
         }
         let mut out = std::fs::OpenOptions::new()
             .create(true)
@@ -373,6 +423,19 @@ impl Hub {
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| network(&url, &e))?;
+            // Never more than the hub advertised: a body without end stops here.
+            if let Some(s) = size
+                && written + chunk.len() as u64 > s
+            {
+                drop(out);
+                let _ = std::fs::remove_file(partial);
+                return Err(HubError::Corrupt {
+                    path: path.to_string(),
+                    what: "size",
+                    expected: s.to_string(),
+                    actual: format!("more than {s}"),
+                });
+            }
             out.write_all(&chunk).map_err(|e| match e.kind() {
                 ErrorKind::StorageFull => HubError::DiskFull {
                     path: partial.to_path_buf(),
@@ -384,7 +447,10 @@ impl Hub {
         }
         out.flush().map_err(|e| io(partial, e))?;
         if size.is_some_and(|s| written < s) {
-            return Err(HubError::Network { url, message: format!("connection closed after {written} bytes") });
+            return Err(HubError::Network {
+                url: redact_url(&url),
+                message: format!("connection closed after {written} bytes"),
+            });
         }
         Ok(())
     }
@@ -397,13 +463,7 @@ struct Meta {
 }
 
 fn network(url: &str, e: &reqwest::Error) -> HubError {
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message = format!("{message}: {s}");
-        source = s.source();
-    }
-    HubError::Network { url: url.to_string(), message }
+    HubError::Network { url: redact_url(url), message: redact_text(&crate::bounded::chain(e)) }
 }
 
 fn io(path: &Path, source: std::io::Error) -> HubError {
@@ -491,8 +551,68 @@ fn safe(path: &str) -> bool {
     !path.is_empty() && Path::new(path).components().all(|c| matches!(c, Component::Normal(_)))
 }
 
+/// Why a repository file path cannot be written, or None when it can: it must stay inside the
+/// snapshot, be of sane length, and hold no control characters.
+fn bad_path(path: &str) -> Option<&'static str> {
+    if !safe(path) || path.contains('\\') {
+        return Some("it leaves the snapshot folder (absolute, '..', '.', empty or '\\' parts)");
+    }
+    if path.len() > MAX_PATH_BYTES || path.split('/').any(|c| c.len() > 255) {
+        return Some("it is too long");
+    }
+    if path.chars().any(char::is_control) {
+        return Some("it contains control characters");
+    }
+    None
+}
+
+/// Every wanted path checked before the first byte is fetched: each must be writable, and no
+/// file may also be a folder of another (`a` and `a/b`).
+fn check_paths(repo: &str, files: &[&RepoFile]) -> Result<(), HubError> {
+    let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for f in files {
+        if let Some(why) = bad_path(&f.path) {
+            return Err(HubError::Protocol(format!("{repo}: refusing the file path {:?}: {why}", f.path)));
+        }
+        if !names.insert(f.path.as_str()) {
+            return Err(HubError::Protocol(format!("{repo}: the file {:?} is listed twice", f.path)));
+        }
+    }
+    for f in files {
+        let mut prefix = f.path.as_str();
+        while let Some((parent, _)) = prefix.rsplit_once('/') {
+            if names.contains(parent) {
+                return Err(HubError::Protocol(format!(
+                    "{repo}: {parent:?} is listed as a file and as the folder of {:?}",
+                    f.path
+                )));
+            }
+            prefix = parent;
+        }
+    }
+    Ok(())
+}
+
+/// `HF_TOKEN` as given: surrounding whitespace (a trailing newline from `echo` or a Secret
+/// file) is trimmed; a token with a space or control character inside is refused with what is
+/// wrong (never the token itself). Empty is no token.
+pub fn clean_token(raw: &str) -> Result<Option<String>, HubError> {
+    let t = raw.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if let Some(i) = t.find(|c: char| !c.is_ascii_graphic()) {
+        return Err(HubError::BadInput(format!(
+            "HF_TOKEN has a space, control or non-ASCII character at position {} of {}; set it to the token alone (OIMCache: the HF_TOKEN key of spec.source.hf.authSecret)",
+            i + 1,
+            t.len()
+        )));
+    }
+    Ok(Some(t.to_string()))
+}
+
 /// Downloads `repo` at `revision` into `dest/<repo>/<commit>/`; returns that directory. A
-/// directory that already holds the marker is complete and left untouched.
+/// snapshot whose marker exists is complete and left untouched.
 pub async fn download(
     hub: &Hub,
     repo: &str,
@@ -501,7 +621,8 @@ pub async fn download(
     include: &[String],
     exclude: &[String],
 ) -> Result<PathBuf, HubError> {
-    if !safe(repo) || repo.split('/').count() > 2 {
+    let parts: Vec<&str> = repo.split('/').collect();
+    if !safe(repo) || parts.len() > 2 || parts.iter().any(|p| p.starts_with('.')) {
         return Err(HubError::BadInput(format!(
             "--repo {repo:?}: expected org/name, e.g. meta-llama/Llama-3.1-8B-Instruct"
         )));
@@ -509,7 +630,9 @@ pub async fn download(
     let (inc, exc) = (globs(include, "--include")?, globs(exclude, "--exclude")?);
     let rev = hub.revision(repo, revision).await?;
     let dir = dest.join(repo).join(&rev.commit);
-    if dir.join(COMPLETE_MARKER).is_file() {
+    let state = dest.join(repo).join(STATE_DIR).join(&rev.commit);
+    let marker_path = state.join(COMPLETE_MARKER);
+    if marker_path.is_file() {
         tracing::info!(dir = %dir.display(), "already complete");
         return Ok(dir);
     }
@@ -526,22 +649,29 @@ pub async fn download(
             rev.files.len()
         )));
     }
+    check_paths(repo, &wanted)?;
     let mut files = vec![];
     for f in wanted {
-        if !safe(&f.path) {
-            return Err(HubError::Protocol(format!("{repo}: refusing the file path {:?}", f.path)));
-        }
-        let size = hub.fetch(repo, &rev.commit, f, &dir.join(&f.path)).await?;
+        let partial = state.join(PARTIAL_DIR).join(&f.path);
+        let size = hub.fetch(repo, &rev.commit, f, &dir.join(&f.path), &partial).await?;
         tracing::info!(file = %f.path, bytes = size, "downloaded");
         files.push(CompleteFile { path: f.path.clone(), size });
     }
     let bytes = files.iter().map(|f| f.size).sum();
     let marker = Complete { repo: repo.into(), revision: revision.into(), commit: rev.commit.clone(), files, bytes };
-    let tmp = dir.join(format!("{COMPLETE_MARKER}{PARTIAL_SUFFIX}"));
+    let tmp = state.join(format!("{COMPLETE_MARKER}.tmp"));
     let json = serde_json::to_vec_pretty(&marker).map_err(|e| HubError::Protocol(e.to_string()))?;
+    std::fs::create_dir_all(&state).map_err(|e| io(&state, e))?;
     std::fs::write(&tmp, json).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, dir.join(COMPLETE_MARKER)).map_err(|e| io(&dir, e))?;
+    std::fs::rename(&tmp, &marker_path).map_err(|e| io(&marker_path, e))?;
+    let _ = std::fs::remove_dir_all(state.join(PARTIAL_DIR));
     Ok(dir)
+}
+
+/// Where the marker of a snapshot directory (`DEST/<repo>/<commit>`) lives.
+pub fn marker_of(snapshot: &Path) -> Option<PathBuf> {
+    let commit = snapshot.file_name()?;
+    Some(snapshot.parent()?.join(STATE_DIR).join(commit).join(COMPLETE_MARKER))
 }
 
 #[cfg(test)]
@@ -570,6 +700,51 @@ mod tests {
         assert!(e.to_string().contains("sha256 mismatch") && e.to_string().contains("run again"), "{e}");
         assert!(!p.exists(), "the corrupt file is gone");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_path_is_checked_before_a_byte_and_files_cannot_also_be_folders() {
+        let f = |p: &str| RepoFile { path: p.into(), size: Some(1), sha256: None };
+        let (a, b, c) = (f("config.json"), f("original/params.json"), f(".oim-complete.json"));
+        assert!(check_paths("o/m", &[&a, &b, &c]).is_ok(), "a file named like the old marker is just a file");
+        let bad = f("x/../../etc/passwd");
+        let e = check_paths("o/m", &[&a, &bad]).unwrap_err().to_string();
+        assert!(e.contains("refusing the file path") && e.contains("leaves the snapshot"), "{e}");
+        let dir_and_file = f("original");
+        let e = check_paths("o/m", &[&b, &dir_and_file]).unwrap_err().to_string();
+        assert!(e.contains("as a file and as the folder"), "{e}");
+        let control = f("a\nb");
+        assert!(check_paths("o/m", &[&control]).unwrap_err().to_string().contains("control"));
+        let long = f(&"x".repeat(300));
+        assert!(check_paths("o/m", &[&long]).unwrap_err().to_string().contains("too long"));
+    }
+
+    #[test]
+    fn a_token_with_a_trailing_newline_is_trimmed_and_a_broken_one_refused_without_echoing_it() {
+        assert_eq!(clean_token("hf_abc\n").unwrap().as_deref(), Some("hf_abc"));
+        assert_eq!(clean_token("  \n").unwrap(), None);
+        let e = clean_token("hf_a bc").unwrap_err();
+        assert!(e.to_string().contains("position 5") && !e.to_string().contains("hf_a"), "{e}");
+        assert!(e.is_user_error(), "a bad token is the user's to fix: exit 2");
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_stalls_ends_at_the_deadline_with_a_clear_error() {
+        use crate::fake_http::{delayed, respond};
+        let stalled = crate::fake_http::start(|_| respond(200, delayed(Duration::from_secs(30), b"{}"))).await;
+        let hub = Hub::new(&format!("http://{stalled}"), None).unwrap().with_deadline(Duration::from_secs(1));
+        let dest = std::env::temp_dir().join(format!("oim-hub-stall-{}", std::process::id()));
+        let start = std::time::Instant::now();
+        let e = download(&hub, "o/m", "main", &dest, &[], &[]).await.unwrap_err().to_string();
+        assert!(e.contains("no complete answer within 1s") && e.contains("/api/models/o/m/revision/main"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+
+    #[test]
+    fn the_marker_lives_beside_the_snapshot_not_in_it() {
+        let m = marker_of(Path::new("/d/o/m/4c2a")).unwrap();
+        assert_eq!(m, Path::new("/d/o/m/.oim/4c2a/complete.json"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use crate::api::{Kpi, Precision, Vendor};
 use crate::profile::oci::{self, ANNOTATION_PREFIX, RegistryRef, enum_str};
+use crate::profile::registry::{RegistryError, RegistryReader};
 use crate::profile::schema::{MAX_PROFILE_BYTES, Profile, ProfileError, looks_like_profile};
 
 /// What listing shows about a profile, read from manifest annotations (or the file itself).
@@ -188,15 +189,25 @@ pub struct DirCatalog {
 
 impl DirCatalog {
     /// Scans and validates the whole directory; any invalid profile or duplicate is an error.
+    /// The walk is bounded (depth, file count, each file at most the profile limit), reads only
+    /// regular files, and enters each directory once, so symlink loops end.
     pub fn load(dir: &Path) -> Result<DirCatalog, CatalogError> {
-        let mut files = vec![];
-        collect_yaml(dir, &mut files)?;
+        let mut walk = Walk::default();
+        walk.collect(dir, 0)?;
+        let mut files = walk.files;
         files.sort();
         let mut entries: Vec<(PathBuf, Vec<u8>, Profile)> = vec![];
         let mut seen: HashMap<(String, String), PathBuf> = HashMap::new();
         for path in files {
-            let bytes = std::fs::read(&path)
-                .map_err(|e| CatalogError::Io { path: path.display().to_string(), message: e.to_string() })?;
+            let bytes = crate::bounded::read_file(&path, MAX_PROFILE_BYTES as u64).map_err(|e| match e {
+                crate::bounded::ReadError::TooLarge { .. } => CatalogError::Io {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "over the {MAX_PROFILE_BYTES}-byte profile limit; a profile is a small YAML document"
+                    ),
+                },
+                e => CatalogError::Io { path: path.display().to_string(), message: e.to_string() },
+            })?;
             if !looks_like_profile(&bytes) {
                 continue;
             }
@@ -237,17 +248,56 @@ impl DirCatalog {
     }
 }
 
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CatalogError> {
-    let io = |e: std::io::Error| CatalogError::Io { path: dir.display().to_string(), message: e.to_string() };
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        if path.is_dir() {
-            collect_yaml(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
+/// A directory deeper than this under a catalog is a mistake (or a loop).
+const MAX_WALK_DEPTH: usize = 32;
+/// More YAML files than any catalog holds.
+const MAX_WALK_FILES: usize = 100_000;
+
+/// The state of one catalog walk: YAML files found and directories entered (device, inode).
+#[derive(Default)]
+struct Walk {
+    files: Vec<PathBuf>,
+    entered: std::collections::HashSet<(u64, u64)>,
+}
+
+impl Walk {
+    fn collect(&mut self, dir: &Path, depth: usize) -> Result<(), CatalogError> {
+        use std::os::unix::fs::MetadataExt;
+        let io =
+            |p: &Path, e: std::io::Error| CatalogError::Io { path: p.display().to_string(), message: e.to_string() };
+        if depth > MAX_WALK_DEPTH {
+            return Err(CatalogError::Io {
+                path: dir.display().to_string(),
+                message: format!("more than {MAX_WALK_DEPTH} directory levels below the catalog; flatten it"),
+            });
         }
+        let meta = std::fs::metadata(dir).map_err(|e| io(dir, e))?;
+        if !self.entered.insert((meta.dev(), meta.ino())) {
+            tracing::warn!(dir = %dir.display(), "catalog directory already read (a symlink loop or a second link); skipped");
+            return Ok(());
+        }
+        for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+            let entry = entry.map_err(|e| io(dir, e))?;
+            let path = entry.path();
+            let mut kind = entry.file_type().map_err(|e| io(&path, e))?;
+            if kind.is_symlink() {
+                kind = std::fs::metadata(&path).map_err(|e| io(&path, e))?.file_type();
+            }
+            if kind.is_dir() {
+                self.collect(&path, depth + 1)?;
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                if self.files.len() >= MAX_WALK_FILES {
+                    return Err(CatalogError::Io {
+                        path: dir.display().to_string(),
+                        message: format!("more than {MAX_WALK_FILES} files; point --catalog at the profiles only"),
+                    });
+                }
+                // Non-regular files (FIFO, devices) are refused when read, with their path.
+                self.files.push(path);
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A manifest we listed: its summary and the layer to fetch.
@@ -257,14 +307,67 @@ struct Listed {
     layer: OciDescriptor,
 }
 
-#[derive(Default)]
+/// At most this many repositories' tag lists are kept per catalog.
+const MAX_CACHED_REPOSITORIES: usize = 1024;
+/// At most this many manifests and parsed profiles are kept per catalog.
+const MAX_CACHED_DIGESTS: usize = 8192;
+/// Tag-list pages followed for one repository (100 tags each).
+pub const MAX_TAG_PAGES: u32 = 50;
+/// Tags kept for one repository (one tag per profile).
+pub const MAX_TAGS: usize = 5000;
+
+/// A map that forgets its oldest entries beyond a capacity.
+struct Bounded<V> {
+    cap: usize,
+    map: HashMap<String, V>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl<V> Bounded<V> {
+    fn new(cap: usize) -> Self {
+        Bounded { cap, map: HashMap::new(), order: std::collections::VecDeque::new() }
+    }
+
+    fn get(&self, k: &str) -> Option<&V> {
+        self.map.get(k)
+    }
+
+    fn insert(&mut self, k: String, v: V) {
+        if self.map.insert(k.clone(), v).is_none() {
+            self.order.push_back(k);
+        }
+        while self.map.len() > self.cap {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 struct OciState {
     /// repository -> (resolved at, [(tag, digest)]).
-    tags: HashMap<String, (Instant, Vec<(String, String)>)>,
+    tags: Bounded<(Instant, Vec<(String, String)>)>,
     /// manifest digest -> what it says.
-    manifests: HashMap<String, Listed>,
+    manifests: Bounded<Listed>,
     /// manifest digest -> parsed profile.
-    profiles: HashMap<String, Profile>,
+    profiles: Bounded<Profile>,
+}
+
+impl Default for OciState {
+    fn default() -> Self {
+        OciState {
+            tags: Bounded::new(MAX_CACHED_REPOSITORIES),
+            manifests: Bounded::new(MAX_CACHED_DIGESTS),
+            profiles: Bounded::new(MAX_CACHED_DIGESTS),
+        }
+    }
 }
 
 /// Requests a listing made, for benchmarks and the "no blob while listing" guarantee.
@@ -283,6 +386,7 @@ pub struct RequestCounts {
 /// Profiles in an OCI registry.
 pub struct OciCatalog {
     client: oci_client::Client,
+    reader: RegistryReader,
     registry: RegistryRef,
     auth: RegistryAuth,
     ttl: Duration,
@@ -300,7 +404,16 @@ impl OciCatalog {
     ) -> Result<OciCatalog, CatalogError> {
         let client = oci::client_for(&registry, insecure)
             .map_err(|e| CatalogError::Registry { reference: registry.to_string(), message: e.to_string() })?;
-        Ok(OciCatalog { client, registry, auth, ttl, state: Mutex::default(), counts: Mutex::default() })
+        let reader = RegistryReader::new(&registry.host, auth.clone(), insecure || registry.is_loopback())
+            .map_err(|message| CatalogError::Registry { reference: registry.to_string(), message })?;
+        Ok(OciCatalog { client, reader, registry, auth, ttl, state: Mutex::default(), counts: Mutex::default() })
+    }
+
+    /// The same catalog with another overall deadline per registry request (default
+    /// [`crate::profile::registry::REQUEST_DEADLINE`]).
+    pub fn with_deadline(mut self, deadline: Duration) -> OciCatalog {
+        self.reader.set_deadline(deadline);
+        self
     }
 
     /// The registry.
@@ -321,6 +434,23 @@ impl OciCatalog {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Entries in the digest caches (manifests, profiles) and repositories with cached tags.
+    pub fn cached(&self) -> (usize, usize, usize) {
+        let st = self.state();
+        (st.manifests.len(), st.profiles.len(), st.tags.len())
+    }
+
+    fn read_error(&self, reference: &str, e: RegistryError) -> CatalogError {
+        let registry = self.registry.host.clone();
+        match e {
+            RegistryError::Unreachable(message) => CatalogError::Unreachable { registry, message },
+            RegistryError::Unauthorized(message) => CatalogError::Unauthorized { registry, message },
+            RegistryError::NotFound(message) | RegistryError::Invalid(message) => {
+                CatalogError::Registry { reference: reference.to_string(), message }
+            }
+        }
+    }
+
     fn classify(&self, reference: &str, e: OciDistributionError) -> CatalogError {
         let registry = self.registry.host.clone();
         match e {
@@ -338,29 +468,37 @@ impl OciCatalog {
     /// sends everything each time): stop when a page brings nothing new. `sha256-*` tags
     /// (signatures, referrer fallbacks) are skipped. A repository that does not exist is empty.
     async fn all_tags(&self, model: &str) -> Result<Vec<String>, CatalogError> {
-        let repo_ref = self.registry.tag_ref(model, "latest");
+        let repo = self.registry.repository(model);
         let mut tags: Vec<String> = vec![];
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut last: Option<String> = None;
+        let mut pages = 0;
         loop {
+            if pages == MAX_TAG_PAGES {
+                return Err(CatalogError::Registry {
+                    reference: repo,
+                    message: format!(
+                        "the registry kept sending tag pages ({MAX_TAG_PAGES} pages, {} tags); a profile repository holds at most {MAX_TAGS} tags",
+                        tags.len()
+                    ),
+                });
+            }
+            pages += 1;
             self.count(|c| c.tag_pages += 1);
-            let page = match self.client.list_tags(&repo_ref, &self.auth, Some(100), last.as_deref()).await {
-                Ok(p) => p.tags,
-                Err(OciDistributionError::RegistryError { envelope, .. })
-                    if envelope
-                        .errors
-                        .iter()
-                        .any(|e| matches!(e.code, oci_client::errors::OciErrorCode::NameUnknown)) =>
-                {
-                    return Ok(vec![]);
-                }
-                Err(e) => return Err(self.classify(&self.registry.repository(model), e)),
-            };
+            let page =
+                self.reader.tags_page(&repo, 100, last.as_deref()).await.map_err(|e| self.read_error(&repo, e))?;
             let before = tags.len();
             let short_page = page.len() < 100;
             for t in page {
-                if !tags.contains(&t) {
+                if seen.insert(t.clone()) {
                     tags.push(t);
                 }
+            }
+            if tags.len() > MAX_TAGS {
+                return Err(CatalogError::Registry {
+                    reference: repo,
+                    message: format!("more than {MAX_TAGS} tags; a profile repository holds one tag per profile"),
+                });
             }
             // A compliant registry's last page is short; one that ignores `n`/`last` repeats itself.
             if short_page || tags.len() == before {
@@ -401,11 +539,14 @@ impl OciCatalog {
 
     async fn resolve_fresh(&self, model: &str) -> Result<Vec<(String, String)>, CatalogError> {
         let mut out = vec![];
+        let repo = self.registry.repository(model);
         for tag in self.all_tags(model).await? {
-            let r = self.registry.tag_ref(model, &tag);
             self.count(|c| c.heads += 1);
-            let digest =
-                self.client.fetch_manifest_digest(&r, &self.auth).await.map_err(|e| self.classify(&r.whole(), e))?;
+            let digest = self
+                .reader
+                .manifest_digest(&repo, &tag)
+                .await
+                .map_err(|e| self.read_error(&format!("{}/{repo}:{tag}", self.registry.host), e))?;
             out.push((tag, digest));
         }
         Ok(out)
@@ -421,11 +562,7 @@ impl OciCatalog {
         }
         let r = self.registry.digest_ref(model, digest);
         self.count(|c| c.manifests += 1);
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&r, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
-            .await
-            .map_err(|e| self.classify(&r.whole(), e))?;
+        let bytes = self.reader.manifest(r.repository(), digest).await.map_err(|e| self.read_error(&r.whole(), e))?;
         let Ok(m) = serde_json::from_slice::<OciImageManifest>(&bytes) else { return Ok(None) };
         if m.artifact_type.as_deref() != Some(oci::ARTIFACT_TYPE) || m.layers.len() != 1 {
             return Ok(None);
@@ -481,9 +618,12 @@ impl OciCatalog {
             });
         }
         let r = self.registry.digest_ref(&s.model, &s.digest);
-        let mut buf: Vec<u8> = Vec::with_capacity(layer.size as usize);
         self.count(|c| c.blobs += 1);
-        self.client.pull_blob(&r, layer, &mut buf).await.map_err(|e| self.classify(&r.whole(), e))?;
+        let buf = self
+            .reader
+            .blob(r.repository(), &layer.digest, layer.size as u64, MAX_PROFILE_BYTES as u64)
+            .await
+            .map_err(|e| self.read_error(&r.whole(), e))?;
         let profile = Profile::parse(&buf, &s.source)?;
         // Annotations are an index; the document is the truth, and they must agree.
         let doc = ProfileSummary::of(&profile, s.digest.clone(), s.source.clone());

@@ -61,7 +61,7 @@ impl Engines {
 
     /// The built-in table with `path`'s entries replacing those of the same vendor.
     pub fn with_overrides(path: &Path) -> Result<Engines, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = crate::bounded::read_text(path, crate::bounded::MAX_INPUT_BYTES).map_err(|e| e.to_string())?;
         let t: Table = serde_saphyr::from_str(&text).map_err(|e| {
             format!(
                 "{}: not an engine table ({e}); expected `engines: [{{vendor, version, image, command}}]`",
@@ -90,8 +90,8 @@ impl Engines {
     }
 }
 
-/// A version tag or digest; `latest` only where the repository path itself is versioned
-/// (Habana's vault publishes one repository per release).
+/// A version tag or digest; `latest` only on Habana's vault, which publishes one repository per
+/// release: `vault.habana.ai/gaudi-docker/<x.y.z>/<os>/habanalabs/<image>:latest`.
 pub fn pinned(image: &str) -> bool {
     if image.contains("@sha256:") {
         return true;
@@ -100,13 +100,21 @@ pub fn pinned(image: &str) -> bool {
         return false;
     };
     if tag == "latest" {
-        return repo.split('/').any(|seg| {
-            seg.contains('.')
-                && seg.chars().any(|c| c.is_ascii_digit())
-                && seg.chars().next().is_some_and(|c| c.is_ascii_digit())
-        }) && repo.contains("-v0.");
+        return habana_release_repository(repo);
     }
     !tag.is_empty()
+}
+
+fn habana_release_repository(repo: &str) -> bool {
+    let word = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+    };
+    let version = |s: &str| {
+        let parts: Vec<&str> = s.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    };
+    matches!(repo.split('/').collect::<Vec<_>>().as_slice(),
+        ["vault.habana.ai", "gaudi-docker", v, os, "habanalabs", name] if version(v) && word(os) && word(name))
 }
 
 #[cfg(test)]
@@ -135,6 +143,17 @@ mod tests {
         assert!(pinned(
             "vault.habana.ai/gaudi-docker/1.24.1/ubuntu24.04/habanalabs/vllm-v0.26.0-ptupstream-2.11.0:latest"
         ));
+        // The exception is the vault's host and release layout, not any path that looks versioned.
+        for other in [
+            "evil.io/gaudi-docker/1.24.1/ubuntu24.04/habanalabs/vllm-v0.26.0:latest",
+            "vault.habana.ai.evil.io/gaudi-docker/1.24.1/ubuntu24.04/habanalabs/vllm-v0.26.0:latest",
+            "vault.habana.ai/other/1.24.1/ubuntu24.04/habanalabs/vllm-v0.26.0:latest",
+            "vault.habana.ai/gaudi-docker/latest/ubuntu24.04/habanalabs/vllm-v0.26.0:latest",
+            "vault.habana.ai/gaudi-docker/1.24.1/ubuntu24.04/habanalabs/vllm/extra:latest",
+            "registry.io/team-1.2/vllm-v0.1:latest",
+        ] {
+            assert!(!pinned(other), "{other}");
+        }
     }
 
     #[test]

@@ -4,11 +4,15 @@ pub mod catalog;
 pub mod engines;
 pub mod estimate;
 pub mod oci;
+pub mod reference;
+pub mod registry;
 pub mod schema;
 pub mod select;
 pub mod weights;
 
 pub use schema::{Profile, ProfileError};
 
+#[cfg(test)]
+mod bounds_tests;
 #[cfg(test)]
 mod seed_tests;

@@ -11,6 +11,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 
+use crate::profile::reference::{self, Location, Transport};
 use crate::profile::schema::Profile;
 
 /// `artifactType` of a profile manifest.
@@ -38,34 +39,27 @@ pub struct RegistryRef {
 
 /// A registry reference that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("--registry {0:?}: expected host[:port]/prefix, e.g. 127.0.0.1:5000/oim/profiles")]
-pub struct BadRegistryRef(pub String);
+#[error("registry reference {0:?}: {1}; expected host[:port]/prefix, e.g. 127.0.0.1:5000/oim/profiles")]
+pub struct BadRegistryRef(pub String, pub String);
 
 impl RegistryRef {
-    /// Parses `host[:port][/prefix]`.
+    /// Parses `host[:port][/prefix]` (an `oci://` scheme and a trailing `/` are tolerated);
+    /// the prefix is whole repository path components, never `.`, `..`, empty or
+    /// percent-encoded (see [`reference::Location`]).
     pub fn parse(s: &str) -> Result<RegistryRef, BadRegistryRef> {
         let s = s.trim().trim_start_matches("oci://").trim_end_matches('/');
-        let (host, prefix) = s.split_once('/').unwrap_or((s, ""));
-        let host_ok = !host.is_empty()
-            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-        let prefix_ok = prefix
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .all(|p| p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')));
-        if !host_ok || !prefix_ok {
-            return Err(BadRegistryRef(s.to_string()));
-        }
-        Ok(RegistryRef { host: host.to_string(), prefix: prefix.to_string() })
+        let l = Location::parse(s).map_err(|e| BadRegistryRef(s.to_string(), e.reason))?;
+        Ok(RegistryRef { host: l.authority(), prefix: l.prefix() })
+    }
+
+    /// The parsed form; `None` only for a value built by hand that does not parse.
+    pub fn location(&self) -> Option<Location> {
+        Location::parse(&self.to_string()).ok()
     }
 
     /// `localhost`, `127.0.0.0/8` or `::1`: plain HTTP without `--insecure`.
     pub fn is_loopback(&self) -> bool {
-        let name = if self.host.starts_with('[') {
-            self.host.split(']').next().unwrap_or("").trim_start_matches('[').to_string()
-        } else {
-            self.host.rsplit_once(':').map_or(self.host.clone(), |(h, _)| h.to_string())
-        };
-        name == "localhost" || name == "::1" || name.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        self.location().is_some_and(|l| l.is_loopback())
     }
 
     /// The repository of a model: `<prefix>/<hf-org>/<hf-name>`, lowercased.
@@ -84,15 +78,18 @@ impl RegistryRef {
         Reference::with_digest(self.host.clone(), self.repository(model), digest.to_string())
     }
 
-    /// Whether this registry is covered by an allow-list entry (`host[:port]` or
-    /// `host[:port]/prefix`, matched on path segments).
+    /// Whether this registry is covered by an allow-list entry (`[http://]host[:port][/prefix]`,
+    /// matched on host, port and whole path segments).
     pub fn allowed_by(&self, allowed: &[String]) -> bool {
-        allowed.iter().filter_map(|a| RegistryRef::parse(a).ok()).any(|a| {
-            a.host == self.host
-                && (a.prefix.is_empty()
-                    || self.prefix == a.prefix
-                    || self.prefix.starts_with(&format!("{}/", a.prefix)))
-        })
+        self.location().is_some_and(|l| reference::admit(&l, false, allowed).is_ok())
+    }
+
+    /// Whether a service's `insecure` may be honoured here: `Ok(true)` for plain HTTP (loopback,
+    /// or `insecure` under an `http://` entry), `Ok(false)` for HTTPS, and an error sentence
+    /// when `insecure` asks for plain HTTP that the covering entry does not permit.
+    pub fn plain_http(&self, insecure: bool, allowed: &[String]) -> Result<bool, String> {
+        let l = self.location().ok_or_else(|| format!("registry reference {self} does not parse"))?;
+        reference::admit(&l, insecure, allowed).map(|t| t == Transport::PlainHttp)
     }
 }
 
@@ -156,7 +153,7 @@ pub fn auth_from_docker_config(json: &[u8], host: &str) -> Result<RegistryAuth, 
 
 /// Reads `--registry-config FILE`.
 pub fn auth_from_file(path: &Path, host: &str) -> Result<RegistryAuth, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = crate::bounded::read_file(path, 1 << 20).map_err(|e| e.to_string())?;
     auth_from_docker_config(&bytes, host).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -229,6 +226,12 @@ mod tests {
         assert!(!RegistryRef::parse("ghcr.io/other").unwrap().allowed_by(&allowed));
         assert!(RegistryRef::parse("registry.local:5000/anything").unwrap().allowed_by(&allowed));
         assert!(!RegistryRef::parse("registry.local:5001/x").unwrap().allowed_by(&allowed));
+        // `..` would be normalised away by the HTTP client: refused, not matched as text.
+        let e = RegistryRef::parse("ghcr.io/acme/../evil").unwrap_err().to_string();
+        assert!(e.contains("'..'"), "{e}");
+        assert!(RegistryRef::parse("ghcr.io/acme//x").is_err() && RegistryRef::parse("ghcr.io/acme/%2E%2E").is_err());
+        let forged = RegistryRef { host: "ghcr.io".into(), prefix: "acme/../evil".into() };
+        assert!(!forged.allowed_by(&allowed), "a hand-built reference is re-parsed before matching");
     }
 
     #[test]

@@ -157,14 +157,22 @@ impl ProfileError {
     }
 }
 
-/// Whether bytes claim to be a profile (`schema:` names ours), without a full parse; used when
-/// scanning a directory that also holds other YAML.
+/// Whether bytes claim to be a profile (`schema:` names ours); used when scanning a directory
+/// that also holds other YAML. A quick look for a `schema:` line first; otherwise the document
+/// is parsed, so a profile written in JSON form (valid YAML) is not skipped.
 pub fn looks_like_profile(bytes: &[u8]) -> bool {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
-    text.lines().any(|l| {
+    let quick = text.lines().any(|l| {
         let l = l.trim();
         l.strip_prefix("schema:").is_some_and(|v| v.trim().trim_matches(['"', '\'']) == PROFILE_SCHEMA)
-    })
+    });
+    if quick || bytes.len() > MAX_PROFILE_BYTES {
+        return quick;
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else { return false };
+    serde_saphyr::from_str::<Value>(text)
+        .ok()
+        .is_some_and(|v| v.get("schema").and_then(Value::as_str) == Some(PROFILE_SCHEMA))
 }
 
 impl Profile {

@@ -55,10 +55,22 @@ impl NodeView {
 
     /// A Node object; None when it carries no (valid) inventory annotation.
     pub fn from_node(node: &Node) -> Option<NodeView> {
-        let inventory = Inventory::parse(node.metadata.annotations.as_ref()?.get(INVENTORY_ANNOTATION)?).ok()?;
+        NodeView::try_from_node(node).ok()
+    }
+
+    /// A Node object, or why its inventory annotation cannot be used: missing (no agent yet)
+    /// and unparseable (a broken or foreign writer) are different problems with different fixes.
+    pub fn try_from_node(node: &Node) -> Result<NodeView, InventoryProblem> {
+        let text = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(INVENTORY_ANNOTATION))
+            .ok_or(InventoryProblem::Missing)?;
+        let inventory = Inventory::parse(text).map_err(|e| InventoryProblem::Unparseable(e.to_string()))?;
         let status = node.status.as_ref();
         let spec = node.spec.as_ref();
-        Some(NodeView {
+        Ok(NodeView {
             name: node.metadata.name.clone().unwrap_or_default(),
             inventory,
             allocatable: Some(
@@ -79,6 +91,19 @@ impl NodeView {
     }
 }
 
+/// Why a Node's inventory annotation cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryProblem {
+    /// No annotation: the node agent has not run there.
+    #[error("has no {INVENTORY_ANNOTATION} annotation; is the node agent running on it?")]
+    Missing,
+    /// An annotation that does not parse.
+    #[error(
+        "has an unparseable {INVENTORY_ANNOTATION} annotation ({0}); the node agent rewrites it on its next pass, or remove it"
+    )]
+    Unparseable(String),
+}
+
 /// A pod's claim on accelerators.
 #[derive(Debug, Clone, Default)]
 pub struct PodUse {
@@ -96,28 +121,50 @@ pub fn service_id(namespace: Option<&str>, name: &str) -> String {
 }
 
 impl PodUse {
-    /// A bound, non-terminated pod's accelerator requests; None otherwise.
+    /// A bound, non-terminated pod's accelerator requests, counted as the scheduler does:
+    /// max(sum over containers, max over init containers) plus the pod overhead, where a
+    /// restartable (sidecar) init container also runs beside the containers. Counts saturate:
+    /// a huge request never wraps to a small one. None for unbound or finished pods.
     pub fn from_pod(pod: &Pod) -> Option<PodUse> {
-        let node = pod.spec.as_ref()?.node_name.clone()?;
+        let spec = pod.spec.as_ref()?;
+        let node = spec.node_name.clone()?;
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
         if matches!(phase, "Succeeded" | "Failed") {
             return None;
         }
-        let mut requests = BTreeMap::new();
-        for c in &pod.spec.as_ref()?.containers {
-            let r = c.resources.as_ref();
-            let merged = r
-                .and_then(|r| r.requests.clone())
-                .into_iter()
-                .flatten()
-                .chain(r.and_then(|r| r.limits.clone()).into_iter().flatten());
-            for (k, q) in merged {
-                if k.contains('/') && !k.starts_with("hugepages") {
-                    let n: u32 = q.0.parse().unwrap_or(0);
-                    let e = requests.entry(k).or_insert(0);
-                    *e = (*e).max(n);
-                }
+        let add = |into: &mut BTreeMap<String, u32>, from: &BTreeMap<String, u32>| {
+            for (k, n) in from {
+                let e = into.entry(k.clone()).or_insert(0);
+                *e = e.saturating_add(*n);
             }
+        };
+        // Init containers run in order; a regular one runs beside the sidecars started before it.
+        let mut sidecars: BTreeMap<String, u32> = BTreeMap::new();
+        let mut init_peak: BTreeMap<String, u32> = BTreeMap::new();
+        for c in spec.init_containers.iter().flatten() {
+            let own = container_devices(c);
+            if c.restart_policy.as_deref() == Some("Always") {
+                add(&mut sidecars, &own);
+                continue;
+            }
+            let mut with_sidecars = own;
+            add(&mut with_sidecars, &sidecars);
+            for (k, n) in with_sidecars {
+                let e = init_peak.entry(k).or_insert(0);
+                *e = (*e).max(n);
+            }
+        }
+        let mut requests = sidecars;
+        for c in &spec.containers {
+            add(&mut requests, &container_devices(c));
+        }
+        for (k, n) in init_peak {
+            let e = requests.entry(k).or_insert(0);
+            *e = (*e).max(n);
+        }
+        for (k, q) in spec.overhead.iter().flatten().filter(|(k, _)| is_device(k)) {
+            let e = requests.entry(k.clone()).or_insert(0);
+            *e = e.saturating_add(device_count(&q.0));
         }
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let service = (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some("oim-operator"))
@@ -139,26 +186,79 @@ impl PodUse {
             labels.retain(|k, _| k == MANAGED_BY_LABEL || k == INSTANCE_LABEL);
         }
         if let Some(spec) = pod.spec.take() {
-            let containers = spec
-                .containers
-                .into_iter()
-                .map(|c| {
-                    let keep = |m: Option<BTreeMap<String, Quantity>>| {
-                        m.map(|m| m.into_iter().filter(|(k, _)| k.contains('/')).collect::<BTreeMap<_, _>>())
-                    };
-                    let resources = c.resources.map(|r| ResourceRequirements {
-                        requests: keep(r.requests),
-                        limits: keep(r.limits),
-                        ..Default::default()
-                    });
-                    Container { name: c.name, resources, ..Default::default() }
-                })
-                .collect();
-            pod.spec = Some(PodSpec { node_name: spec.node_name, containers, ..Default::default() });
+            let keep = |m: Option<BTreeMap<String, Quantity>>| {
+                m.map(|m| m.into_iter().filter(|(k, _)| k.contains('/')).collect::<BTreeMap<_, _>>())
+            };
+            let slim_container = |c: Container| {
+                let resources = c.resources.map(|r| ResourceRequirements {
+                    requests: keep(r.requests),
+                    limits: keep(r.limits),
+                    ..Default::default()
+                });
+                Container { name: c.name, resources, restart_policy: c.restart_policy, ..Default::default() }
+            };
+            let containers = spec.containers.into_iter().map(slim_container).collect();
+            let init_containers = spec.init_containers.map(|cs| cs.into_iter().map(slim_container).collect());
+            pod.spec = Some(PodSpec {
+                node_name: spec.node_name,
+                containers,
+                init_containers,
+                overhead: keep(spec.overhead),
+                ..Default::default()
+            });
         }
         let phase = pod.status.take().and_then(|s| s.phase);
         pod.status = Some(PodStatus { phase, ..Default::default() });
     }
+}
+
+/// An extended resource that selection counts (not hugepages).
+fn is_device(resource: &str) -> bool {
+    resource.contains('/') && !resource.starts_with("hugepages")
+}
+
+/// One container's devices: the larger of request and limit (the API server makes them equal
+/// for extended resources; a limit alone implies the request).
+fn container_devices(c: &Container) -> BTreeMap<String, u32> {
+    let mut out: BTreeMap<String, u32> = BTreeMap::new();
+    let r = c.resources.as_ref();
+    let merged = r
+        .and_then(|r| r.requests.as_ref())
+        .into_iter()
+        .flatten()
+        .chain(r.and_then(|r| r.limits.as_ref()).into_iter().flatten());
+    for (k, q) in merged.filter(|(k, _)| is_device(k)) {
+        let e = out.entry(k.clone()).or_insert(0);
+        *e = (*e).max(device_count(&q.0));
+    }
+    out
+}
+
+/// A whole-number quantity (`8`, `1k`, `2Ki`) as a device count, saturating at `u32::MAX`;
+/// anything else (the API server refuses fractional extended resources) counts 0.
+pub fn device_count(q: &str) -> u32 {
+    const SUFFIXES: &[(&str, u64)] = &[
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+    ];
+    let q = q.trim();
+    let (digits, scale) = SUFFIXES.iter().find_map(|(s, m)| q.strip_suffix(s).map(|d| (d, *m))).unwrap_or((q, 1));
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    // Digits beyond u64 saturate too.
+    let n = digits.parse::<u64>().unwrap_or(u64::MAX);
+    u32::try_from(n.saturating_mul(scale)).unwrap_or(u32::MAX)
 }
 
 /// What the user asked for (from OIMService spec or CLI flags).
@@ -273,7 +373,7 @@ impl Group {
         if per_replica == 0 {
             return 0;
         }
-        self.nodes.values().map(|f| f / per_replica).sum()
+        self.nodes.values().fold(0u32, |sum, f| sum.saturating_add(f / per_replica))
     }
 
     /// `4x nvidia h100-sxm-80gb on 2 nodes`.
@@ -410,7 +510,7 @@ pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>
                 .into_iter()
                 .flatten()
                 .map(|p| p.requests.get(&used_resource).copied().unwrap_or(0))
-                .sum();
+                .fold(0, u32::saturating_add);
             let free = group.devices_per_node.saturating_sub(used);
             let key = (group.vendor, group.product.clone(), group.resource_name.clone(), group.devices_per_node);
             let entry = by_key.entry(key).or_insert_with(|| Group { nodes: BTreeMap::new(), ..group.clone() });
@@ -439,12 +539,23 @@ fn node_groups(node: &NodeView, unusable: &mut Vec<Unusable>) -> Vec<(Group, Str
     for (resource, gs) in by_resource {
         // One resource name over several products: offer the node only as its least capable one.
         let least = gs.iter().min_by_key(|g| (g.memory_mib, g.product.clone())).expect("non-empty");
-        let pci: u32 = gs.iter().map(|g| g.count).sum();
+        let Some(pci) = gs.iter().try_fold(0u32, |sum, g| sum.checked_add(g.count)) else {
+            unusable.push(Unusable {
+                node: node.name.clone(),
+                reason: "InvalidInventory".into(),
+                message: format!(
+                    "node {} reports more {resource} devices than can be counted ({}); its {INVENTORY_ANNOTATION} annotation is wrong: restart the node agent or fix the annotation",
+                    node.name,
+                    gs.iter().map(|g| g.count.to_string()).collect::<Vec<_>>().join(" + ")
+                ),
+            });
+            continue;
+        };
         let mut memory = least.memory_mib;
         let usable = match &node.allocatable {
             None => pci,
             Some(alloc) => {
-                let a: u32 = alloc.get(resource).and_then(|q| q.parse().ok()).unwrap_or(0);
+                let a: u32 = alloc.get(resource).map(|q| device_count(q)).unwrap_or(0);
                 if a == 0 {
                     unusable.push(Unusable {
                         node: node.name.clone(),
@@ -1110,5 +1221,7 @@ fn generated_profile(
     }
 }
 
+#[cfg(test)]
+mod count_tests;
 #[cfg(test)]
 mod tests;

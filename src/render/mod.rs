@@ -2,6 +2,7 @@
 //! typed objects the operator applies. No client calls; `oim render` prints exactly these.
 
 pub mod cache;
+pub mod checks;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -258,6 +259,7 @@ fn name_of(svc: &OIMService) -> String {
 /// Renders every object for one service.
 pub fn render(input: &Input) -> Result<Rendered, RenderError> {
     let svc = input.service;
+    checks::check_spec(svc)?;
     let name = name_of(svc);
     let pvc = pvc(svc)?;
     let deployment = workload::deployment(input, pvc.as_ref())?;
@@ -478,7 +480,7 @@ fn service_monitor(input: &Input) -> Option<DynamicObject> {
 
 /// `2x h100-sxm-80gb`, the status accelerator string.
 pub fn accelerator_string(profile: &Profile, group: &Group) -> String {
-    format!("{}x {}", profile.parallelism.tensor * profile.parallelism.pipeline, group.product)
+    format!("{}x {}", profile.parallelism.tensor.saturating_mul(profile.parallelism.pipeline), group.product)
 }
 
 /// Short description used in events.

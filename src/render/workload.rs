@@ -97,7 +97,7 @@ fn resources(input: &Input, shm: &str) -> Result<ResourceRequirements, RenderErr
     let group = input.group;
     let mut requests: BTreeMap<String, Quantity> = BTreeMap::new();
     let mut limits: BTreeMap<String, Quantity> = BTreeMap::new();
-    let devices = profile.parallelism.tensor * profile.parallelism.pipeline;
+    let devices = profile.parallelism.tensor.saturating_mul(profile.parallelism.pipeline);
     if !group.resource_name.is_empty() {
         requests.insert(group.resource_name.clone(), q(&devices.to_string()));
         limits.insert(group.resource_name.clone(), q(&devices.to_string()));
@@ -151,9 +151,28 @@ pub fn token_env(secret: &str) -> EnvVar {
     }
 }
 
-/// Proxy settings in both spellings tools read.
+/// Proxy settings in both spellings tools read; from `credentialsSecret` by reference (optional
+/// keys), so credentials never appear in a rendered object.
 pub fn proxy_env(p: &crate::api::ProxySpec) -> Vec<EnvVar> {
     let mut out = vec![];
+    let from_secret = |name: &str, secret: &str, key: &str| EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: Some(true),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Some(secret) = &p.credentials_secret {
+        for key in ["HTTP_PROXY", "HTTPS_PROXY"] {
+            out.push(from_secret(key, secret, key));
+            out.push(from_secret(&key.to_ascii_lowercase(), secret, key));
+        }
+    }
     for (names, v) in [
         (["HTTP_PROXY", "http_proxy"], &p.http_proxy),
         (["HTTPS_PROXY", "https_proxy"], &p.https_proxy),
@@ -412,7 +431,7 @@ pub fn deployment(input: &Input, created_pvc: Option<&PersistentVolumeClaim>) ->
         .map(|e| e.command.clone())
         .unwrap_or_else(|| vec!["vllm".into(), "serve".into()]);
     let image = match &svc.spec.image {
-        Some(i) => format!("{}:{}", i.repository, i.tag.clone().unwrap_or_else(|| "latest".into())),
+        Some(i) => super::checks::image_ref(i)?,
         None => input.profile.engine.image.clone(),
     };
     let container = Container {

@@ -7,3 +7,7 @@ DOCKER_REGISTRY_DEB=docker-registry
 # Optional APIs the renderer targets, from their Go modules' published CRD manifests.
 OPENSHIFT_API_VERSION=v0.0.0-20260511191110-9b69e5fa27e9
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
+# Packaging tools (tests/cluster/build-packaging.sh): the chart, the image, the OLM bundle and catalog.
+HELM_VERSION=v3.22.0
+CRANE_VERSION=v0.22.1
+# operator-framework/api (validator, OLM CRDs) is pinned by tests/olm/go.mod, opm by tests/olm/opm/go.mod.

@@ -218,6 +218,13 @@ async fn the_admission_policy_confines_the_agent_to_oim_keys_on_its_own_node() {
     assert!(err.contains("may not change a Node's spec"), "the agent may not cordon: {err}");
     let spec = Api::<Node>::all(client.clone()).get(&own.name).await.unwrap().spec.unwrap();
     assert_ne!(spec.unschedulable, Some(true));
+    // Nor hold its Node back from deletion, or hand it to an owner the garbage collector follows.
+    let finalizer = r#"{"metadata":{"finalizers":["example.com/hold"]}}"#;
+    let (ok, err) = as_agent(&["patch", "node", &own.name, "--type", "merge", "-p", finalizer]);
+    assert!(!ok && err.contains("may not change a Node's finalizers"), "{err}");
+    let owner = r#"{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"Namespace","name":"x","uid":"00000000-0000-0000-0000-000000000001"}]}}"#;
+    let (ok, err) = as_agent(&["patch", "node", &own.name, "--type", "merge", "-p", owner]);
+    assert!(!ok && err.contains("may not change a Node's ownerReferences"), "{err}");
 
     let _ = pods.delete(&pod_name, &Default::default()).await;
     cluster::kubectl(&["delete", "--ignore-not-found", "-f", &agent_manifests(&["admission-policy.yaml"])[0]]);

@@ -262,9 +262,31 @@ pub fn optional_apis(installed: bool) {
     }
 }
 
+/// Held while the oim CRDs are applied, and by the chart test while its upgrade briefly changes
+/// them (another apply meanwhile would conflict with Helm's field ownership).
+pub static CRDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Installs the oim CRDs from `crds/` with server-side apply and waits until they are Established.
 pub fn install_oim_crds() {
+    let _crds = CRDS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
     kubectl(&["apply", "--server-side", "--field-manager", "oim-tests", "-f", dir]);
     kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]);
+}
+
+/// A kubeconfig that authenticates as `namespace/service_account` with a fresh token, written
+/// into `dir`: tests run the operator with exactly that account's rights.
+pub fn kubeconfig_for(namespace: &str, service_account: &str, dir: &std::path::Path) -> String {
+    let token = kubectl(&["create", "token", service_account, "-n", namespace, "--duration", "2h"]);
+    let env = env();
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "test", "cluster": {"server": env.server, "certificate-authority": env.ca}}],
+        "users": [{"name": "sa", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa"}}],
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("{service_account}.kubeconfig"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path.display().to_string()
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use futures::stream;
+use futures::{StreamExt, stream};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
@@ -57,6 +57,12 @@ struct Hub {
     ranges: Vec<String>,
     /// Tokens received.
     tokens: Vec<String>,
+    /// List repository files named like the downloader's own marker and partial files.
+    spoof: bool,
+    /// Stream the revision document without end.
+    endless_revision: bool,
+    /// Send model.safetensors and then bytes without end.
+    oversize: bool,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -71,8 +77,21 @@ fn status(code: StatusCode) -> Response<Body> {
     r
 }
 
+/// Files a repository may hold that look like the downloader's own.
+fn spoof_files() -> Vec<File> {
+    vec![
+        File { path: ".oim-complete.json", body: br#"{"commit": "forged"}"#.to_vec(), lfs: false },
+        File { path: "model.safetensors.oim-partial", body: b"not a partial".to_vec(), lfs: false },
+    ]
+}
+
+fn endless(chunk: &'static [u8]) -> Body {
+    let frames = stream::repeat(chunk).map(|c| Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(c))));
+    BodyExt::boxed(StreamBody::new(frames))
+}
+
 fn serve(req: &Request<Incoming>, state: &Mutex<Hub>) -> Response<Body> {
-    let files = repo_files();
+    let mut files = repo_files();
     let path = req.uri().path().to_string();
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mut hub = state.lock().unwrap();
@@ -83,9 +102,15 @@ fn serve(req: &Request<Incoming>, state: &Mutex<Hub>) -> Response<Body> {
     if path.contains("acme/gated") {
         return status(if auth.is_empty() { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN });
     }
+    if hub.spoof {
+        files.extend(spoof_files());
+    }
     if let Some(rest) = path.strip_prefix("/api/models/acme/tiny-llm/revision/") {
         if rest != "main" && rest != COMMIT {
             return status(StatusCode::NOT_FOUND);
+        }
+        if hub.endless_revision {
+            return Response::new(endless(b"{\"siblings\": [                                                  "));
         }
         let siblings: Vec<_> = files
             .iter()
@@ -133,11 +158,19 @@ fn serve(req: &Request<Incoming>, state: &Mutex<Hub>) -> Response<Body> {
         head(&mut r, body.len() - from);
         return r;
     }
+    if hub.oversize && f.path == "model.safetensors" {
+        let frames = stream::iter(vec![Ok::<_, std::io::Error>(Frame::data(Bytes::from(body.clone())))])
+            .chain(stream::repeat(&[0u8; 8192][..]).map(|c| Ok(Frame::data(Bytes::from_static(c)))));
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+        head(&mut r, body.len());
+        r.headers_mut().remove("content-length");
+        return r;
+    }
     if hub.cut_next && f.path == "model.safetensors" {
         hub.cut_next = false;
         let half = Bytes::from(body[..body.len() / 2].to_vec());
         let frames = vec![Ok(Frame::data(half)), Err(std::io::Error::other("connection cut by the test"))];
-        let mut r = Response::new(StreamBody::new(stream::iter(frames)).boxed());
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream::iter(frames))));
         head(&mut r, body.len());
         return r;
     }
@@ -189,6 +222,16 @@ fn tempdir(name: &str) -> PathBuf {
     d
 }
 
+/// The downloader's marker for the test commit: beside the snapshot, never in it.
+fn marker(dest: &Path) -> PathBuf {
+    dest.join("acme/tiny-llm/.oim").join(COMMIT).join("complete.json")
+}
+
+/// The partial file of model.safetensors while it downloads.
+fn partial(dest: &Path) -> PathBuf {
+    dest.join("acme/tiny-llm/.oim").join(COMMIT).join("partial/model.safetensors")
+}
+
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -210,8 +253,7 @@ fn a_revision_downloads_to_its_commit_resumes_after_a_cut_and_writes_the_marker_
         ["".to_string(), format!("bytes={half}-")],
         "the cut resumes where it broke"
     );
-    let marker: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(".oim-complete.json")).unwrap()).unwrap();
+    let marker: serde_json::Value = serde_json::from_slice(&std::fs::read(marker(&dest)).unwrap()).unwrap();
     assert_eq!(marker["commit"], COMMIT);
     assert_eq!(marker["bytes"], (weights().len() + repo_files()[0].body.len()) as u64);
     assert!(!text(&out).contains(TOKEN), "the token never appears in output");
@@ -230,8 +272,8 @@ fn a_partial_file_left_by_a_killed_run_is_resumed_not_restarted() {
     let endpoint = start(state.clone());
     let dest = tempdir("partial");
     let dir = dest.join("acme/tiny-llm").join(COMMIT);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("model.safetensors.oim-partial"), &weights()[..1_000_000]).unwrap();
+    std::fs::create_dir_all(partial(&dest).parent().unwrap()).unwrap();
+    std::fs::write(partial(&dest), &weights()[..1_000_000]).unwrap();
     let out = download(&endpoint, None, "acme/tiny-llm", &dest, &["--include", "*.safetensors"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(state.lock().unwrap().ranges, ["bytes=1000000-"]);
@@ -249,8 +291,8 @@ fn corrupted_content_is_caught_and_no_marker_is_written() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("model.safetensors: sha256 mismatch"), "{}", text(&out));
     let dir = dest.join("acme/tiny-llm").join(COMMIT);
-    assert!(!dir.join(".oim-complete.json").exists());
-    assert!(!dir.join("model.safetensors").exists() && !dir.join("model.safetensors.oim-partial").exists());
+    assert!(!marker(&dest).exists());
+    assert!(!dir.join("model.safetensors").exists() && !partial(&dest).exists());
     std::fs::remove_dir_all(&dest).unwrap();
 }
 
@@ -276,10 +318,9 @@ fn auth_and_missing_repos_are_clear_errors_without_the_token() {
 fn a_full_disk_says_how_much_more_is_needed() {
     let endpoint = start(Arc::new(Mutex::new(Hub::default())));
     let dest = tempdir("full");
-    let dir = dest.join("acme/tiny-llm").join(COMMIT);
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(partial(&dest).parent().unwrap()).unwrap();
     // Writes to /dev/full fail with ENOSPC, as on a full PVC.
-    std::os::unix::fs::symlink("/dev/full", dir.join("model.safetensors.oim-partial")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", partial(&dest)).unwrap();
     let out = download(&endpoint, None, "acme/tiny-llm", &dest, &["--include", "model.safetensors"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -287,5 +328,92 @@ fn a_full_disk_says_how_much_more_is_needed() {
         t.contains("disk full") && t.contains(&weights().len().to_string()) && t.contains("spec.storage.pvc.size"),
         "{t}"
     );
+    std::fs::remove_dir_all(&dest).unwrap();
+}
+
+#[test]
+fn repository_files_named_like_the_markers_are_only_files_and_a_failed_run_is_not_complete() {
+    let state = Arc::new(Mutex::new(Hub { spoof: true, corrupt: true, ..Hub::default() }));
+    let endpoint = start(state.clone());
+    let dest = tempdir("spoof");
+    let out = download(&endpoint, None, "acme/tiny-llm", &dest, &[]);
+    assert_eq!(out.status.code(), Some(1), "the corrupt shard fails the run: {}", text(&out));
+    // The retry must download the missing shard, not trust a repository file as the marker.
+    state.lock().unwrap().corrupt = false;
+    let out = download(&endpoint, None, "acme/tiny-llm", &dest, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = dest.join("acme/tiny-llm").join(COMMIT);
+    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), weights());
+    assert_eq!(std::fs::read(dir.join(".oim-complete.json")).unwrap(), spoof_files()[0].body);
+    assert_eq!(std::fs::read(dir.join("model.safetensors.oim-partial")).unwrap(), spoof_files()[1].body);
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(marker(&dest)).unwrap()).unwrap();
+    assert_eq!(m["commit"], COMMIT);
+    std::fs::remove_dir_all(&dest).unwrap();
+}
+
+#[test]
+fn an_endless_revision_document_and_an_endless_file_end_with_clear_errors() {
+    let state = Arc::new(Mutex::new(Hub { endless_revision: true, ..Hub::default() }));
+    let endpoint = start(state.clone());
+    let dest = tempdir("endless");
+    let started = std::time::Instant::now();
+    let out = download(&endpoint, None, "acme/tiny-llm", &dest, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("more than 33554432 bytes") && text(&out).contains("revision document"),
+        "{}",
+        text(&out)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+
+    let state = Arc::new(Mutex::new(Hub { oversize: true, ..Hub::default() }));
+    let endpoint = start(state);
+    let out = download(&endpoint, None, "acme/tiny-llm", &dest, &["--include", "model.safetensors"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("model.safetensors: size mismatch") && t.contains(&format!("more than {}", weights().len())),
+        "{t}"
+    );
+    assert!(!partial(&dest).exists(), "the overlong partial file is removed");
+    std::fs::remove_dir_all(&dest).unwrap();
+}
+
+#[test]
+fn a_token_with_a_trailing_newline_is_sent_trimmed() {
+    let state = Arc::new(Mutex::new(Hub::default()));
+    let endpoint = start(state.clone());
+    let dest = tempdir("newline");
+    let out = download(&endpoint, Some(&format!("{TOKEN}\n")), "acme/tiny-llm", &dest, &["--include", "config.json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!state.lock().unwrap().tokens.is_empty(), "the token was sent, not dropped");
+    assert!(state.lock().unwrap().tokens.iter().all(|t| t == &format!("Bearer {TOKEN}")));
+    let out = download(&endpoint, Some("hf_two words"), "acme/tiny-llm", &dest, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("HF_TOKEN has a space") && !text(&out).contains("two words"), "{}", text(&out));
+    std::fs::remove_dir_all(&dest).unwrap();
+}
+
+#[test]
+fn credentials_in_hf_endpoint_never_reach_the_output_or_the_termination_message() {
+    let endpoint = start(Arc::new(Mutex::new(Hub::default())));
+    let with_userinfo = endpoint.replace("http://", "http://mirror-user:hunter2@");
+    let dest = tempdir("redact");
+    let log = dest.join("termination-log");
+    let out = Command::new(env!("CARGO_BIN_EXE_oim"))
+        .args(["download", "--repo", "acme/nothing-here", "--revision", "main", "--dest"])
+        .arg(&dest)
+        .env("HF_ENDPOINT", &with_userinfo)
+        .env("OIM_TERMINATION_LOG", &log)
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    let message = std::fs::read_to_string(&log).unwrap();
+    for shown in [&t, &message] {
+        assert!(shown.contains("404") && shown.contains("***@127.0.0.1"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("mirror-user"), "credentials leaked: {shown}");
+    }
     std::fs::remove_dir_all(&dest).unwrap();
 }

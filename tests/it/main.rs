@@ -9,6 +9,7 @@ mod download;
 mod environment;
 mod estimate;
 mod fixtures;
+mod install;
 mod operator;
 mod ownership;
 mod pipeline;

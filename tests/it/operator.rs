@@ -26,6 +26,11 @@ impl Operator {
     }
 
     pub(crate) fn with_args(args: &[&str]) -> Operator {
+        Operator::with_kubeconfig(&cluster::env().kubeconfig, args)
+    }
+
+    /// An operator authenticating with `kubeconfig` (e.g. a ServiceAccount token's).
+    pub(crate) fn with_kubeconfig(kubeconfig: &str, args: &[&str]) -> Operator {
         let mut defaults = vec![];
         if !args.contains(&"--metrics-bind") {
             defaults.extend(["--metrics-bind", "off"]);
@@ -37,7 +42,7 @@ impl Operator {
             .arg("operator")
             .args(args)
             .args(defaults)
-            .env("KUBECONFIG", &cluster::env().kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

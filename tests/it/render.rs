@@ -234,3 +234,61 @@ async fn the_examples_rendered_offline_are_accepted_by_the_api_server() {
         assert!(out.contains("deployment.apps/"), "{out}");
     }
 }
+
+/// `oim render` refuses offline what the API server refuses, naming the same field: each
+/// document is rendered (exit 2 and the path) and created with a server-side dry-run (refused,
+/// and the API server's message names the same path).
+#[tokio::test]
+async fn offline_render_refuses_what_the_api_server_refuses_with_the_same_field_paths() {
+    let client = cluster::client().await;
+    let ns = TestNs::new(&client, "render-schema", &[]).await;
+    let dir = std::env::temp_dir().join(cluster::unique("render-schema"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let long = "x".repeat(300);
+    let cases = [
+        ("replicas: -5", "spec.replicas"),
+        ("expose: {service: {port: 70000}}", "spec.expose.service.port"),
+        ("expose: {service: {type: Sideways}}", "spec.expose.service.type"),
+        ("replicsa: 2", "spec.replicsa"),
+        ("authSecret: x\n  args: [--a, 3]", "spec.args[1]"),
+        (&format!("authSecret: {long}"), "spec.authSecret"),
+        // The CEL rule reads flags as vLLM's parser does.
+        ("args: ['--served_model_name', x]", "spec.args"),
+        ("args: ['--por', '9000']", "spec.args"),
+    ];
+    let inventory = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/inventories/test-cluster.yaml");
+    for (i, (extra, path)) in cases.iter().enumerate() {
+        let file = dir.join(format!("case-{i}.yaml"));
+        std::fs::write(&file, format!(
+            "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {{name: bad, namespace: {}}}\nspec:\n  model: {{name: meta-llama/Llama-3.1-8B-Instruct}}\n  {extra}\n",
+            ns.name
+        )).unwrap();
+        let (code, _, err) = render(&[file.display().to_string()], inventory, "kubernetes");
+        assert_eq!(code, 2, "{extra}: oim render accepted it: {err}");
+        assert!(err.contains(&format!("{path}:")), "{extra}: oim render does not name {path}: {err}");
+        let (ok, _, server) = cluster::tool(
+            "kubectl",
+            &["create", "--dry-run=server", "--validate=strict", "-f", file.to_str().unwrap()],
+        );
+        assert!(!ok, "{extra}: the API server accepted it");
+        assert!(server.contains(path), "{extra}: the API server names another field: {server}");
+    }
+    // Values the CRD takes but the API server refuses in the Deployment: refused at render time.
+    for (extra, path) in [
+        ("env: [{name: 'A=B', value: x}]", "spec.env[0].name"),
+        ("storage: {pvc: {name: weights, subPath: '../../etc'}}", "spec.storage.pvc.subPath"),
+        ("resources: {requests: {memory: '-1Gi'}}", "spec.resources.requests[memory]"),
+        ("image: {repository: registry.local/vllm}", "spec.image.tag"),
+    ] {
+        let file = dir.join("late.yaml");
+        std::fs::write(&file, format!(
+            "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {{name: bad, namespace: {}}}\nspec:\n  model: {{name: meta-llama/Llama-3.1-8B-Instruct}}\n  {extra}\n",
+            ns.name
+        )).unwrap();
+        let (code, _, err) = render(&[file.display().to_string()], inventory, "kubernetes");
+        assert_eq!(code, 2, "{extra}: {err}");
+        assert!(err.contains(path), "{extra}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    ns.cleanup().await;
+}

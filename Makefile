@@ -68,7 +68,8 @@ demo:
 demo-down:
 	OIM_CLUSTER_STATE=/tmp/oim-demo bash tests/cluster/down.sh
 
-## Benchmarks that print figures (release build): detection time, agent memory, registry requests.
+## Benchmarks that print figures (release build): detection time, agent memory, registry requests,
+## the estimator beside NVIDIA's aiconfigurator (installed by tests/aiconfigurator.sh into ~/.cache).
 bench:
 	bash tests/bench.sh
 

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OIM_CLUSTER_STATE=${OIM_CLUSTER_STATE:-/tmp/oim-cluster-bench-$$}
 cargo bench --locked --no-run
+# The estimator beside NVIDIA's aiconfigurator: no cluster needed.
+OIM_AICONFIGURATOR=$(bash tests/aiconfigurator.sh) cargo bench --locked --bench estimate
 trap 'bash tests/cluster/down.sh' EXIT
 OIM_CLUSTER_NODES=0 bash tests/cluster/up.sh
 # shellcheck disable=SC1091

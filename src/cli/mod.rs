@@ -262,6 +262,14 @@ pub struct ProfilesSelectArgs {
     /// Never generate an estimated profile.
     #[arg(long)]
     pub no_generate: bool,
+    /// The model's `config.json` (or a folder holding it and `model.safetensors.index.json`)
+    /// for generated profiles; default: the built-in architecture table.
+    #[arg(long, value_name = "DIR|FILE", conflicts_with = "from_hub")]
+    pub model_config: Option<PathBuf>,
+    /// Read `config.json` and the safetensors metadata from the Hugging Face hub
+    /// (`HF_ENDPOINT`, `HF_TOKEN`) for generated profiles.
+    #[arg(long)]
+    pub from_hub: bool,
     /// Inventory documents or `kubectl get nodes -o yaml` output.
     #[arg(long, value_name = "FILE")]
     pub inventory: PathBuf,

@@ -221,7 +221,7 @@ struct SelectedOut {
 
 /// `oim profiles select`.
 pub async fn select(args: super::ProfilesSelectArgs) -> u8 {
-    use crate::profile::select::{Request, select};
+    use crate::profile::select::{Request, select_with};
     let fail = |code: u8, msg: String| {
         eprintln!("oim profiles select: {msg}");
         code
@@ -255,8 +255,25 @@ pub async fn select(args: super::ProfilesSelectArgs) -> u8 {
         replicas: 1,
         ..Default::default()
     };
+    let arch = match (&args.model_config, args.from_hub) {
+        (Some(path), _) => match crate::profile::estimate::Arch::from_path(&args.model, path) {
+            Ok(a) => Some(a),
+            Err(e) => return fail(exit::BAD_INPUT, e),
+        },
+        (None, true) => {
+            let hub = match crate::hub::Hub::from_env() {
+                Ok(h) => h,
+                Err(e) => return fail(if e.is_user_error() { exit::BAD_INPUT } else { exit::RUNTIME }, e.to_string()),
+            };
+            match hub.model_arch(&args.model, "main").await {
+                Ok(a) => Some(a),
+                Err(e) => return fail(if e.is_user_error() { exit::BAD_INPUT } else { exit::RUNTIME }, e.to_string()),
+            }
+        }
+        (None, false) => None,
+    };
     let engines = crate::profile::engines::Engines::builtin();
-    let selection = select(&req, &profiles, &nodes, &[], &engines);
+    let selection = select_with(&req, &profiles, &nodes, &[], &engines, arch.as_ref());
     let selected = match &selection.selected {
         None => None,
         Some(s) => {

@@ -28,6 +28,18 @@ pub struct Device {
     pub memory_mib: u64,
     /// Extended resource a pod requests for one device.
     pub resource_name: String,
+    /// Memory bandwidth, GB/s (for the roofline estimate).
+    #[serde(default, rename = "bandwidthGBs", skip_serializing_if = "Option::is_none")]
+    pub bandwidth_gbs: Option<u32>,
+    /// Dense bf16 compute, TFLOPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16_tflops: Option<u32>,
+    /// Dense FP8 compute, TFLOPS; present only where the device runs FP8 W8A8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp8_tflops: Option<u32>,
+    /// Interconnect bandwidth per device and direction, GB/s.
+    #[serde(default, rename = "linkGBs", skip_serializing_if = "Option::is_none")]
+    pub link_gbs: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +127,21 @@ mod tests {
             assert!(d.memory_mib >= 4096, "{}: memory", d.slug);
             assert_eq!(vendor_of(&d.pci_vendor_id), Some(d.vendor), "{}: vendor id mismatch", d.slug);
             assert!(d.resource_name.contains('/'), "{}: resource", d.slug);
+        }
+    }
+
+    #[test]
+    fn every_device_vllm_serves_has_roofline_figures() {
+        // Gaudi 1 and MI100 are outside vLLM's support lists; MI308X's figures are unpublished.
+        for d in table().iter().filter(|d| !["gaudi", "mi100", "mi308x"].contains(&d.slug.as_str())) {
+            let (bw, bf16) = (d.bandwidth_gbs.unwrap_or(0), d.bf16_tflops.unwrap_or(0));
+            assert!(
+                (100..=10_000).contains(&bw) && (50..=3000).contains(&bf16),
+                "{}: {bw} GB/s, {bf16} TFLOPS",
+                d.slug
+            );
+            assert!(d.fp8_tflops.is_none_or(|f| f >= bf16), "{}: fp8 below bf16", d.slug);
+            assert!(d.link_gbs.is_some(), "{}: no interconnect figure", d.slug);
         }
     }
 

@@ -21,6 +21,8 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, RANGE};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+pub mod model;
+
 use crate::bounded::ReadError;
 use crate::redact::{redact_text, redact_url};
 

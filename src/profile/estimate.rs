@@ -1,6 +1,16 @@
-//! Memory arithmetic for generated profiles (DESIGN §5; numbers and formulas from
-//! hardware.md §6): weight bytes by precision, KV cache per token, a runtime reserve, the
-//! tensor-parallel rule and `max-model-len`.
+//! The estimator behind generated profiles (DESIGN §5). This file is the one place for the
+//! memory arithmetic (numbers and formulas from hardware.md §6 and vLLM's docs): device memory
+//! (weights, KV cache, runtime reserve, the tensor-parallel rule, `max-model-len`), host memory
+//! of GPU engines and the whole budget of the CPU engine. `arch` reads model architectures,
+//! `roofline` estimates performance.
+
+pub mod arch;
+pub mod roofline;
+
+#[cfg(test)]
+mod reference_tests;
+
+pub use arch::{Arch, arch};
 
 use crate::api::Precision;
 
@@ -15,212 +25,6 @@ pub const MIN_CONTEXT: u64 = 8192;
 /// 1–4 GiB per GPU; we take 3 GiB alone and 4 GiB with tensor parallelism (NCCL/RCCL buffers).
 pub fn runtime_reserve_bytes(tensor: u32) -> f64 {
     if tensor > 1 { 4.0 * GIB } else { 3.0 * GIB }
-}
-
-/// A model architecture from its Hugging Face `config.json`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Arch {
-    /// Hugging Face ids (base and instruct) it covers.
-    pub ids: &'static [&'static str],
-    /// Transformer layers.
-    pub layers: u32,
-    /// Hidden size.
-    pub hidden: u64,
-    /// Attention (query) heads.
-    pub q_heads: u32,
-    /// Key/value heads (GQA).
-    pub kv_heads: u32,
-    /// Head dimension.
-    pub head_dim: u64,
-    /// Vocabulary size.
-    pub vocab: u64,
-    /// Maximum context in `config.json`.
-    pub max_context: u64,
-    /// Total parameters.
-    pub params: f64,
-    /// Input and output embeddings share weights.
-    pub tied_embeddings: bool,
-    /// Sliding-window layers: (window tokens, every n-th layer uses it); Gemma 2 alternates.
-    pub sliding_window: Option<(u64, u32)>,
-}
-
-/// Built-in architectures: every model of hardware.md §6.3.
-pub const ARCHITECTURES: &[Arch] = &[
-    Arch {
-        ids: &["meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct"],
-        layers: 32,
-        hidden: 4096,
-        q_heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-        vocab: 128256,
-        max_context: 131072,
-        params: 8.03e9,
-        tied_embeddings: false,
-        sliding_window: None,
-    },
-    Arch {
-        ids: &["meta-llama/Llama-3.1-70B", "meta-llama/Llama-3.1-70B-Instruct"],
-        layers: 80,
-        hidden: 8192,
-        q_heads: 64,
-        kv_heads: 8,
-        head_dim: 128,
-        vocab: 128256,
-        max_context: 131072,
-        params: 70.55e9,
-        tied_embeddings: false,
-        sliding_window: None,
-    },
-    Arch {
-        ids: &["mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.3"],
-        layers: 32,
-        hidden: 4096,
-        q_heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-        vocab: 32768,
-        max_context: 32768,
-        params: 7.25e9,
-        tied_embeddings: false,
-        sliding_window: None,
-    },
-    Arch {
-        ids: &["Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B"],
-        layers: 28,
-        hidden: 3584,
-        q_heads: 28,
-        kv_heads: 4,
-        head_dim: 128,
-        vocab: 152064,
-        max_context: 32768,
-        params: 7.62e9,
-        tied_embeddings: false,
-        sliding_window: None,
-    },
-    Arch {
-        ids: &["Qwen/Qwen2.5-72B-Instruct", "Qwen/Qwen2.5-72B"],
-        layers: 80,
-        hidden: 8192,
-        q_heads: 64,
-        kv_heads: 8,
-        head_dim: 128,
-        vocab: 152064,
-        max_context: 32768,
-        params: 72.71e9,
-        tied_embeddings: false,
-        sliding_window: None,
-    },
-    Arch {
-        ids: &["mistralai/Mixtral-8x7B-Instruct-v0.1", "mistralai/Mixtral-8x7B-v0.1"],
-        layers: 32,
-        hidden: 4096,
-        q_heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-        vocab: 32000,
-        max_context: 32768,
-        params: 46.70e9,
-        tied_embeddings: false,
-        sliding_window: None,
-    },
-    Arch {
-        ids: &["meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B"],
-        layers: 16,
-        hidden: 2048,
-        q_heads: 32,
-        kv_heads: 8,
-        head_dim: 64,
-        vocab: 128256,
-        max_context: 131072,
-        params: 1.24e9,
-        tied_embeddings: true,
-        sliding_window: None,
-    },
-    Arch {
-        ids: &["meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B"],
-        layers: 28,
-        hidden: 3072,
-        q_heads: 24,
-        kv_heads: 8,
-        head_dim: 128,
-        vocab: 128256,
-        max_context: 131072,
-        params: 3.21e9,
-        tied_embeddings: true,
-        sliding_window: None,
-    },
-    Arch {
-        ids: &["google/gemma-2-9b-it", "google/gemma-2-9b"],
-        layers: 42,
-        hidden: 3584,
-        q_heads: 16,
-        kv_heads: 8,
-        head_dim: 256,
-        vocab: 256000,
-        max_context: 8192,
-        params: 9.24e9,
-        tied_embeddings: true,
-        sliding_window: Some((4096, 2)),
-    },
-    Arch {
-        ids: &["google/gemma-2-27b-it", "google/gemma-2-27b"],
-        layers: 46,
-        hidden: 4608,
-        q_heads: 32,
-        kv_heads: 16,
-        head_dim: 128,
-        vocab: 256000,
-        max_context: 8192,
-        params: 27.2e9,
-        tied_embeddings: true,
-        sliding_window: Some((4096, 2)),
-    },
-];
-
-/// The architecture of a Hugging Face model id (case-insensitive), if built in.
-pub fn arch(model: &str) -> Option<&'static Arch> {
-    ARCHITECTURES.iter().find(|a| a.ids.iter().any(|id| id.eq_ignore_ascii_case(model)))
-}
-
-impl Arch {
-    /// Embedding parameters (input, plus output unless tied): they stay 16-bit in quantized
-    /// checkpoints.
-    pub fn embedding_params(&self) -> f64 {
-        (self.vocab * self.hidden) as f64 * if self.tied_embeddings { 1.0 } else { 2.0 }
-    }
-
-    /// Weight bytes at a precision (hardware.md §6.1: FP8/INT8 keep embeddings 16-bit; INT4
-    /// g128 adds a 16-bit scale and 4-bit zero per 128 weights; 4-bit floats a scale per 16).
-    pub fn weight_bytes(&self, precision: Precision) -> f64 {
-        let e = self.embedding_params().min(self.params);
-        let body = self.params - e;
-        match precision {
-            Precision::Fp32 => self.params * 4.0,
-            Precision::Bf16 | Precision::Fp16 => self.params * 2.0,
-            Precision::Fp8 | Precision::Int8 => body + e * 2.0,
-            Precision::Int4 => body * (4.0 + 20.0 / 128.0) / 8.0 + e * 2.0,
-            Precision::Nvfp4 | Precision::Mxfp4 => body * (4.0 + 8.0 / 16.0) / 8.0 + e * 2.0,
-        }
-    }
-
-    /// KV-cache bytes for `tokens` tokens of one sequence, 16-bit KV, all devices together.
-    pub fn kv_bytes(&self, tokens: u64) -> f64 {
-        let per_layer_token = (2 * u64::from(self.kv_heads) * self.head_dim * 2) as f64;
-        match self.sliding_window {
-            None => per_layer_token * f64::from(self.layers) * tokens as f64,
-            Some((window, every)) => {
-                let windowed = f64::from(self.layers / every);
-                let full = f64::from(self.layers) - windowed;
-                per_layer_token * (full * tokens as f64 + windowed * tokens.min(window) as f64)
-            }
-        }
-    }
-
-    /// KV bytes per token at long context (dense formula), for display.
-    pub fn kv_bytes_per_token(&self) -> f64 {
-        (2 * u64::from(self.layers) * u64::from(self.kv_heads) * self.head_dim * 2) as f64
-    }
 }
 
 /// What a device can hold for one model at one tensor-parallel degree.
@@ -256,7 +60,7 @@ fn holds(a: &Arch, f: &Fit, tokens: u64) -> bool {
 }
 
 /// The generated sizing: tensor parallelism and max-model-len.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sizing {
     /// Tensor-parallel degree.
     pub tensor: u32,
@@ -264,6 +68,19 @@ pub struct Sizing {
     pub max_model_len: u64,
     /// KV capacity in tokens.
     pub kv_capacity_tokens: f64,
+    /// Why this tensor-parallel degree, with numbers.
+    pub why: String,
+}
+
+/// Loading a 16-bit checkpoint and quantizing it online (`--quantization fp8`) first holds the
+/// 16-bit weights on the device (vLLM fp8.md: "we load the model at original precision before
+/// quantizing down to 8-bits, so you need enough memory to load the whole model").
+fn loads(a: &Arch, precision: Precision, device_mib: u64, tensor: u32) -> bool {
+    if precision == a.native_precision() {
+        return true;
+    }
+    let usable = device_mib as f64 * 1024.0 * 1024.0 * GPU_MEMORY_UTILIZATION;
+    a.weight_bytes(a.native_precision()) / f64::from(tensor) + runtime_reserve_bytes(tensor) <= usable
 }
 
 /// DESIGN §5: the smallest TP in {1, 2, 4, 8} that is <= the usable devices per node, divides
@@ -273,28 +90,41 @@ pub struct Sizing {
 pub fn size(a: &Arch, precision: Precision, device_mib: u64, devices_per_node: u32) -> Result<Sizing, String> {
     let need = a.max_context.min(MIN_CONTEXT);
     let mut best: Option<Fit> = None;
+    let mut smaller = vec![];
     for tensor in [1u32, 2, 4, 8] {
         if tensor > devices_per_node || !a.q_heads.is_multiple_of(tensor) {
             continue;
         }
         let f = fit(a, precision, device_mib, tensor);
         best = Some(f);
-        if holds(a, &f, need) {
-            let mut len = a.max_context.next_power_of_two();
-            if len > a.max_context {
-                len /= 2;
+        if holds(a, &f, need) && loads(a, precision, device_mib, tensor) {
+            let mut s = sizing_at(a, precision, device_mib, &f);
+            if !smaller.is_empty() {
+                s.why = format!("{}; {}", s.why, smaller.join("; "));
             }
-            while len > need && !holds(a, &f, len) {
-                len /= 2;
-            }
-            return Ok(Sizing { tensor, max_model_len: len.max(need), kv_capacity_tokens: f.kv_capacity_tokens });
+            return Ok(s);
         }
+        smaller.push(if loads(a, precision, device_mib, tensor) {
+            format!(
+                "TP{tensor} leaves {:.1} GiB per device, less than KV for {need} tokens",
+                f.kv_budget_per_device / GIB
+            )
+        } else {
+            format!("TP{tensor} cannot load the 16-bit checkpoint before quantizing it")
+        });
     }
     let weights_gib = a.weight_bytes(precision) / GIB;
     Err(match best {
         None => format!(
             "no tensor-parallel degree in {{1,2,4,8}} is <= {devices_per_node} devices and divides {} heads",
             a.q_heads
+        ),
+        Some(f) if !loads(a, precision, device_mib, f.tensor) => format!(
+            "online {} quantization loads {:.1} GiB of 16-bit weights first, more than {}x {:.1} GiB hold",
+            crate::profile::oci::enum_str(&precision),
+            a.weight_bytes(a.native_precision()) / GIB,
+            f.tensor,
+            device_mib as f64 / 1024.0
         ),
         Some(f) => format!(
             "{weights_gib:.1} GiB of weights + {:.0} GiB reserve + KV for {need} tokens do not fit {}x {:.1} GiB at 0.90 (TP{} leaves {:.1} GiB per device for KV)",
@@ -304,6 +134,167 @@ pub fn size(a: &Arch, precision: Precision, device_mib: u64, devices_per_node: u
             f.tensor,
             f.kv_budget_per_device / GIB
         ),
+    })
+}
+
+/// The sizing at the fit `f` (which holds min(max context, 8192) tokens).
+fn sizing_at(a: &Arch, precision: Precision, device_mib: u64, f: &Fit) -> Sizing {
+    let need = a.max_context.min(MIN_CONTEXT);
+    let tensor = f.tensor;
+    let mut len = a.max_context.next_power_of_two();
+    if len > a.max_context {
+        len /= 2;
+    }
+    while len > need && !holds(a, f, len) {
+        len /= 2;
+    }
+    let weights = a.weight_bytes(precision) / GIB;
+    let why = format!(
+        "TP{tensor}: {weights:.1} GiB of {} weights = {:.1} GiB per device + {:.0} GiB reserve leave {:.1} GiB of {:.1} GiB (at {GPU_MEMORY_UTILIZATION}) for KV, {:.0}k tokens at {:.0} KiB/token",
+        crate::profile::oci::enum_str(&precision),
+        weights / f64::from(tensor),
+        runtime_reserve_bytes(tensor) / GIB,
+        f.kv_budget_per_device / GIB,
+        device_mib as f64 / 1024.0,
+        f.kv_capacity_tokens / 1000.0,
+        a.kv_bytes_per_token() / 1024.0,
+    );
+    Sizing { tensor, max_model_len: len.max(need), kv_capacity_tokens: f.kv_capacity_tokens, why }
+}
+
+/// Larger tensor-parallel degrees than the smallest that fits (`s`), up to the devices per node:
+/// more devices per replica buy KV capacity, hence concurrency, and can raise tokens/s per
+/// device, so `throughput` ranks them by their estimates too.
+pub fn larger(a: &Arch, precision: Precision, device_mib: u64, devices_per_node: u32, s: &Sizing) -> Vec<Sizing> {
+    [2u32, 4, 8]
+        .into_iter()
+        .filter(|t| *t > s.tensor && *t <= devices_per_node && a.q_heads.is_multiple_of(*t))
+        .map(|t| {
+            let mut bigger = sizing_at(a, precision, device_mib, &fit(a, precision, device_mib, t));
+            bigger.why = format!(
+                "{}; TP{} is the smallest that fits, TP{t} buys KV for more concurrent requests",
+                bigger.why, s.tensor
+            );
+            bigger
+        })
+        .collect()
+}
+
+/// Host memory of a GPU engine pod, in GiB: the API server process (~4 GB RSS, hardware.md §6.7
+/// after vLLM issue #3035) plus, per tensor-parallel worker, its runtime (CUDA/ROCm context,
+/// NCCL/RCCL, Python: 2–4 GiB per rank, §6.7; we take 3) and the checkpoint shard it stages
+/// while loading (the hub's default `max_shard_size` is 5 GB; a smaller model stages all of
+/// it). Never below §6.7's 16 GiB floor. `/dev/shm` comes on top (the renderer adds it).
+pub fn gpu_host_memory_gib(a: &Arch, tensor: u32) -> u64 {
+    const PROCESS: f64 = 4.0e9;
+    const PER_WORKER: f64 = 3.0 * GIB;
+    const SHARD: f64 = 5.0e9;
+    let staged = a.weight_bytes(a.native_precision()).min(SHARD);
+    let bytes = PROCESS + f64::from(tensor) * (PER_WORKER + staged);
+    ((bytes / GIB).ceil() as u64).max(16)
+}
+
+/// Share of a CPU node's memory the engine may plan for; the rest is the OS, kubelet and
+/// page cache (hardware.md §3.7: system-reserved memory is not allocatable).
+pub const CPU_MEMORY_UTILIZATION: f64 = 0.90;
+/// Runtime memory of the CPU engine besides weights and KV: the API server and engine process
+/// (~4 GB RSS, §6.7) and 1 GiB per further rank (oneDNN scratch, shared-memory transport).
+pub fn cpu_runtime_reserve_bytes(tensor: u32) -> f64 {
+    4.0 * GIB + f64::from(tensor.saturating_sub(1)) * GIB
+}
+/// Longest context a generated CPU profile offers: prefill on CPUs is slow enough that longer
+/// prompts are impractical, and every token of KV is host memory.
+pub const CPU_MAX_CONTEXT: u64 = 32768;
+/// Sequences of `max-model-len` the CPU KV space is sized for when memory allows.
+pub const CPU_TARGET_SEQUENCES: f64 = 4.0;
+
+/// The CPU engine's sizing (vLLM cpu.md: each TP rank holds its weight shard plus
+/// `VLLM_CPU_KVCACHE_SPACE` GiB of KV, and a rank is a NUMA node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuSizing {
+    /// NUMA nodes used (= tensor parallelism).
+    pub tensor: u32,
+    /// `--max-model-len`.
+    pub max_model_len: u64,
+    /// `VLLM_CPU_KVCACHE_SPACE`, GiB per rank.
+    pub kv_space_gib: u64,
+    /// The pod's memory request, GiB: weights + KV space of every rank + runtime reserve.
+    pub memory_gib: u64,
+    /// KV capacity in tokens.
+    pub kv_capacity_tokens: f64,
+    /// Why, with numbers.
+    pub why: String,
+}
+
+/// Sizes the CPU engine on NUMA nodes of `numa_mib` each: the smallest TP in {1, 2, 4, 8}
+/// (<= NUMA nodes, dividing the heads) where each node holds its weight shard, KV space for
+/// at least min(max context, 8192) tokens and its share of the reserve, within 90% of its
+/// memory. KV space is sized for 4 sequences of `max-model-len` (at most 32k) when it fits.
+pub fn size_cpu(a: &Arch, precision: Precision, numa_mib: u64, numa_nodes: u32) -> Result<CpuSizing, String> {
+    let need = a.max_context.min(MIN_CONTEXT);
+    let usable = numa_mib as f64 * 1024.0 * 1024.0 * CPU_MEMORY_UTILIZATION;
+    let weights = a.weight_bytes(precision);
+    let mut tried = vec![];
+    for tensor in [1u32, 2, 4, 8] {
+        if tensor > numa_nodes || !a.q_heads.is_multiple_of(tensor) {
+            continue;
+        }
+        let t = f64::from(tensor);
+        let shards = f64::from(tensor.min(a.kv_heads));
+        let room = usable - weights / t - cpu_runtime_reserve_bytes(tensor) / t;
+        let need_gib = (a.kv_bytes(need) / shards / GIB).ceil().max(1.0);
+        let room_gib = (room / GIB).floor();
+        if room_gib < need_gib {
+            tried.push(format!(
+                "TP{tensor} leaves {:.1} GiB per NUMA node for KV, {need_gib:.0} GiB needed for {need} tokens",
+                room / GIB
+            ));
+            continue;
+        }
+        let cap = a.max_context.min(CPU_MAX_CONTEXT);
+        let mut len = cap.next_power_of_two();
+        if len > cap {
+            len /= 2;
+        }
+        while len > need && a.kv_bytes(len) / shards > room_gib * GIB {
+            len /= 2;
+        }
+        let len = len.max(need);
+        let target = (a.kv_bytes(len) * CPU_TARGET_SEQUENCES / shards / GIB).ceil();
+        let space = target.clamp(need_gib, room_gib) as u64;
+        let memory = ((weights + t * space as f64 * GIB + cpu_runtime_reserve_bytes(tensor)) / GIB).ceil() as u64;
+        let capacity = space as f64 * GIB * shards / a.kv_bytes_per_token();
+        let why = format!(
+            "TP{tensor} on NUMA nodes of {:.0} GiB: {:.1} GiB of {} weights + {space} GiB KV space per node ({:.0}k tokens) + {:.0} GiB runtime = {memory} GiB{}",
+            numa_mib as f64 / 1024.0,
+            weights / GIB,
+            crate::profile::oci::enum_str(&precision),
+            capacity / 1000.0,
+            cpu_runtime_reserve_bytes(tensor) / GIB,
+            if tried.is_empty() { String::new() } else { format!("; {}", tried.join("; ")) }
+        );
+        return Ok(CpuSizing {
+            tensor,
+            max_model_len: len,
+            kv_space_gib: space,
+            memory_gib: memory,
+            kv_capacity_tokens: capacity,
+            why,
+        });
+    }
+    Err(if tried.is_empty() {
+        format!(
+            "no tensor-parallel degree in {{1,2,4,8}} is <= {numa_nodes} NUMA nodes and divides {} heads",
+            a.q_heads
+        )
+    } else {
+        format!(
+            "{:.1} GiB of weights + KV for {need} tokens + {:.0} GiB runtime do not fit NUMA nodes of {:.0} GiB at {CPU_MEMORY_UTILIZATION} ({})",
+            weights / GIB,
+            cpu_runtime_reserve_bytes(1) / GIB,
+            numa_mib as f64 / 1024.0,
+            tried.join("; ")
+        )
     })
 }
 

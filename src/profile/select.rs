@@ -13,9 +13,14 @@ use crate::api::{Kpi, Precision, Vendor};
 use crate::hardware::inventory::{INVENTORY_ANNOTATION, Inventory};
 use crate::profile::catalog::ProfileSummary;
 use crate::profile::engines::Engines;
-use crate::profile::estimate;
+use crate::profile::estimate::roofline::{self, DevicePerf};
+use crate::profile::estimate::{self, Arch};
 use crate::profile::oci::enum_str;
-use crate::profile::schema::{Engine, Parallelism, Profile, ProfileAccelerator, ProfileResources};
+use crate::profile::schema::{Engine, Parallelism, Performance, Profile, ProfileAccelerator, ProfileResources};
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+/// `performance.source` of generated profiles: the figures are the roofline's, not measured.
+pub const ESTIMATED: &str = "estimated";
 
 /// Label the renderer puts on every pod of a service; used to leave its own pods out of the
 /// free-device count.
@@ -355,6 +360,9 @@ pub struct Group {
     /// CPU flags shared by every node (for CPU groups).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cpu_flags: Vec<String>,
+    /// CPU groups: one NUMA node's bandwidth and compute for the roofline (the slowest node's).
+    #[serde(skip)]
+    pub cpu_perf: Option<DevicePerf>,
     /// Nodes and their free devices.
     pub nodes: BTreeMap<String, u32>,
 }
@@ -508,6 +516,11 @@ pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>
             let entry = by_key.entry(key).or_insert_with(|| Group { nodes: BTreeMap::new(), ..group.clone() });
             if entry.vendor == Vendor::Cpu {
                 entry.cpu_flags.retain(|f| group.cpu_flags.contains(f));
+                // Equal NUMA counts, different machines: plan for the smallest and slowest.
+                entry.memory_mib = entry.memory_mib.min(group.memory_mib);
+                if let (Some(a), Some(b)) = (entry.cpu_perf.take(), group.cpu_perf.clone()) {
+                    entry.cpu_perf = Some(a.min(b));
+                }
             }
             entry.nodes.insert(node.name.clone(), free);
         }
@@ -581,6 +594,7 @@ fn node_groups(node: &NodeView, unusable: &mut Vec<Unusable>) -> Vec<(Group, Str
             devices_per_node: usable,
             memory_mib: memory,
             cpu_flags: vec![],
+            cpu_perf: None,
             nodes: BTreeMap::new(),
         };
         out.push((g, resource.to_string()));
@@ -597,6 +611,7 @@ fn node_groups(node: &NodeView, unusable: &mut Vec<Unusable>) -> Vec<(Group, Str
             devices_per_node: numa,
             memory_mib: inv.memory_mib / u64::from(numa),
             cpu_flags: cpu.flags.clone(),
+            cpu_perf: Some(DevicePerf::of_cpu(cpu)),
             nodes: BTreeMap::new(),
         };
         out.push((g, String::new()));
@@ -674,10 +689,19 @@ fn filter(p: &ProfileSummary, req: &Request) -> Option<String> {
 
 /// Lower is better. Latency and throughput figures compare only at the reference concurrency
 /// (the one most feasible profiles of the KPI were measured at); figures measured elsewhere, and
-/// missing figures, rank after.
-fn figure_key(p: &ProfileSummary, kpi: Kpi, generated: bool, reference: Option<u32>) -> (u8, i64, i64) {
+/// missing figures, rank after. Generated profiles carry estimated figures, each at the
+/// concurrency its own KV cache allows, so they compare with each other directly (they never
+/// compete with published ones: rule 2 puts those first).
+fn figure_key(
+    p: &ProfileSummary,
+    kpi: Kpi,
+    generated: bool,
+    reference: Option<u32>,
+    arch: Option<&Arch>,
+) -> (u8, i64, i64) {
     let scaled = |v: f64| (v * 1000.0).round() as i64;
-    if matches!(kpi, Kpi::Latency | Kpi::Throughput) && p.concurrency != reference {
+    let per_device = p.throughput_tokens_per_sec.map(|t| t / f64::from(p.count.max(1)));
+    if matches!(kpi, Kpi::Latency | Kpi::Throughput) && !generated && p.concurrency != reference {
         return (1, 0, 0);
     }
     match kpi {
@@ -685,13 +709,13 @@ fn figure_key(p: &ProfileSummary, kpi: Kpi, generated: bool, reference: Option<u
             Some(t) => (0, scaled(t), 0),
             None => (1, 0, 0),
         },
-        Kpi::Throughput => match p.throughput_tokens_per_sec {
-            Some(t) => (0, -scaled(t / f64::from(p.count.max(1))), 0),
+        Kpi::Throughput => match per_device {
+            Some(t) => (0, -scaled(t), 0),
             None => (1, 0, 0),
         },
         Kpi::Quantization => {
-            let bytes = estimate::arch(&p.model).map(|a| a.weight_bytes(p.precision)).unwrap_or(f64::MAX / 4.0);
-            (u8::from(generated), (bytes / 1e6) as i64, 0)
+            let bytes = arch.map(|a| a.weight_bytes(p.precision)).unwrap_or(f64::MAX / 4.0);
+            (u8::from(generated), (bytes / 1e6) as i64, per_device.map_or(0, |t| -scaled(t)))
         }
     }
 }
@@ -703,8 +727,9 @@ fn rank_key(
     generated: bool,
     kpi: Kpi,
     reference: Option<u32>,
+    arch: Option<&Arch>,
 ) -> (bool, bool, (u8, i64, i64), u32, String) {
-    (p.kpi != kpi, generated, figure_key(p, kpi, generated, reference), p.count, p.name.clone())
+    (p.kpi != kpi, generated, figure_key(p, kpi, generated, reference, arch), p.count, p.name.clone())
 }
 
 /// The concurrency most feasible profiles of the requested KPI report figures at (ties: lowest).
@@ -723,7 +748,8 @@ fn reference_concurrency<'a>(profiles: impl Iterator<Item = &'a ProfileSummary>,
     counts.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0))).and_then(|(c, _)| *c)
 }
 
-/// Selects among `profiles` (published) for `req` on `nodes`, generating when allowed.
+/// Selects among `profiles` (published) for `req` on `nodes`, generating when allowed from the
+/// built-in architecture table.
 pub fn select(
     req: &Request,
     profiles: &[ProfileSummary],
@@ -731,6 +757,20 @@ pub fn select(
     pods: &[PodUse],
     engines: &Engines,
 ) -> Selection {
+    select_with(req, profiles, nodes, pods, engines, None)
+}
+
+/// [`select`] with the model's architecture as read from its `config.json` (hub or
+/// `--model-config`); None falls back to the built-in table.
+pub fn select_with(
+    req: &Request,
+    profiles: &[ProfileSummary],
+    nodes: &[NodeView],
+    pods: &[PodUse],
+    engines: &Engines,
+    arch: Option<&Arch>,
+) -> Selection {
+    let arch = arch.or_else(|| estimate::arch(&req.model));
     let replicas = req.replicas.max(1);
     let (groups, unusable) = groups(nodes, pods, req);
     let mut rejected = vec![];
@@ -756,37 +796,41 @@ pub fn select(
         if !profiles.iter().any(|p| &p.name == pin) {
             rejected.push(Rejected { name: pin.clone(), reason: format!("no profile named {pin} for {}", req.model) });
         }
-        return finish(req, &groups, feasible, rejected, unusable, reason, "pinned by profile.name");
+        return finish(req, arch, &groups, feasible, rejected, unusable, reason, "pinned by profile.name");
     }
     if feasible.is_empty() && req.allow_generated {
-        match generate(req, &groups, replicas, engines) {
-            Ok((profile, group)) => {
-                let summary = ProfileSummary::of(&profile, String::new(), "generated".into());
-                let mut sel = finish(
-                    req,
-                    &groups,
-                    vec![(Cow::Owned(summary), true, group)],
-                    rejected,
-                    unusable,
-                    None,
-                    "no published profile fits; estimated from the model architecture",
-                );
-                if let Some(s) = sel.selected.as_mut() {
-                    s.document = Some(profile);
-                }
-                return sel;
+        let generated = generate(req, arch, &groups, replicas, engines);
+        rejected.extend(generated.failed);
+        if !generated.candidates.is_empty() {
+            let mut explanations = BTreeMap::new();
+            let mut documents = BTreeMap::new();
+            let mut candidates = vec![];
+            for c in generated.candidates {
+                let summary = ProfileSummary::of(&c.profile, String::new(), "generated".into());
+                explanations.insert(c.profile.name.clone(), c.explanation);
+                documents.insert(c.profile.name.clone(), c.profile);
+                candidates.push((Cow::Owned(summary), true, c.group));
             }
-            Err(why) => rejected.push(Rejected {
-                name: format!("generated-vllm-*-{}", enum_str(&req.precision.unwrap_or(Precision::Bf16))),
-                reason: why,
-            }),
+            let mut sel = finish(req, arch, &groups, candidates, rejected, unusable, None, "");
+            if let Some(s) = sel.selected.as_mut() {
+                s.reason = format!(
+                    "no published profile fits; generated from {} ({}); {}",
+                    arch.map_or("the built-in table", |a| a.source.as_str()),
+                    explain(&s.profile, req.kpi, &s.group),
+                    explanations.remove(&s.profile.name).unwrap_or_default()
+                );
+                s.document = documents.remove(&s.profile.name);
+            }
+            return sel;
         }
     }
-    finish(req, &groups, feasible, rejected, unusable, None, "")
+    finish(req, arch, &groups, feasible, rejected, unusable, None, "")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish(
     req: &Request,
+    arch: Option<&Arch>,
     groups: &[Group],
     mut feasible: Vec<(Cow<'_, ProfileSummary>, bool, usize)>,
     mut rejected: Vec<Rejected>,
@@ -795,7 +839,7 @@ fn finish(
     why: &str,
 ) -> Selection {
     let reference = reference_concurrency(feasible.iter().map(|f| f.0.as_ref()), req.kpi);
-    feasible.sort_by_cached_key(|(p, generated, _)| rank_key(p, *generated, req.kpi, reference));
+    feasible.sort_by_cached_key(|(p, generated, _)| rank_key(p, *generated, req.kpi, reference, arch));
     let mut it = feasible.into_iter();
     let selected = it.next().map(|(p, generated, group)| {
         let group = groups[group].clone();
@@ -804,7 +848,7 @@ fn finish(
     });
     for (p, generated, _) in it {
         let reason = match &selected {
-            Some(w) => ranked_below(&p, generated, &w.profile, w.generated, req.kpi, reference),
+            Some(w) => ranked_below(&p, generated, &w.profile, w.generated, req.kpi, reference, arch),
             None => "feasible but ranked lower".into(),
         };
         rejected.push(Rejected { name: p.name.clone(), reason });
@@ -821,6 +865,7 @@ fn ranked_below(
     w_generated: bool,
     kpi: Kpi,
     reference: Option<u32>,
+    arch: Option<&Arch>,
 ) -> String {
     let k = enum_str(&kpi);
     if p.kpi != kpi && w.kpi == kpi {
@@ -830,6 +875,39 @@ fn ranked_below(
         return "feasible, but generated and a published profile fits".into();
     }
     let per_device = |x: &ProfileSummary| x.throughput_tokens_per_sec.map(|t| t / f64::from(x.count.max(1)));
+    let both_estimated = generated && w_generated;
+    match kpi {
+        Kpi::Latency if both_estimated && p.ttft_ms_p50.is_some() && w.ttft_ms_p50.is_some() => {
+            return format!(
+                "feasible, but estimated ttft {:.0} ms vs {:.0} ms for {}",
+                p.ttft_ms_p50.unwrap_or_default(),
+                w.ttft_ms_p50.unwrap_or_default(),
+                w.name
+            );
+        }
+        Kpi::Throughput if both_estimated && per_device(p).is_some() && per_device(w).is_some() => {
+            return format!(
+                "feasible, but an estimated {:.1} tok/s per device (at concurrency {}) vs {:.1} for {}",
+                per_device(p).unwrap_or_default(),
+                p.concurrency.unwrap_or(1),
+                per_device(w).unwrap_or_default(),
+                w.name
+            );
+        }
+        Kpi::Quantization if p.precision != w.precision => {
+            if let Some(a) = arch {
+                return format!(
+                    "feasible, but {} weights are {:.1} GiB vs {:.1} GiB of {} for {}",
+                    enum_str(&p.precision),
+                    a.weight_bytes(p.precision) / GIB,
+                    a.weight_bytes(w.precision) / GIB,
+                    enum_str(&w.precision),
+                    w.name
+                );
+            }
+        }
+        _ => {}
+    }
     match kpi {
         Kpi::Latency
             if p.concurrency == w.concurrency
@@ -859,7 +937,7 @@ fn ranked_below(
         }
         _ => {}
     }
-    if figure_key(p, kpi, generated, reference).0 > figure_key(w, kpi, w_generated, reference).0 {
+    if figure_key(p, kpi, generated, reference, arch).0 > figure_key(w, kpi, w_generated, reference, arch).0 {
         return match p.concurrency {
             Some(c) if p.concurrency != reference => format!(
                 "feasible, but its figures were measured at concurrency {c}, not {} like {}'s",
@@ -891,70 +969,233 @@ fn explain(p: &ProfileSummary, kpi: Kpi, g: &Group) -> String {
     format!("{kpi_note}{} on {}", figure.unwrap_or_default(), g.describe())
 }
 
-/// Generates a profile for the best group the estimator can size (DESIGN §5).
-fn generate(req: &Request, groups: &[Group], replicas: u32, engines: &Engines) -> Result<(Profile, usize), String> {
-    let Some(arch) = estimate::arch(&req.model) else {
-        return Err(format!(
-            "{} is not in the built-in architecture table, so no profile can be generated; publish one",
-            req.model
-        ));
+/// A generated profile for one group, with the numbers that explain it.
+struct Candidate {
+    profile: Profile,
+    group: usize,
+    explanation: String,
+}
+
+/// What generation produced: candidates to rank, and why other groups got none.
+struct Generated {
+    candidates: Vec<Candidate>,
+    failed: Vec<Rejected>,
+}
+
+/// The precisions to generate: the requested one; for `quantization`, FP8 where the device
+/// runs it, then the checkpoint's own; else the checkpoint's own (a quantized checkpoint is
+/// served only at its precision).
+fn precisions(req: &Request, a: &Arch, g: &Group, perf: Option<&DevicePerf>) -> Vec<Precision> {
+    let native = a.native_precision();
+    match req.precision {
+        Some(p) => vec![p],
+        None if req.kpi == Kpi::Quantization
+            && !a.quantized()
+            && roofline::supports(g.vendor, perf, Precision::Fp8) =>
+        {
+            vec![Precision::Fp8, native]
+        }
+        None => vec![native],
+    }
+}
+
+/// The roofline device of a group: the device table's entry, or the CPU's NUMA node.
+fn group_perf(g: &Group) -> Option<DevicePerf> {
+    if g.vendor == Vendor::Cpu { g.cpu_perf.clone() } else { DevicePerf::of_slug(&g.product) }
+}
+
+/// Generates profiles for every group the estimator can size (DESIGN §5), each with its
+/// estimated figures, for the ranking to compare.
+fn generate(req: &Request, arch: Option<&Arch>, groups: &[Group], replicas: u32, engines: &Engines) -> Generated {
+    let precision_label = enum_str(&req.precision.unwrap_or(Precision::Bf16));
+    let Some(arch) = arch else {
+        return Generated {
+            candidates: vec![],
+            failed: vec![Rejected {
+                name: format!("generated-vllm-*-{precision_label}"),
+                reason: format!(
+                    "{} is not in the built-in architecture table and its config.json was not read (pass --model-config, or let the operator reach the hub), so no profile can be generated; publish one",
+                    req.model
+                ),
+            }],
+        };
     };
-    let precision = req.precision.unwrap_or(Precision::Bf16);
-    let mut reasons = vec![];
-    let mut best: Option<(Profile, usize)> = None;
+    let mut candidates: Vec<Candidate> = vec![];
+    let mut failed = vec![];
     for (gi, g) in groups.iter().enumerate() {
         if req.vendor.is_some_and(|v| v != g.vendor) || req.product.as_ref().is_some_and(|p| *p != g.product) {
             continue;
         }
         let Some(engine) = engines.get(g.vendor) else { continue };
-        match estimate::size(arch, precision, g.memory_mib, g.devices_per_node) {
-            Ok(s) if req.tensor_parallelism.is_none_or(|t| t == s.tensor) => {
-                if g.replicas_for(s.tensor) < replicas {
-                    reasons.push(format!(
-                        "{}: needs {}x per replica for {replicas} replica(s), not free",
-                        g.describe(),
-                        s.tensor
-                    ));
+        let perf = group_perf(g);
+        for precision in precisions(req, arch, g, perf.as_ref()) {
+            let name = format!("generated-vllm-{}-{}-x*-{}", g.vendor, g.product, enum_str(&precision));
+            let mut fail = |reason: String| {
+                failed.push(Rejected { name: name.clone(), reason: format!("{}: {reason}", g.describe()) })
+            };
+            if arch.quantized() && precision != arch.native_precision() {
+                fail(format!(
+                    "the checkpoint is {}; it is served at that precision only",
+                    enum_str(&arch.native_precision())
+                ));
+                continue;
+            }
+            if !roofline::supports(g.vendor, perf.as_ref(), precision) {
+                fail(format!("{} has no {} kernels in vLLM", g.product, enum_str(&precision)));
+                continue;
+            }
+            let sized = if g.vendor == Vendor::Cpu {
+                estimate::size_cpu(arch, precision, g.memory_mib, g.devices_per_node).map(|s| vec![Sized::Cpu(s)])
+            } else {
+                estimate::size(arch, precision, g.memory_mib, g.devices_per_node).map(|s| {
+                    let mut all = if req.kpi == Kpi::Throughput || req.tensor_parallelism.is_some() {
+                        estimate::larger(arch, precision, g.memory_mib, g.devices_per_node, &s)
+                    } else {
+                        vec![]
+                    };
+                    all.insert(0, s);
+                    all.into_iter().map(Sized::Gpu).collect()
+                })
+            };
+            let mut sized = match sized {
+                Ok(s) => s,
+                Err(why) => {
+                    fail(why);
                     continue;
                 }
-                let p = generated_profile(req, arch, precision, g, &s, engine);
-                let better = best.as_ref().is_none_or(|(b, _)| (s.tensor, &p.name) < (b.parallelism.tensor, &b.name));
-                if better {
-                    best = Some((p, gi));
+            };
+            if let Some(want) = req.tensor_parallelism {
+                let sizes: Vec<String> = sized.iter().map(|s| format!("TP{}", s.tensor())).collect();
+                sized.retain(|s| s.tensor() == want);
+                if sized.is_empty() {
+                    fail(format!("the estimator sizes {} here, not the requested TP{want}", sizes.join(" or ")));
+                    continue;
                 }
             }
-            Ok(s) => reasons.push(format!("{}: estimator needs TP{}, not the requested TP", g.describe(), s.tensor)),
-            Err(why) => reasons.push(format!("{}: {why}", g.describe())),
+            for sized in sized {
+                let tp = sized.tensor();
+                if g.replicas_for(tp) < replicas {
+                    fail(format!("needs {tp}x per replica for {replicas} replica(s), not free"));
+                    continue;
+                }
+                let estimate =
+                    perf.as_ref().map(|p| roofline::estimate(arch, precision, p, tp, sized.kv_capacity_tokens()));
+                let profile = generated_profile(req, arch, precision, g, &sized, estimate.as_ref(), engine);
+                if candidates.iter().any(|c| c.profile.name == profile.name) {
+                    continue; // the same product in two node shapes: the first group serves it
+                }
+                let figures = match (&estimate, &perf) {
+                    (Some(e), Some(p)) => format!(
+                        "estimated on {} ({:.0} GB/s, {:.0} TFLOPS): ttft {:.0} ms for {} prompt tokens, {:.1} tok/s single stream, {:.0} tok/s at concurrency {} ({:.1} per device)",
+                        p.name,
+                        p.bandwidth / 1e9,
+                        p.flops_of(precision) / 1e12,
+                        e.ttft_ms,
+                        roofline::PROMPT_TOKENS,
+                        e.tokens_per_sec_single,
+                        e.tokens_per_sec,
+                        e.concurrency,
+                        e.tokens_per_sec / f64::from(tp)
+                    ),
+                    _ => {
+                        format!("no performance estimate: the device table has no bandwidth/compute for {}", g.product)
+                    }
+                };
+                candidates.push(Candidate { explanation: format!("{}; {figures}", sized.why()), profile, group: gi });
+            }
         }
     }
-    best.ok_or_else(|| {
-        if reasons.is_empty() {
-            "no schedulable group to generate a profile for".to_string()
-        } else {
-            format!("cannot generate: {}", reasons.join("; "))
+    if candidates.is_empty() && failed.is_empty() {
+        failed.push(Rejected {
+            name: format!("generated-vllm-*-{precision_label}"),
+            reason: "no schedulable group to generate a profile for".into(),
+        });
+    }
+    Generated { candidates, failed }
+}
+
+/// A sizing for either engine.
+enum Sized {
+    Gpu(estimate::Sizing),
+    Cpu(estimate::CpuSizing),
+}
+
+impl Sized {
+    fn tensor(&self) -> u32 {
+        match self {
+            Sized::Gpu(s) => s.tensor,
+            Sized::Cpu(s) => s.tensor,
         }
-    })
+    }
+    fn kv_capacity_tokens(&self) -> f64 {
+        match self {
+            Sized::Gpu(s) => s.kv_capacity_tokens,
+            Sized::Cpu(s) => s.kv_capacity_tokens,
+        }
+    }
+    fn why(&self) -> &str {
+        match self {
+            Sized::Gpu(s) => &s.why,
+            Sized::Cpu(s) => &s.why,
+        }
+    }
 }
 
 fn generated_profile(
     req: &Request,
-    arch: &estimate::Arch,
+    arch: &Arch,
     precision: Precision,
     g: &Group,
-    s: &estimate::Sizing,
+    sized: &Sized,
+    estimate: Option<&roofline::Estimate>,
     engine: &crate::profile::engines::EngineSpec,
 ) -> Profile {
-    let gib = |bytes: f64| (bytes / (1024.0 * 1024.0 * 1024.0)).ceil() as u64;
-    let tp = s.tensor;
+    let gib = |bytes: f64| (bytes / GIB).ceil() as u64;
+    let tp = sized.tensor();
     let mut args = BTreeMap::new();
-    args.insert("max-model-len".to_string(), serde_json::json!(s.max_model_len));
-    args.insert("gpu-memory-utilization".to_string(), serde_json::json!(estimate::GPU_MEMORY_UTILIZATION));
+    let mut env = engine.env.clone();
+    let (memory_gib, cpu) = match sized {
+        Sized::Gpu(s) => {
+            args.insert("max-model-len".to_string(), serde_json::json!(s.max_model_len));
+            args.insert("gpu-memory-utilization".to_string(), serde_json::json!(estimate::GPU_MEMORY_UTILIZATION));
+            (estimate::gpu_host_memory_gib(arch, tp), (4 + 2 * tp).to_string())
+        }
+        Sized::Cpu(s) => {
+            args.insert("max-model-len".to_string(), serde_json::json!(s.max_model_len));
+            env.insert("VLLM_CPU_KVCACHE_SPACE".into(), s.kv_space_gib.to_string());
+            // vLLM binds one OpenMP thread per physical core of each NUMA node it uses.
+            let cores = g.cpu_perf.as_ref().map_or(4, |p| p.cores.max(4));
+            (s.memory_gib, (cores * tp).to_string())
+        }
+    };
     if tp > 1 {
         args.insert("tensor-parallel-size".to_string(), serde_json::json!(tp));
     }
-    let memory_gib = 16u64.max(4 + 3 * u64::from(tp));
+    if precision == Precision::Fp8 && arch.native_precision() != Precision::Fp8 {
+        args.insert("quantization".to_string(), serde_json::json!("fp8"));
+    }
     let shm = if tp > 1 { "8Gi" } else { "2Gi" };
     let product = if g.vendor == Vendor::Cpu { "any".to_string() } else { g.product.clone() };
+    let performance = estimate.map(|e| {
+        let round = |v: f64| (v * 10.0).round() / 10.0;
+        if req.kpi == Kpi::Latency {
+            Performance {
+                ttft_ms_p50: Some(round(e.ttft_ms)),
+                itl_ms_p50: Some(round(e.itl_ms)),
+                throughput_tokens_per_sec: Some(round(e.tokens_per_sec_single)),
+                concurrency: Some(1),
+                source: Some(ESTIMATED.into()),
+            }
+        } else {
+            Performance {
+                ttft_ms_p50: None,
+                itl_ms_p50: Some(round(e.itl_ms_at_concurrency)),
+                throughput_tokens_per_sec: Some(round(e.tokens_per_sec)),
+                concurrency: Some(e.concurrency),
+                source: Some(ESTIMATED.into()),
+            }
+        }
+    });
     Profile {
         schema: crate::profile::schema::PROFILE_SCHEMA.into(),
         name: format!("generated-vllm-{}-{}-x{tp}-{}", g.vendor, g.product, enum_str(&precision)),
@@ -967,15 +1208,15 @@ fn generated_profile(
         accelerator: ProfileAccelerator { vendor: g.vendor, product, count: tp, min_memory_mib: Some(g.memory_mib) },
         parallelism: Parallelism { tensor: tp, pipeline: 1 },
         args,
-        env: engine.env.clone(),
+        env,
         resources: ProfileResources {
-            cpu: (4 + 2 * tp).to_string(),
+            cpu,
             memory: format!("{memory_gib}Gi"),
             shared_memory: Some(shm.into()),
-            ephemeral_storage: Some(format!("{}Gi", gib(arch.weight_bytes(precision) * 1.2) + 10)),
+            ephemeral_storage: Some(format!("{}Gi", gib(arch.weight_bytes(arch.native_precision()) * 1.2) + 10)),
             extra: engine.resource_extras.clone(),
         },
-        performance: None,
+        performance,
         generated: true,
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod download;
 mod environment;
+mod estimate;
 mod fixtures;
 mod install;
 mod operator;

@@ -432,3 +432,146 @@ status:
 fn pod_of(node: &str, gpus: u32) -> PodUse {
     pod(node, gpus, None)
 }
+
+/// A CPU-only node: `numa` NUMA nodes, `gib` of memory, AMX unless told otherwise.
+fn cpu_node(node: &str, numa: u32, gib: u64, amx: bool) -> NodeView {
+    let flags = if amx { vec!["avx512f".into(), "amx_tile".into()] } else { vec!["avx512f".into()] };
+    NodeView::offline(Inventory {
+        node: node.into(),
+        cpu: Some(CpuInfo {
+            vendor: "GenuineIntel".into(),
+            model: "x".into(),
+            sockets: numa,
+            cores: 32 * numa,
+            threads: 64 * numa,
+            flags,
+            numa_node_count: numa,
+        }),
+        memory_mib: gib * 1024,
+        ..Inventory::default()
+    })
+}
+
+fn gib_of(quantity: &str) -> u64 {
+    quantity.trim_end_matches("Gi").parse().unwrap()
+}
+
+#[test]
+fn a_70b_model_without_published_profiles_runs_on_h100s_not_on_the_cpu_nodes() {
+    // The issue-17 cluster: 8x H100 nodes and big CPU-only nodes, nothing published for the model.
+    let mut nodes = offline(&[("h100-a", "h100-sxm-80gb", 8)]);
+    nodes.push(NodeView::offline(crate::hardware::inventory::fixtures::sapphire_rapids("spr-a")));
+    for kpi in [Kpi::Throughput, Kpi::Latency] {
+        let s = select(&request(LLAMA70B, kpi), &[], &nodes, &[], &Engines::builtin());
+        let chosen = s.selected.unwrap_or_else(|| panic!("{kpi:?}: nothing selected: {:?}", s.rejected));
+        assert_eq!(chosen.group.vendor, Vendor::Nvidia, "{kpi:?}: {}", chosen.reason);
+        assert!(matches!(chosen.profile.tensor_parallelism, 2 | 4), "{}", chosen.profile.name);
+        let doc = chosen.document.unwrap();
+        doc.validate("generated").unwrap();
+        // Loading needs the process, each worker's runtime and a staged shard: not a constant 16Gi.
+        let tp = u64::from(doc.parallelism.tensor);
+        assert!(gib_of(&doc.resources.memory) >= 4 + tp * 7, "{}", doc.resources.memory);
+        let perf = doc.performance.unwrap();
+        assert_eq!(perf.source.as_deref(), Some("estimated"));
+        // The CPU alternative was generated too and lost on the estimate, with its numbers.
+        let cpu = s.rejected.iter().find(|r| r.name.starts_with("generated-vllm-cpu-")).unwrap();
+        let expected = if kpi == Kpi::Latency { "estimated ttft" } else { "tok/s per device" };
+        assert!(cpu.reason.contains(expected), "{kpi:?}: {}", cpu.reason);
+        // The winner explains itself with memory per device, the estimate and why this TP.
+        let tp = format!("TP{}", chosen.profile.tensor_parallelism);
+        assert!(chosen.reason.contains("GiB per device") && chosen.reason.contains(&tp), "{}", chosen.reason);
+        assert!(chosen.reason.contains("tok/s"), "{}", chosen.reason);
+    }
+}
+
+#[test]
+fn a_70b_model_on_cpu_only_nodes_is_generated_only_where_memory_holds_weights_kv_and_reserve() {
+    let small = [cpu_node("cpu-small", 2, 128, true)];
+    let s = select(&request(LLAMA70B, Kpi::Throughput), &[], &small, &[], &Engines::builtin());
+    assert!(s.selected.is_none());
+    let why = &s.rejected.iter().find(|r| r.name.starts_with("generated-vllm-cpu-")).unwrap().reason;
+    assert!(why.contains("131.4 GiB of weights") && why.contains("NUMA nodes of 64 GiB"), "{why}");
+
+    let big = [cpu_node("cpu-big", 2, 512, true)];
+    let s = select(&request(LLAMA70B, Kpi::Throughput), &[], &big, &[], &Engines::builtin());
+    let doc = s.selected.unwrap().document.unwrap();
+    doc.validate("generated").unwrap();
+    assert!(!doc.args.contains_key("gpu-memory-utilization"), "GPU-only args stay off the CPU engine");
+    let kv_space: u64 = doc.env["VLLM_CPU_KVCACHE_SPACE"].parse().unwrap();
+    let len = doc.args["max-model-len"].as_u64().unwrap();
+    assert!((8192..=32768).contains(&len), "{len}");
+    // The KV space holds at least one max-model-len sequence (320 KiB per token, sharded by TP).
+    let tp = u64::from(doc.parallelism.tensor);
+    assert!(kv_space * tp * (1 << 30) >= len * 320 * 1024, "{kv_space} GiB for {len} tokens");
+    // The request says what the process needs: weights + KV space of every rank + runtime.
+    let memory = gib_of(&doc.resources.memory);
+    assert!(memory >= 132 + kv_space * tp + 4, "{memory} GiB");
+    assert!(memory <= 512, "{memory} GiB fits the node");
+}
+
+#[test]
+fn an_8b_model_on_a_small_cpu_only_node_gets_a_working_cpu_profile() {
+    let nodes = [cpu_node("laptop-ish", 1, 64, false)];
+    let s = select(&request(LLAMA8B, Kpi::Latency), &[], &nodes, &[], &Engines::builtin());
+    let chosen = s.selected.unwrap_or_else(|| panic!("{:?}", s.rejected));
+    let doc = chosen.document.unwrap();
+    doc.validate("generated").unwrap();
+    assert_eq!(doc.name, "generated-vllm-cpu-cpu-x1-bf16");
+    assert!(!doc.args.contains_key("gpu-memory-utilization"));
+    let kv_space: u64 = doc.env["VLLM_CPU_KVCACHE_SPACE"].parse().unwrap();
+    let memory = gib_of(&doc.resources.memory);
+    assert!(memory >= 15 + kv_space + 4 && memory <= 64 * 9 / 10, "{memory} GiB with {kv_space} GiB KV");
+    assert_eq!(doc.resources.cpu, "32", "one OpenMP thread per physical core of the NUMA node");
+    let perf = doc.performance.unwrap();
+    assert!(perf.ttft_ms_p50.unwrap() > 100.0, "a CPU prefill of 1024 tokens is not instant: {perf:?}");
+}
+
+#[test]
+fn quantization_generates_fp8_where_the_device_runs_it_and_16_bits_elsewhere() {
+    let req = request(LLAMA8B, Kpi::Quantization);
+    let h100 = select(&req, &[], &offline(&[("h", "h100-sxm-80gb", 1)]), &[], &Engines::builtin());
+    let doc = h100.selected.unwrap().document.unwrap();
+    assert_eq!((doc.precision, doc.args.get("quantization")), (Precision::Fp8, Some(&serde_json::json!("fp8"))));
+    let bf16 = h100.rejected.iter().find(|r| r.name.ends_with("-bf16")).unwrap();
+    assert!(bf16.reason.contains("GiB"), "{}", bf16.reason);
+    // A100 has no FP8 W8A8: its generated profile stays bf16.
+    let a100 = select(&req, &[], &offline(&[("a", "a100-sxm-80gb", 1)]), &[], &Engines::builtin());
+    assert_eq!(a100.selected.unwrap().profile.precision, Precision::Bf16);
+}
+
+#[test]
+fn throughput_ranks_generated_profiles_by_estimated_tokens_per_device() {
+    let nodes = offline(&[("l4", "l4", 8), ("h100", "h100-sxm-80gb", 8)]);
+    let s = select(&request(LLAMA8B, Kpi::Throughput), &[], &nodes, &[], &Engines::builtin());
+    let chosen = s.selected.unwrap();
+    assert_eq!(chosen.profile.product, "h100-sxm-80gb");
+    let l4 = s.rejected.iter().find(|r| r.name.contains("-l4-")).unwrap();
+    assert!(l4.reason.contains("tok/s per device"), "{}", l4.reason);
+    // Published profiles with measured figures still rank before any generated one.
+    let published = profile(
+        "vllm-nvidia-l4-x1-throughput-bf16",
+        LLAMA8B,
+        Kpi::Throughput,
+        Vendor::Nvidia,
+        "l4",
+        1,
+        None,
+        Some(900.0),
+    );
+    let s = select(&request(LLAMA8B, Kpi::Throughput), &[published], &nodes, &[], &Engines::builtin());
+    assert!(!s.selected.unwrap().generated);
+}
+
+#[test]
+fn a_model_read_from_its_config_json_is_generated_like_a_built_in_one() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/Qwen/Qwen2.5-32B-Instruct");
+    let arch = Arch::from_path("Qwen/Qwen2.5-32B-Instruct", &dir).unwrap();
+    assert_eq!(arch.checkpoint.bytes, Some(65_527_752_704.0));
+    let nodes = offline(&[("h100", "h100-sxm-80gb", 8)]);
+    let req = request("Qwen/Qwen2.5-32B-Instruct", Kpi::Latency);
+    assert!(select(&req, &[], &nodes, &[], &Engines::builtin()).selected.is_none(), "not built in");
+    let s = select_with(&req, &[], &nodes, &[], &Engines::builtin(), Some(&arch));
+    let chosen = s.selected.unwrap();
+    assert_eq!(chosen.profile.tensor_parallelism, 1, "61 GiB of weights fit one H100 with 8k tokens of KV");
+    assert!(chosen.reason.contains("Qwen2.5-32B-Instruct/config.json"), "{}", chosen.reason);
+}

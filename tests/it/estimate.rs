@@ -1,0 +1,240 @@
+//! Generated profiles for models the built-in table does not know, from their own
+//! `config.json` and safetensors metadata served by a local fake of the Hugging Face hub:
+//! `oim profiles select --from-hub` sizes Qwen2.5-32B, Mistral-Small-24B and Gemma-2-27B
+//! soundly, reads a single-file checkpoint's header by range requests (never the weights),
+//! sends the token, and refuses an architecture it cannot size with the reason.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+
+const TOKEN: &str = "hf_estimate_secret_42";
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
+}
+
+/// A single-file checkpoint of a tiny Llama: an 8-byte header length, the JSON header, then
+/// the tensor bytes (zeros; the estimator must never ask for them).
+fn tiny_safetensors() -> Vec<u8> {
+    let header = serde_json::json!({
+        "__metadata__": {"format": "pt"},
+        "model.embed_tokens.weight": {"dtype": "BF16", "shape": [32000, 256], "data_offsets": [0, 16_384_000]},
+        "lm_head.weight": {"dtype": "BF16", "shape": [32000, 256], "data_offsets": [16_384_000, 32_768_000]}
+    })
+    .to_string();
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header.as_bytes());
+    b.resize(8 + header.len() + 32_768_000, 0);
+    b
+}
+
+#[derive(Default)]
+struct Seen {
+    tokens: Vec<String>,
+    /// Bytes of model.safetensors served.
+    weight_bytes_served: usize,
+}
+
+fn serve(req: &Request<Incoming>, seen: &Mutex<Seen>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let mut seen = seen.lock().unwrap();
+    if let Some(auth) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+        seen.tokens.push(auth.to_string());
+    }
+    let not_found = || {
+        let mut r = Response::new(full("{\"error\": \"Entry not found\"}"));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    };
+    let Some((repo, file)) = path.trim_start_matches('/').split_once("/resolve/main/") else { return not_found() };
+    let body = match (repo, file) {
+        ("acme/tiny-llama", "config.json") => serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+            "intermediate_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 2,
+            "num_hidden_layers": 4, "vocab_size": 32000, "max_position_embeddings": 4096,
+            "torch_dtype": "bfloat16"})
+        .to_string()
+        .into_bytes(),
+        ("acme/tiny-llama", "model.safetensors") => tiny_safetensors(),
+        ("acme/mamba-ish", "config.json") => {
+            br#"{"architectures": ["MambaForCausalLM"], "model_type": "mamba", "hidden_size": 768}"#.to_vec()
+        }
+        (repo, file) => match std::fs::read(fixtures().join(repo).join(file)) {
+            Ok(b) => b,
+            Err(_) => return not_found(),
+        },
+    };
+    let range = req.headers().get("range").and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes="));
+    let body = match range.and_then(|r| r.split_once('-')) {
+        Some((from, to)) => {
+            let from: usize = from.parse().unwrap();
+            let to: usize = to.parse::<usize>().unwrap().min(body.len() - 1);
+            body[from..=to].to_vec()
+        }
+        None => body,
+    };
+    if file == "model.safetensors" {
+        seen.weight_bytes_served += body.len();
+    }
+    let partial = range.is_some();
+    let mut r = Response::new(full(body));
+    if partial {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    r
+}
+
+fn start(seen: Arc<Mutex<Seen>>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let r = serve(&req, &seen);
+                        async move { Ok::<_, Infallible>(r) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    format!("http://{addr}")
+}
+
+/// A cluster of one 8x H100 node and one dual-socket CPU node, and an empty catalog.
+fn cluster(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("oim-estimate-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("catalog")).unwrap();
+    let inventory = dir.join("nodes.yaml");
+    std::fs::write(
+        &inventory,
+        r#"- schema: oim.opea.dev/inventory/v1
+  node: h100-node
+  accelerators:
+    - {vendor: nvidia, product: h100-sxm-80gb, productName: NVIDIA H100 SXM5 80GB, pciVendorId: "10de",
+       pciDeviceIds: ["2330"], count: 8, memoryMiB: 81559, resourceName: nvidia.com/gpu, numaNodes: [0, 1]}
+  cpu: {vendor: GenuineIntel, model: x, sockets: 2, cores: 112, threads: 224, flags: [avx512f, amx_tile], numaNodeCount: 2}
+  memoryMiB: 2063000
+- schema: oim.opea.dev/inventory/v1
+  node: cpu-node
+  cpu: {vendor: GenuineIntel, model: x, sockets: 2, cores: 112, threads: 224, flags: [avx512f, amx_tile], numaNodeCount: 2}
+  memoryMiB: 515000
+"#,
+    )
+    .unwrap();
+    (inventory, dir.join("catalog"))
+}
+
+fn select(endpoint: &str, model: &str, kpi: &str, inventory: &Path, catalog: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oim"))
+        .args(["profiles", "select", "--model", model, "--kpi", kpi, "--from-hub", "--inventory"])
+        .arg(inventory)
+        .arg("--catalog")
+        .arg(catalog)
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_TOKEN", TOKEN)
+        .output()
+        .unwrap()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+fn gib(q: &serde_json::Value) -> u64 {
+    q.as_str().unwrap().trim_end_matches("Gi").parse().unwrap()
+}
+
+#[test]
+fn models_outside_the_built_in_table_get_sound_profiles_from_their_config_json() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let endpoint = start(seen.clone());
+    let (inventory, catalog) = cluster("real");
+    // (model, weights GiB from the index's total_size, max-model-len that fits one H100)
+    let cases = [
+        ("Qwen/Qwen2.5-32B-Instruct", 61.0, 16384),
+        ("mistralai/Mistral-Small-24B-Instruct-2501", 43.9, 32768),
+        ("google/gemma-2-27b-it", 50.7, 8192),
+    ];
+    for (model, weights_gib, len) in cases {
+        for kpi in ["latency", "throughput"] {
+            let out = select(&endpoint, model, kpi, &inventory, &catalog);
+            assert_eq!(out.status.code(), Some(0), "{model}: {}", String::from_utf8_lossy(&out.stderr));
+            let v = json(&out);
+            let s = &v["selected"];
+            assert_eq!(s["generated"], true);
+            assert_eq!(s["accelerator"]["product"], "h100-sxm-80gb", "{model} {kpi}: {}", s["reason"]);
+            assert_eq!(s["precision"], "bf16");
+            let tp = s["parallelism"]["tensor"].as_u64().unwrap();
+            if kpi == "latency" {
+                // The smallest TP that holds weights, reserve and 8k tokens of KV: one H100 each.
+                assert_eq!((tp, s["args"]["max-model-len"].as_u64()), (1, Some(len)), "{model}");
+            } else {
+                // Throughput weighs every TP the node allows by estimated tokens/s per device.
+                let others = v["rejected"].as_array().unwrap().iter().filter(|r| {
+                    r["name"].as_str().unwrap().contains("h100")
+                        && r["reason"].as_str().unwrap().contains("tok/s per device")
+                });
+                assert!(others.count() >= 2, "{model}: {}", v["rejected"]);
+                assert!(s["args"]["max-model-len"].as_u64().unwrap() >= len, "{model}");
+            }
+            assert_eq!(s["performance"]["source"], "estimated");
+            assert!(
+                s["performance"]["throughputTokensPerSec"].as_f64().unwrap() > 10.0,
+                "{model}: {}",
+                s["performance"]
+            );
+            let reason = s["reason"].as_str().unwrap();
+            assert!(reason.contains(&format!("config.json of {model}")), "{reason}");
+            assert!(reason.contains(&format!("{weights_gib:.1} GiB of bf16 weights")), "{model}: {reason}");
+            // Host memory: the process, the worker's runtime and one staged 5 GB shard.
+            assert!(gib(&s["resources"]["memory"]) >= 16, "{}", s["resources"]);
+            // The CPU node was considered and lost on the estimate.
+            let cpu = v["rejected"].as_array().unwrap().iter().find(|r| r["name"].as_str().unwrap().contains("-cpu-"));
+            assert!(cpu.is_some(), "{model}: {}", v["rejected"]);
+        }
+    }
+    assert!(seen.lock().unwrap().tokens.iter().all(|t| t == &format!("Bearer {TOKEN}")));
+    assert_eq!(seen.lock().unwrap().weight_bytes_served, 0, "no weights were downloaded");
+}
+
+#[test]
+fn a_single_file_checkpoint_is_measured_from_its_header_and_an_unknown_architecture_says_why() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let endpoint = start(seen.clone());
+    let (inventory, catalog) = cluster("tiny");
+    let out = select(&endpoint, "acme/tiny-llama", "latency", &inventory, &catalog);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    assert!(v["selected"]["reason"].as_str().unwrap().contains("safetensors metadata"), "{}", v["selected"]["reason"]);
+    let served = seen.lock().unwrap().weight_bytes_served;
+    assert!(served < 4096, "only the 8-byte length and the header were read, not 32 MB: {served}");
+
+    let out = select(&endpoint, "acme/mamba-ish", "latency", &inventory, &catalog);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model_type \"mamba\"") && err.contains("publish a profile"), "{err}");
+}

@@ -140,6 +140,24 @@ fn operator(args: OperatorArgs) -> ExitCode {
         },
         None => oim::profile::engines::Engines::builtin(),
     };
+    let mut node_selector = std::collections::BTreeMap::new();
+    for pair in &args.agent_node_selector {
+        let Some((k, v)) = pair.split_once('=') else {
+            eprintln!("oim operator: --agent-node-selector {pair:?}: expected KEY=VALUE");
+            return ExitCode::from(exit::BAD_INPUT);
+        };
+        node_selector.insert(k.to_string(), v.to_string());
+    }
+    let tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>> = match &args.agent_tolerations {
+        Some(json) => match serde_json::from_str(json) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("oim operator: --agent-tolerations: not a JSON list of tolerations: {e}");
+                return ExitCode::from(exit::BAD_INPUT);
+            }
+        },
+        None => None,
+    };
     let sources = oim::controller::source::Sources::new(catalog, args.allowed_registries.clone(), refresh);
     block_on(async move {
         let client = match kube::Client::try_default().await {
@@ -169,11 +187,12 @@ fn operator(args: OperatorArgs) -> ExitCode {
             let image = args.agent_image.clone().unwrap_or_else(|| own.clone());
             let namespace =
                 args.agent_namespace.clone().unwrap_or_else(|| oim::controller::agent::DEFAULT_NAMESPACE.into());
-            Some(oim::controller::agent::AgentConfig {
-                namespace,
-                image,
-                without_admission_policy: args.agent_without_admission_policy,
-            })
+            let mut cfg = oim::controller::agent::AgentConfig::new(namespace, image);
+            cfg.without_admission_policy = args.agent_without_admission_policy;
+            cfg.node_selector = node_selector;
+            cfg.tolerations = tolerations.clone();
+            cfg.openshift = platform == oim::render::Platform::Openshift;
+            Some(cfg)
         };
         tracing::info!(?platform, ?capabilities, ?agent, "oim operator starting");
         let settings = oim::controller::Settings {

@@ -157,6 +157,12 @@ pub struct OperatorArgs {
     /// without the API): its ClusterRole may then patch any Node. Off by default: fail closed.
     #[arg(long)]
     pub agent_without_admission_policy: bool,
+    /// Run the node agent only on nodes with this label (repeatable, `key=value`).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub agent_node_selector: Vec<String>,
+    /// The node agent's tolerations as a JSON list (default: tolerate every taint).
+    #[arg(long, value_name = "JSON")]
+    pub agent_tolerations: Option<String>,
     /// Seconds before a profile tag is resolved again (updatePolicy, ProfileUpdateAvailable).
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub profile_refresh: u64,

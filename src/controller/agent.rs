@@ -2,13 +2,13 @@
 //! account, RBAC, admission policy, DaemonSet) with its own image and puts them back when someone
 //! deletes or edits them. Writes happen only on drift, so a steady cluster costs no writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount, Toleration};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -32,6 +32,26 @@ pub struct AgentConfig {
     /// Deploy the agent even where its admission policy cannot be applied (clusters without
     /// ValidatingAdmissionPolicy): its ClusterRole may then patch every Node without limits.
     pub without_admission_policy: bool,
+    /// Nodes the agent runs on (default: all).
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints it tolerates (default: every taint, as GPU nodes are usually tainted).
+    pub tolerations: Option<Vec<Toleration>>,
+    /// OpenShift: restricted-v2 assigns the user id, so none is fixed.
+    pub openshift: bool,
+}
+
+impl AgentConfig {
+    /// The agent in `namespace` with `image`, on every node, with its admission policy.
+    pub fn new(namespace: String, image: String) -> AgentConfig {
+        AgentConfig {
+            namespace,
+            image,
+            without_admission_policy: false,
+            node_selector: BTreeMap::new(),
+            tolerations: None,
+            openshift: false,
+        }
+    }
 }
 
 /// The `config/agent` objects for `cfg`, typed-checked and adjusted: image, namespace, and the
@@ -78,6 +98,18 @@ pub fn objects(cfg: &AgentConfig) -> Result<Vec<Value>, String> {
     let pod = ds.spec.as_mut().and_then(|s| s.template.spec.as_mut()).ok_or_else(|| bad("daemonset", &"no pod"))?;
     for c in &mut pod.containers {
         c.image = Some(cfg.image.clone());
+    }
+    if !cfg.node_selector.is_empty() {
+        pod.node_selector = Some(cfg.node_selector.clone());
+    }
+    if let Some(t) = &cfg.tolerations {
+        pod.tolerations = Some(t.clone());
+    }
+    if cfg.openshift
+        && let Some(sc) = pod.security_context.as_mut()
+    {
+        sc.run_as_user = None;
+        sc.run_as_group = None;
     }
     let json = |v: Result<Value, serde_json::Error>| v.map_err(|e| e.to_string());
     // The admission policy first: the agent's rights exist only once they are limited.
@@ -206,11 +238,7 @@ mod tests {
 
     #[test]
     fn the_agent_runs_the_given_image_in_the_given_namespace_and_the_policy_names_its_account() {
-        let cfg = AgentConfig {
-            namespace: "platform".into(),
-            image: "registry.example/oim:1.2.3".into(),
-            without_admission_policy: false,
-        };
+        let cfg = AgentConfig::new("platform".into(), "registry.example/oim:1.2.3".into());
         let objs = objects(&cfg).unwrap();
         let kinds: Vec<&str> = objs.iter().map(|o| o["kind"].as_str().unwrap()).collect();
         assert_eq!(
@@ -238,14 +266,31 @@ mod tests {
 
     #[test]
     fn in_the_default_namespace_the_objects_are_the_checked_in_ones() {
-        let cfg = AgentConfig {
-            namespace: DEFAULT_NAMESPACE.into(),
-            image: "docker.io/opea/oim:0.1.0".into(),
-            without_admission_policy: false,
-        };
+        let cfg = AgentConfig::new(DEFAULT_NAMESPACE.into(), "docker.io/opea/oim:0.1.0".into());
         let objs = objects(&cfg).unwrap();
         assert_eq!(objs[4]["metadata"]["name"], "oim-node-agent");
         let rule = objs[1]["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
         assert!(rule.contains("system:serviceaccount:oim-system:oim-node-agent"));
+    }
+
+    #[test]
+    fn the_agent_runs_where_the_platform_team_says_and_under_openshift_ids() {
+        let mut cfg = AgentConfig::new("platform".into(), "img:1".into());
+        cfg.node_selector = [("node-role.kubernetes.io/gpu".to_string(), "".to_string())].into();
+        cfg.tolerations = Some(vec![Toleration {
+            key: Some("nvidia.com/gpu".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]);
+        cfg.openshift = true;
+        let pod = objects(&cfg).unwrap()[6]["spec"]["template"]["spec"].clone();
+        assert_eq!(pod["nodeSelector"]["node-role.kubernetes.io/gpu"], "");
+        assert_eq!(pod["tolerations"].as_array().unwrap().len(), 1);
+        assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+        assert!(pod["securityContext"]["runAsUser"].is_null(), "restricted-v2 assigns the uid");
+        let default =
+            objects(&AgentConfig::new("p".into(), "img:1".into())).unwrap()[6]["spec"]["template"]["spec"].clone();
+        assert_eq!(default["tolerations"][0]["operator"], "Exists", "every taint by default");
+        assert_eq!(default["securityContext"]["runAsUser"], 65532);
     }
 }

@@ -13,3 +13,5 @@ bash tests/cluster/up.sh
 # shellcheck disable=SC1091
 source "$OIM_CLUSTER_STATE/env"
 cargo test --locked "$@"
+# After everything else: the operator account's audit trail against config/rbac.
+cargo test --locked --test it rbac -- --ignored

@@ -111,6 +111,17 @@ start etcd "$BIN/etcd" --name oim-test --data-dir "$S/etcd" --unsafe-no-fsync \
 wait_for etcd 30 curl -fs "http://127.0.0.1:$ETCD_PORT/readyz"
 
 # --- kube-apiserver: RBAC and the default admission plugins (PodSecurity, ServiceAccount, ...).
+# The audit log records what the tests' least-privilege operator account does (and is refused),
+# so a test can compare it with config/rbac.
+cat >"$S/audit-policy.yaml" <<'AUDIT'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+    users: ["system:serviceaccount:oim-operator-tests:oim-operator"]
+  - level: None
+AUDIT
 start kube-apiserver "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" --cert-dir "$S/pki" \
   --tls-cert-file "$S/pki/apiserver.crt" --tls-private-key-file "$S/pki/apiserver.key" \
@@ -118,7 +129,8 @@ start kube-apiserver "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETC
   --service-account-issuer "https://127.0.0.1:$API_PORT" \
   --service-account-key-file "$S/pki/sa.pub" --service-account-signing-key-file "$S/pki/sa.key" \
   --service-cluster-ip-range 10.96.0.0/16 --authorization-mode Node,RBAC --allow-privileged=true \
-  --endpoint-reconciler-type none --storage-media-type application/vnd.kubernetes.protobuf
+  --endpoint-reconciler-type none --storage-media-type application/vnd.kubernetes.protobuf \
+  --audit-policy-file "$S/audit-policy.yaml" --audit-log-path "$S/log/audit.log" --audit-log-maxsize 500
 wait_for kube-apiserver 120 curl -fs --cacert "$S/pki/ca.crt" "https://127.0.0.1:$API_PORT/readyz"
 
 # --- kube-controller-manager: GC, namespaces, Deployments, Jobs, node lifecycle, host-path PVs.

@@ -15,6 +15,7 @@ mod operator;
 mod ownership;
 mod pipeline;
 mod profiles;
+mod rbac;
 mod render;
 mod sim;
 mod sources;

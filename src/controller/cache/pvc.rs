@@ -81,11 +81,7 @@ pub async fn ensure(
     let name = pvc_name(cache);
     let mut view = Pvc { name: name.clone(), size: size_of(live), complete: complete_of(live) };
     match decide(cache, live) {
-        Err((state, reason, message)) => {
-            let mut report = Report::problem(cache, state, reason, message);
-            report.pvc = live.map(|_| name);
-            Ok(Ensured::Blocked(report))
-        }
+        Err((state, reason, message)) => Ok(Ensured::Blocked(Report::problem(cache, state, reason, message))),
         Ok(None) => Ok(Ensured::Ready(view)),
         Ok(Some(false)) => {
             adopt(ctx, cache, &name).await?;

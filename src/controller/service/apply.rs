@@ -26,9 +26,17 @@ struct Planned {
     live: Option<ObjectMeta>,
 }
 
+/// What an apply wrote.
+pub struct Applied {
+    /// Objects written or deleted.
+    pub writes: usize,
+    /// The Deployment was among them.
+    pub deployment: bool,
+}
+
 /// Applies `rendered` for `svc` and removes what it no longer renders. `Ok(Err(_))` is a
 /// conflict with an object we did not create; `Err(_)` an API error naming the object.
-pub async fn apply(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<Result<usize, Blocked>, Error> {
+pub async fn apply(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<Result<Applied, Blocked>, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let uid = svc.uid().unwrap_or_default();
     let name = svc.name_any();
@@ -53,6 +61,7 @@ pub async fn apply(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Resu
     let mut wrote = 0;
     // The Deployment first: it is what users wait for.
     let (first, rest): (Vec<_>, Vec<_>) = planned.into_iter().partition(|p| p.kind == "Deployment");
+    let deployment = first.iter().any(|p| p.verdict == Verdict::Apply);
     for p in &first {
         if p.verdict == Verdict::Apply && svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true) {
             hand_replicas_to_hpa(ctx, &ns, &p.name).await?;
@@ -65,7 +74,7 @@ pub async fn apply(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Resu
         }
     }
     wrote += prune(ctx, svc, rendered).await?;
-    Ok(Ok(wrote))
+    Ok(Ok(Applied { writes: wrote, deployment }))
 }
 
 /// The live metadata of a rendered object: from our caches, else (a kind we do not cache, or

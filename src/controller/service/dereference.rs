@@ -114,10 +114,17 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
     };
     let listed = catalog.list(&svc.spec.model.name).await.map_err(|e| e.to_string());
     let cache = cache(ctx, svc, &ns).await?;
+    let mut listed = listed;
     let (stored, distrusted) = match stored(ctx, svc, &ns).await? {
         Some(s) => match verify(&s, svc, &catalog).await {
             Ok(()) => (Some(s), None),
-            Err(why) => (None, Some(why)),
+            Err(Distrust::Mismatch(why)) => (None, Some(why)),
+            // Not checkable now (registry trouble): neither trusted nor replaced; nothing new
+            // is selected until the registry answers, and what runs is left alone.
+            Err(Distrust::Unchecked(why)) => {
+                listed = Err(why);
+                (None, None)
+            }
         },
         None => (None, None),
     };
@@ -191,22 +198,40 @@ async fn stored(ctx: &Context, svc: &OIMService, ns: &str) -> Result<Option<Stor
 /// the document its digest names in the service's catalog (the digest cache, else the registry);
 /// a generated one is checked again by selection. Whoever can edit the ConfigMap cannot change
 /// the image, args or env this way.
-async fn verify(stored: &Stored, svc: &OIMService, catalog: &Catalog) -> Result<(), String> {
+async fn verify(stored: &Stored, svc: &OIMService, catalog: &Catalog) -> Result<(), Distrust> {
     if stored.profile.model != svc.spec.model.name {
-        return Err(format!("it names model {}, not {}", stored.profile.model, svc.spec.model.name));
+        return Err(Distrust::Mismatch(format!(
+            "it names model {}, not {}",
+            stored.profile.model, svc.spec.model.name
+        )));
     }
     if stored.profile.generated {
         return Ok(());
     }
     if stored.digest.is_empty() {
-        return Err("a published profile without a digest".into());
+        return Err(Distrust::Mismatch("a published profile without a digest".into()));
     }
     let summary = ProfileSummary::of(&stored.profile, stored.digest.clone(), stored.source.clone());
     match catalog.fetch(&summary).await {
         Ok(p) if p == stored.profile => Ok(()),
-        Ok(_) => Err(format!("its document is not the one digest {} names", stored.digest)),
-        Err(e) => Err(format!("digest {} could not be checked: {e}", stored.digest)),
+        Ok(_) => Err(Distrust::Mismatch(format!("its document is not the one digest {} names", stored.digest))),
+        // A directory cannot be down: a digest it does not hold is not there any more.
+        Err(e) if matches!(catalog, Catalog::Dir(_)) => {
+            Err(Distrust::Mismatch(format!("digest {}: {e}", stored.digest)))
+        }
+        Err(e) => {
+            Err(Distrust::Unchecked(format!("the stored profile's digest {} could not be checked: {e}", stored.digest)))
+        }
     }
+}
+
+/// Why a stored selection is not used.
+#[derive(Debug, PartialEq)]
+enum Distrust {
+    /// It is not what its digest names (edited), or names another model.
+    Mismatch(String),
+    /// The catalog could not be asked.
+    Unchecked(String),
 }
 
 #[cfg(test)]
@@ -239,15 +264,19 @@ mod tests {
     async fn a_stored_selection_is_trusted_only_as_the_document_its_digest_names() {
         let (good, svc, catalog) = stored();
         assert_eq!(verify(&good, &svc, &catalog).await, Ok(()));
+        let mismatch = |r: Result<(), Distrust>| match r {
+            Err(Distrust::Mismatch(m)) => m,
+            other => panic!("{other:?}"),
+        };
         let mut image = good.clone();
         image.profile.engine.image = "docker.io/evil/vllm:1.0".into();
-        assert!(verify(&image, &svc, &catalog).await.unwrap_err().contains("not the one digest"));
+        assert!(mismatch(verify(&image, &svc, &catalog).await).contains("not the one digest"));
         let mut digest = good.clone();
         digest.digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
         assert!(verify(&digest, &svc, &catalog).await.is_err(), "a digest the catalog does not have");
         let mut other = good.clone();
         other.profile.model = "acme/other".into();
-        assert!(verify(&other, &svc, &catalog).await.unwrap_err().contains("acme/other"));
+        assert!(mismatch(verify(&other, &svc, &catalog).await).contains("acme/other"));
         let mut unpinned = good;
         unpinned.digest = String::new();
         assert!(verify(&unpinned, &svc, &catalog).await.is_err());

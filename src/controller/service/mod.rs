@@ -52,7 +52,7 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
     }
     let world = match dereference::read(svc, ctx).await? {
         Read::NotSynced => return Ok(Action::requeue(Duration::from_secs(2))),
-        Read::Source(e) => return finish(ctx, svc, Outcome::Blocked(source_blocked(&e)), None).await,
+        Read::Source(e) => return finish(ctx, svc, Outcome::Blocked(source_blocked(&e)), None, false).await,
         Read::World(w) => w,
     };
     if let Some(why) = &world.distrusted {
@@ -62,32 +62,33 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
     }
     let running = world.deployment.as_deref();
     let (chosen, update) = match select::decide(svc, &world, &ctx.engines) {
-        Decision::Blocked(b) => return finish(ctx, svc, Outcome::Blocked(b), running).await,
+        Decision::Blocked(b) => return finish(ctx, svc, Outcome::Blocked(b), running, false).await,
         Decision::Keep { chosen, update } => (*chosen, update),
         Decision::Fresh { selected, rejected, followed } => {
             match resolve(ctx, svc, &world, *selected, rejected, followed).await {
                 Ok(c) => (c, None),
-                Err(b) => return finish(ctx, svc, Outcome::Blocked(b), running).await,
+                Err(b) => return finish(ctx, svc, Outcome::Blocked(b), running, false).await,
             }
         }
     };
     let (rendered, serving) = match build(ctx, svc, &world, chosen, update) {
         Ok(x) => x,
-        Err(b) => return finish(ctx, svc, Outcome::Blocked(b), running).await,
+        Err(b) => return finish(ctx, svc, Outcome::Blocked(b), running, false).await,
     };
     let mut serving = *serving;
-    match apply::apply(ctx, svc, &rendered).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(conflict)) => return finish(ctx, svc, Outcome::Blocked(conflict), running).await,
+    // A Deployment written in this pass has not been rolled out, whatever the cache still shows.
+    let rolling = match apply::apply(ctx, svc, &rendered).await {
+        Ok(Ok(applied)) => applied.deployment,
+        Ok(Err(conflict)) => return finish(ctx, svc, Outcome::Blocked(conflict), running, false).await,
         Err(e @ (Error::Apply { .. } | Error::Delete { .. })) => {
             serving.apply_error = Some(format!("{e}"));
-            finish(ctx, svc, Outcome::Serving(Box::new(serving)), running).await?;
+            finish(ctx, svc, Outcome::Serving(Box::new(serving)), running, false).await?;
             return Err(e);
         }
         Err(e) => return Err(e),
-    }
+    };
     serving.external_endpoint = external_endpoint(&rendered, &assigned_address(ctx, &rendered).await?);
-    finish(ctx, svc, Outcome::Serving(Box::new(serving)), running).await
+    finish(ctx, svc, Outcome::Serving(Box::new(serving)), running, rolling).await
 }
 
 /// A `spec.profile.source` the operator cannot use.
@@ -199,8 +200,11 @@ async fn finish(
     svc: &OIMService,
     outcome: Outcome,
     running: Option<&k8s_openapi::api::apps::v1::Deployment>,
+    rolling: bool,
 ) -> Result<Action, Error> {
-    let st = status::build(svc, &outcome, Rollout::of(running), running.is_some());
+    let mut rollout = Rollout::of(running);
+    rollout.done &= !rolling;
+    let st = status::build(svc, &outcome, rollout, running.is_some());
     let changed = status::write(ctx, svc, &st).await?;
     let revisit = ctx.sources.refresh().clamp(Duration::from_secs(1), Duration::from_secs(600));
     Ok(match &outcome {

@@ -140,23 +140,12 @@ fn operator(args: OperatorArgs) -> ExitCode {
         },
         None => oim::profile::engines::Engines::builtin(),
     };
-    let mut node_selector = std::collections::BTreeMap::new();
-    for pair in &args.agent_node_selector {
-        let Some((k, v)) = pair.split_once('=') else {
-            eprintln!("oim operator: --agent-node-selector {pair:?}: expected KEY=VALUE");
+    let (node_selector, tolerations) = match agent_placement(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("oim operator: {e}");
             return ExitCode::from(exit::BAD_INPUT);
-        };
-        node_selector.insert(k.to_string(), v.to_string());
-    }
-    let tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>> = match &args.agent_tolerations {
-        Some(json) => match serde_json::from_str(json) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("oim operator: --agent-tolerations: not a JSON list of tolerations: {e}");
-                return ExitCode::from(exit::BAD_INPUT);
-            }
-        },
-        None => None,
+        }
     };
     let sources = oim::controller::source::Sources::new(catalog, args.allowed_registries.clone(), refresh);
     block_on(async move {
@@ -211,6 +200,26 @@ fn operator(args: OperatorArgs) -> ExitCode {
 
 /// The operator's own image, read from its pod (POD_NAME/POD_NAMESPACE from the downward API);
 /// outside a pod, the release image of this version.
+/// Where the node agent runs: `--agent-node-selector KEY=VALUE...` and `--agent-tolerations JSON`.
+type Placement = (std::collections::BTreeMap<String, String>, Option<Vec<k8s_openapi::api::core::v1::Toleration>>);
+
+fn agent_placement(args: &oim::cli::OperatorArgs) -> Result<Placement, String> {
+    let mut node_selector = std::collections::BTreeMap::new();
+    for pair in &args.agent_node_selector {
+        let (k, v) =
+            pair.split_once('=').ok_or_else(|| format!("--agent-node-selector {pair:?}: expected KEY=VALUE"))?;
+        node_selector.insert(k.to_string(), v.to_string());
+    }
+    let tolerations = match &args.agent_tolerations {
+        Some(json) => Some(
+            serde_json::from_str(json)
+                .map_err(|e| format!("--agent-tolerations: not a JSON list of tolerations: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok((node_selector, tolerations))
+}
+
 async fn own_image(client: &kube::Client) -> String {
     let fallback = oim::render::DEFAULT_IMAGE.to_string();
     let (Ok(name), Ok(ns)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) else { return fallback };

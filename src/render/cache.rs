@@ -114,10 +114,8 @@ fn env(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
 
-/// The download Job: one `oim download` per weights repository (init containers run them in
-/// order), on the selected group's nodes without an accelerator request, hardened, with bounded
-/// retries and the cache's token, proxy and env settings.
-pub fn build_job(cache: &OIMCache, wanted: &[Wanted], group: &Group, image: &str, platform: Platform) -> Job {
+/// The downloader's environment: hub endpoint, token, proxy, then the cache's own env (which wins).
+fn download_env(cache: &OIMCache) -> Vec<EnvVar> {
     let hf = &cache.spec.source.hf;
     let mut envs = vec![env("HOME", "/tmp"), env("OIM_TERMINATION_LOG", "/dev/termination-log")];
     if let Some(e) = &hf.endpoint {
@@ -131,46 +129,71 @@ pub fn build_job(cache: &OIMCache, wanted: &[Wanted], group: &Group, image: &str
         envs.retain(|x| x.name != e.name);
         envs.push(e.clone());
     }
+    envs
+}
+
+/// Requests = limits: the cache's, else 1 CPU and 1Gi.
+fn download_resources(cache: &OIMCache) -> ResourceRequirements {
     let r = cache.spec.resources.clone().unwrap_or_default();
     let cpu = Quantity(r.cpu.unwrap_or_else(|| "1".into()));
     let memory = Quantity(r.memory.unwrap_or_else(|| "1Gi".into()));
-    let resources = ResourceRequirements {
+    ResourceRequirements {
         requests: Some([("cpu".to_string(), cpu.clone()), ("memory".to_string(), memory.clone())].into()),
         limits: Some([("cpu".to_string(), cpu), ("memory".to_string(), memory)].into()),
         ..Default::default()
-    };
-    let container = |i: usize, w: &Wanted| {
-        let mut args = vec!["download".into(), "--repo".into(), w.weights.clone(), "--revision".into()];
-        args.extend([w.revision.clone(), "--dest".into(), MOUNT.into()]);
-        for p in hf.allow_patterns.iter().flatten() {
-            args.extend(["--include".into(), p.clone()]);
-        }
-        for p in hf.ignore_patterns.iter().flatten() {
-            args.extend(["--exclude".into(), p.clone()]);
-        }
-        Container {
-            name: format!("download-{i}"),
-            image: Some(image.into()),
-            args: Some(args),
-            env: Some(envs.clone()),
-            resources: Some(resources.clone()),
-            volume_mounts: Some(vec![
-                VolumeMount { name: "weights".into(), mount_path: MOUNT.into(), ..Default::default() },
-                VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
-            ]),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    ..Default::default()
-                }),
+    }
+}
+
+/// One `oim download` of one weights repository, hardened.
+fn download_container(
+    i: usize,
+    w: &Wanted,
+    cache: &OIMCache,
+    image: &str,
+    envs: &[EnvVar],
+    resources: &ResourceRequirements,
+) -> Container {
+    let hf = &cache.spec.source.hf;
+    let mut args = vec!["download".into(), "--repo".into(), w.weights.clone(), "--revision".into()];
+    args.extend([w.revision.clone(), "--dest".into(), MOUNT.into()]);
+    for p in hf.allow_patterns.iter().flatten() {
+        args.extend(["--include".into(), p.clone()]);
+    }
+    for p in hf.ignore_patterns.iter().flatten() {
+        args.extend(["--exclude".into(), p.clone()]);
+    }
+    Container {
+        name: format!("download-{i}"),
+        image: Some(image.into()),
+        args: Some(args),
+        env: Some(envs.to_vec()),
+        resources: Some(resources.clone()),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "weights".into(), mount_path: MOUNT.into(), ..Default::default() },
+            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+        ]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+                drop: Some(vec!["ALL".into()]),
                 ..Default::default()
             }),
-            termination_message_policy: Some("FallbackToLogsOnError".into()),
             ..Default::default()
-        }
-    };
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// The download Job: one `oim download` per weights repository (init containers run them in
+/// order), on the selected group's nodes without an accelerator request, hardened, with bounded
+/// retries and the cache's token, proxy and env settings.
+pub fn build_job(cache: &OIMCache, wanted: &[Wanted], group: &Group, image: &str, platform: Platform) -> Job {
+    let hf = &cache.spec.source.hf;
+    let envs = download_env(cache);
+    let resources = download_resources(cache);
+    let container = |i: usize, w: &Wanted| download_container(i, w, cache, image, &envs, &resources);
     let mut containers: Vec<Container> = wanted.iter().enumerate().map(|(i, w)| container(i, w)).collect();
     let main = containers.pop().unwrap_or_else(|| container(0, &wanted[0]));
     let mut node_selector = BTreeMap::new();

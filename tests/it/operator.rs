@@ -67,6 +67,38 @@ pub(crate) fn service(name: &str, model: &str, kpi: &str, scenario: &str) -> OIM
     .unwrap()
 }
 
+/// Whether the service's state is Ready.
+pub(crate) fn ready(s: &OIMService) -> bool {
+    s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready)
+}
+
+/// The image of a Deployment's first container.
+pub(crate) fn image(d: &Deployment) -> String {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap_or_default()
+}
+
+/// A namespace and an 8xH100 node for `scenario`, an operator on it, and the Llama 3.1 8B latency
+/// service `llm` Ready there.
+pub(crate) struct Serving {
+    pub(crate) ns: TestNs,
+    pub(crate) node: KwokNode,
+    pub(crate) svcs: Api<OIMService>,
+    pub(crate) _operator: Operator,
+}
+
+pub(crate) async fn serving_8b(client: &kube::Client, scenario: &str) -> Serving {
+    cluster::install_oim_crds();
+    let ns = TestNs::new(client, scenario, &[]).await;
+    let node = KwokNode::create(client, scenario, &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    let operator = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    svcs.create(&PostParams::default(), &service("llm", "meta-llama/Llama-3.1-8B-Instruct", "latency", scenario))
+        .await
+        .unwrap();
+    cluster::wait_for(&svcs, "llm", Duration::from_secs(90), ready).await;
+    Serving { ns, node, svcs, _operator: operator }
+}
+
 pub(crate) fn condition<'a>(
     svc: &'a OIMService,
     type_: &str,

@@ -16,15 +16,7 @@ use oim::api::{CacheState, OIMCache, OIMService, ServiceState};
 use serde_json::json;
 
 use crate::cluster::{self, KwokNode, SCENARIO_LABEL, TestNs};
-use crate::operator::{Operator, condition, service};
-
-fn ready(s: &OIMService) -> bool {
-    s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready)
-}
-
-fn image(d: &Deployment) -> String {
-    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap_or_default()
-}
+use crate::operator::{Operator, condition, image, ready, service};
 
 async fn gone<K>(api: &Api<K>, name: &str, what: &str)
 where
@@ -78,15 +70,7 @@ async fn ingress_and_autoscaling_switched_off_are_removed_and_the_deployment_get
 #[tokio::test]
 async fn a_hand_edited_deployment_is_put_back_and_a_resync_after_that_writes_nothing() {
     let client = cluster::client().await;
-    cluster::install_oim_crds();
-    let ns = TestNs::new(&client, "pl-drift", &[]).await;
-    let node = KwokNode::create(&client, "pl-drift", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
-    let _operator = Operator::start(&ns.name);
-    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
-    svcs.create(&PostParams::default(), &service("llm", "meta-llama/Llama-3.1-8B-Instruct", "latency", "pl-drift"))
-        .await
-        .unwrap();
-    cluster::wait_for(&svcs, "llm", Duration::from_secs(90), ready).await;
+    let crate::operator::Serving { ns, node, svcs, _operator } = crate::operator::serving_8b(&client, "pl-drift").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let d = deployments.get("llm").await.unwrap();
     let applied = image(&d);

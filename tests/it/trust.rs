@@ -11,27 +11,12 @@ use oim::api::{OIMService, ServiceState};
 use serde_json::json;
 
 use crate::cluster::{self, KwokNode, TestNs};
-use crate::operator::{Operator, condition, service};
-
-fn image(d: &Deployment) -> String {
-    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap_or_default()
-}
+use crate::operator::{Operator, condition, image, service};
 
 #[tokio::test]
 async fn an_edited_stored_selection_is_ignored_reported_and_rewritten() {
     let client = cluster::client().await;
-    cluster::install_oim_crds();
-    let ns = TestNs::new(&client, "trust-cm", &[]).await;
-    let node = KwokNode::create(&client, "trust-cm", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
-    let _operator = Operator::start(&ns.name);
-    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
-    svcs.create(&PostParams::default(), &service("llm", "meta-llama/Llama-3.1-8B-Instruct", "latency", "trust-cm"))
-        .await
-        .unwrap();
-    cluster::wait_for(&svcs, "llm", Duration::from_secs(90), |s| {
-        s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready)
-    })
-    .await;
+    let crate::operator::Serving { ns, node, svcs, _operator } = crate::operator::serving_8b(&client, "trust-cm").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let legit = image(&deployments.get("llm").await.unwrap());
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);

@@ -11,6 +11,7 @@ mod environment;
 mod estimate;
 mod fixtures;
 mod install;
+mod leader;
 mod operator;
 mod ownership;
 mod pipeline;

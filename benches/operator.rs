@@ -70,7 +70,7 @@ impl Operator {
 
     async fn ready(&self) {
         for _ in 0..600 {
-            if self.get("/readyz").is_some_and(|b| b.starts_with("HTTP/1.1 200")) {
+            if self.get("/readyz").is_some_and(|b| b.split_whitespace().nth(1) == Some("200")) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

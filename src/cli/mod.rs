@@ -181,6 +181,10 @@ pub struct OperatorArgs {
     /// Docker config.json with registry credentials.
     #[arg(long, value_name = "FILE")]
     pub registry_config: Option<PathBuf>,
+    /// The Hugging Face hub whose `config.json` and safetensors metadata size models the
+    /// built-in table does not know (an OIMCache's `spec.source.hf.endpoint` wins for its model).
+    #[arg(long, env = "HF_ENDPOINT", value_name = "URL", default_value = "https://huggingface.co")]
+    pub hf_endpoint: String,
 }
 
 /// `oim node-agent`.

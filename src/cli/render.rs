@@ -211,7 +211,7 @@ async fn render_service(env: &Env, svc: &OIMService, caches: &[OIMCache]) -> Res
 async fn render_cache(env: &Env, cache: &OIMCache) -> Result<Option<String>, Failure> {
     let name = cache.metadata.name.clone().unwrap_or_default();
     let profiles = env.catalog.list(&cache.spec.model()).await.map_err(|e| (exit::RUNTIME, e.to_string()))?;
-    let (wanted, group) = match crate::profile::weights::plan(cache, &profiles, &env.nodes, &env.engines) {
+    let (wanted, group) = match crate::profile::weights::plan(cache, &profiles, &env.nodes, &env.engines, None) {
         Ok(x) => x,
         Err(why) => {
             eprintln!("oim render: OIMCache {name}: {why}");
@@ -220,7 +220,7 @@ async fn render_cache(env: &Env, cache: &OIMCache) -> Result<Option<String>, Fai
     };
     let mut objects = vec![];
     if cache.spec.storage.pvc.create.unwrap_or(true) {
-        let size = crate::profile::weights::size_for(&cache.spec, &wanted).ok_or_else(|| {
+        let size = crate::profile::weights::size_for(&cache.spec, &wanted, None).ok_or_else(|| {
             let model = cache.spec.model();
             (
                 exit::BAD_INPUT,

@@ -15,6 +15,7 @@ pub mod context;
 pub mod decode;
 pub mod events;
 pub mod metrics;
+pub mod model;
 pub mod run;
 pub mod service;
 pub mod source;

@@ -169,11 +169,15 @@ struct Entry {
     state: State,
     /// Consecutive failures, for the backoff.
     failures: u32,
+    /// The last answer read, served while a refresh is under way or failing.
+    good: Option<Arc<Arch>>,
 }
 
 /// Architectures read from the hub, shared by every reconcile: at most `capacity` entries (the
 /// oldest answer is evicted first), answers kept for `ttl`, failures retried after a backoff
 /// doubling from 2 s to 5 min, one read per key at a time, each read under an overall deadline.
+/// A model read once keeps its last answer while a refresh is under way or fails: what serves
+/// keeps serving through a hub outage.
 pub struct ArchCache {
     capacity: usize,
     ttl: Duration,
@@ -199,17 +203,29 @@ impl ArchCache {
         let key = src.key();
         let mut rx = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(found) = entries.get(&key).and_then(|e| self.answer(e)) {
-                return found;
+            let good = entries.get(&key).and_then(|e| e.good.clone());
+            match (entries.get(&key).and_then(|e| self.answer(e)), &good) {
+                (Some(Lookup::Failed { .. }), Some(g)) => return Lookup::Ready(g.clone()),
+                (Some(found), _) => return found,
+                (None, _) => {}
             }
-            match entries.get(&key).map(|e| &e.state) {
+            let rx = match entries.get(&key).map(|e| &e.state) {
                 Some(State::Reading(rx)) => rx.clone(),
                 _ => self.start(&mut entries, key.clone(), src.clone()),
+            };
+            if let Some(g) = good {
+                return Lookup::Ready(g);
             }
+            rx
         };
         let _ = tokio::time::timeout(wait, rx.changed()).await;
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(&key).and_then(|e| self.answer(e)).unwrap_or(Lookup::Pending)
+        let Some(e) = entries.get(&key) else { return Lookup::Pending };
+        match (self.answer(e), &e.good) {
+            (Some(Lookup::Failed { .. }) | None, Some(g)) => Lookup::Ready(g.clone()),
+            (Some(found), _) => found,
+            (None, None) => Lookup::Pending,
+        }
     }
 
     /// A settled answer still valid; None when the entry must be (re)read or is being read.
@@ -234,14 +250,19 @@ impl ArchCache {
         src: ModelSource,
     ) -> tokio::sync::watch::Receiver<()> {
         let (tx, rx) = tokio::sync::watch::channel(());
-        let failures = entries.get(&key).map_or(0, |e| e.failures);
-        entries.insert(key.clone(), Entry { at: Instant::now(), state: State::Reading(rx.clone()), failures });
+        let (failures, good) = entries.get(&key).map_or((0, None), |e| (e.failures, e.good.clone()));
+        let reading = Entry { at: Instant::now(), state: State::Reading(rx.clone()), failures, good };
+        entries.insert(key.clone(), reading);
         let cache = self.clone();
         tokio::spawn(async move {
             let answer = cache.read(&src).await;
             let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let failures = if answer.is_ok() { 0 } else { failures.saturating_add(1) };
-            entries.insert(key, Entry { at: Instant::now(), state: State::Done(answer), failures });
+            let before = entries.get(&key).and_then(|e| e.good.clone());
+            let (failures, good) = match &answer {
+                Ok(a) => (0, Some(a.clone())),
+                Err(_) => (failures.saturating_add(1), before),
+            };
+            entries.insert(key, Entry { at: Instant::now(), state: State::Done(answer), failures, good });
             cache.evict(&mut entries);
             drop(tx);
         });
@@ -374,6 +395,21 @@ mod tests {
             assert!(matches!(cache.lookup(&source(&endpoint, repo), Duration::from_secs(5)).await, Lookup::Ready(_)));
         }
         assert_eq!(cache.len(), 2, "the oldest answers are evicted");
+    }
+
+    #[tokio::test]
+    async fn a_model_read_once_keeps_its_answer_while_a_refresh_fails() {
+        let (failing, asked) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicUsize::new(0)));
+        let endpoint = hub(failing.clone(), asked.clone()).await;
+        // Every answer is stale at once: each lookup refreshes in the background.
+        let cache = ArchCache::new(8, Duration::ZERO, Duration::from_secs(5));
+        let tiny = source(&endpoint, "acme/tiny");
+        assert!(matches!(cache.lookup(&tiny, Duration::from_secs(5)).await, Lookup::Ready(_)));
+        failing.store(1, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(matches!(cache.lookup(&tiny, Duration::from_secs(5)).await, Lookup::Ready(_)));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     #[test]

@@ -106,9 +106,8 @@ pub async fn facts(ctx: &Context, w: &Wanted<'_>) -> Result<Facts, Error> {
         )),
         Lookup::Failed { message, retry_in } => Facts::Unavailable {
             message: format!(
-                "{message}; {} is not in the built-in architecture table, so no profile is generated until it can be read (retried in {}s)",
-                w.model,
-                retry_in.as_secs().max(1)
+                "{message}; {} is not in the built-in architecture table, so no profile is generated until it can be read (retried with backoff up to every 5 minutes)",
+                w.model
             ),
             retry_in,
         },

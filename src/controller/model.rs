@@ -115,20 +115,20 @@ pub async fn facts(ctx: &Context, w: &Wanted<'_>) -> Result<Facts, Error> {
 }
 
 /// `HF_TOKEN` of Secret `name`, or why it cannot be used.
-async fn token(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    field: &str,
-) -> Result<Result<Option<String>, String>, Error> {
-    let secret =
-        Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(name).await.reading(|| format!("Secret {ns}/{name}"))?;
+async fn token(ctx: &Context, ns: &str, name: &str, field: &str) -> Result<Result<Option<String>, String>, Error> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .reading(|| format!("Secret {ns}/{name}"))?;
     let Some(secret) = secret else {
         return Ok(Err(format!("{field}: Secret {name} does not exist in {ns}; create it with key HF_TOKEN")));
     };
-    let raw = secret.data.as_ref().and_then(|d| d.get("HF_TOKEN")).map(|b| b.0.clone()).or_else(|| {
-        secret.string_data.as_ref().and_then(|d| d.get("HF_TOKEN")).map(|s| s.clone().into_bytes())
-    });
+    let raw = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("HF_TOKEN"))
+        .map(|b| b.0.clone())
+        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get("HF_TOKEN")).map(|s| s.clone().into_bytes()));
     let Some(raw) = raw else {
         return Ok(Err(format!("{field}: Secret {name} has no key HF_TOKEN")));
     };

@@ -987,9 +987,9 @@ fn explain(p: &ProfileSummary, kpi: Kpi, g: &Group) -> String {
     let est = if p.estimated { " estimated" } else { "" };
     let figure = match kpi {
         Kpi::Latency => p.ttft_ms_p50.map(|t| format!(",{est} ttft p50 {t} ms")),
-        Kpi::Throughput => p
-            .throughput_tokens_per_sec
-            .map(|t| format!(",{est} {:.0} tok/s per device", t / f64::from(p.count.max(1)))),
+        Kpi::Throughput => {
+            p.throughput_tokens_per_sec.map(|t| format!(",{est} {:.0} tok/s per device", t / f64::from(p.count.max(1))))
+        }
         Kpi::Quantization => Some(format!(", {} weights", enum_str(&p.precision))),
     };
     let kpi_note = if p.kpi == kpi {

@@ -361,10 +361,11 @@ mod tests {
         let mut other = c.clone();
         other.spec.source.hf.namespace = Some("acme".into());
         other.spec.source.hf.model_name = "unknown".into();
-        assert_eq!(size_for(&other.spec, &[unknown.clone()], None), None);
+        assert_eq!(size_for(&other.spec, std::slice::from_ref(&unknown), None), None);
         // The model's own safetensors index (Qwen2.5-32B: 65,527,752,704 bytes = 61.03 GiB):
         // 61.03 x 1.2 = 73.2, rounded up to 74, plus 5 GiB of headroom.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/Qwen/Qwen2.5-32B-Instruct");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/Qwen/Qwen2.5-32B-Instruct");
         let config = std::fs::read(dir.join("config.json")).unwrap();
         let qwen = crate::profile::estimate::Arch::from_config_json("acme/unknown", &config)
             .unwrap()

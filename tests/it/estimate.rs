@@ -312,11 +312,13 @@ async fn the_operator_generates_from_the_hub_reports_its_outage_and_recovers() {
     assert!(gib >= 16, "host memory holds what loading stages: {memory}");
     cluster::wait_for(&svcs, "llama", Duration::from_secs(60), ready).await;
 
-    let hub = state.lock().unwrap();
-    assert!(hub.tokens.iter().all(|t| t == &format!("Bearer {TOKEN}")) && !hub.tokens.is_empty(), "the service's token");
-    assert!(hub.paths.iter().all(|p| p.starts_with("/Qwen/")), "a model the table knows never reaches the hub: {:?}", hub.paths);
-    assert!(!hub.paths.iter().any(|p| p.ends_with("model.safetensors")), "no weights read");
-    drop(hub);
+    let (tokens, paths) = {
+        let hub = state.lock().unwrap();
+        (hub.tokens.clone(), hub.paths.clone())
+    };
+    assert!(tokens.iter().all(|t| t == &format!("Bearer {TOKEN}")) && !tokens.is_empty(), "the service's token");
+    assert!(paths.iter().all(|p| p.starts_with("/Qwen/")), "a model the table knows never reaches the hub: {paths:?}");
+    assert!(!paths.iter().any(|p| p.ends_with("model.safetensors")), "no weights read");
     ns.cleanup().await;
     node.delete(&client).await;
 }

@@ -387,8 +387,7 @@ fn published_measured_figures_rank_before_published_estimates_which_compare_amon
     // estimates promise more, but a measurement beats any estimate for the same request.
     let nodes = offline(&[("h100", "h100-sxm-80gb", 8)]);
     let tp = |name: &str, count: u32, tps: f64, estimated: bool| {
-        let mut p =
-            profile(name, LLAMA8B, Kpi::Throughput, Vendor::Nvidia, "h100-sxm-80gb", count, None, Some(tps));
+        let mut p = profile(name, LLAMA8B, Kpi::Throughput, Vendor::Nvidia, "h100-sxm-80gb", count, None, Some(tps));
         p.concurrency = Some(if estimated { 212 } else { 64 });
         p.estimated = estimated;
         p
@@ -403,7 +402,10 @@ fn published_measured_figures_rank_before_published_estimates_which_compare_amon
     let sel = s.selected.unwrap();
     assert_eq!(sel.profile.name, "measured", "measured 8000 tok/s on 1 device beats 4500 per device and estimates");
     let why = |n: &str| s.rejected.iter().find(|r| r.name == n).unwrap().reason.clone();
-    assert_eq!(why("estimated-big"), "feasible, but its throughput figures are estimated and measured has measured ones");
+    assert_eq!(
+        why("estimated-big"),
+        "feasible, but its throughput figures are estimated and measured has measured ones"
+    );
     assert_eq!(why("measured-slower"), "feasible, but 4500 tok/s per device vs 8000 for measured");
 
     // With only estimates published, they compare by their estimates and the choice says so.

@@ -194,7 +194,8 @@ fn qwen_service(extra: &str) -> OIMService {
 }
 
 fn qwen_arch() -> Arc<crate::profile::estimate::Arch> {
-    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/Qwen/Qwen2.5-32B-Instruct"));
+    let dir =
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/Qwen/Qwen2.5-32B-Instruct"));
     let config = std::fs::read(dir.join("config.json")).unwrap();
     let arch = crate::profile::estimate::Arch::from_config_json("Qwen/Qwen2.5-32B-Instruct", &config).unwrap();
     Arc::new(arch.with_checkpoint_bytes(65_527_752_704))

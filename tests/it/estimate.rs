@@ -237,8 +237,8 @@ fn serve_operator(req: &Request<Incoming>, state: &Mutex<OperatorHub>) -> Respon
 
 /// The operator on the local control plane generates a profile for a model the built-in table
 /// does not know from its config.json and safetensors index on the hub (with the service's token),
-/// says which model, hub and cause while the hub fails, recovers when it answers again, and never
-/// asks the hub about a model the table knows.
+/// says which model, hub and cause while the hub fails, recovers when it answers again, sizes an
+/// OIMCache's PVC from the exact bytes, and never asks the hub about a model the table knows.
 #[tokio::test]
 async fn the_operator_generates_from_the_hub_reports_its_outage_and_recovers() {
     use k8s_openapi::api::core::v1::Secret;
@@ -311,6 +311,25 @@ async fn the_operator_generates_from_the_hub_reports_its_outage_and_recovers() {
     let gib: u64 = memory.trim_end_matches("Gi").parse().unwrap();
     assert!(gib >= 16, "host memory holds what loading stages: {memory}");
     cluster::wait_for(&svcs, "llama", Duration::from_secs(60), ready).await;
+
+    // An OIMCache of the same model sizes its PVC from the exact safetensors bytes: 61.0 GiB
+    // x 1.2 = 73.2, rounded up to 74, plus 5 GiB of headroom.
+    let cache: oim::api::OIMCache = serde_saphyr::from_str(&format!(
+        "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMCache\nmetadata: {{name: qwen}}\nspec:\n  source: {{hf: {{modelName: Qwen/Qwen2.5-32B-Instruct, endpoint: '{endpoint}', authSecret: hf}}}}\n  profile: {{kpi: latency}}\n  nodeSelector: {{{}: op-hub}}\n",
+        cluster::SCENARIO_LABEL
+    ))
+    .unwrap();
+    Api::<oim::api::OIMCache>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &cache)
+        .await
+        .unwrap();
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    let pvc = cluster::wait_until("the cache's PVC", Duration::from_secs(60), || async {
+        pvcs.get_opt("qwen-weights").await.ok().flatten()
+    })
+    .await;
+    let size = pvc.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0.clone();
+    assert_eq!(size, "79Gi");
 
     let (tokens, paths) = {
         let hub = state.lock().unwrap();

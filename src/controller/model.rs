@@ -49,8 +49,10 @@ pub struct Wanted<'a> {
     pub revision: Option<&'a str>,
     /// The owner's hub, when it names one; else the operator's.
     pub endpoint: Option<&'a str>,
-    /// The Secret holding `HF_TOKEN`, and the field that names it (for messages).
-    pub auth_secret: Option<(&'a str, &'static str)>,
+    /// The Secret holding `HF_TOKEN`.
+    pub auth_secret: Option<&'a str>,
+    /// The field naming that Secret, for messages (`spec.authSecret`).
+    pub secret_field: &'static str,
 }
 
 /// Model facts, or why not (yet).
@@ -77,9 +79,10 @@ pub const PENDING: &str = "ModelConfigPending";
 /// Reads (or finds in the cache) the facts of `w.model`.
 pub async fn facts(ctx: &Context, w: &Wanted<'_>) -> Result<Facts, Error> {
     let endpoint = w.endpoint.filter(|e| !e.is_empty()).unwrap_or(&ctx.hub.endpoint).to_string();
+    let field = w.secret_field;
     let token = match w.auth_secret {
         None => None,
-        Some((name, field)) => match token(ctx, w.namespace, name, field).await? {
+        Some(name) => match token(ctx, w.namespace, name, field).await? {
             Ok(t) => t,
             Err(why) => {
                 let message = format!(
@@ -104,13 +107,19 @@ pub async fn facts(ctx: &Context, w: &Wanted<'_>) -> Result<Facts, Error> {
             src.describe(),
             w.model
         )),
-        Lookup::Failed { message, retry_in } => Facts::Unavailable {
-            message: format!(
-                "{message}; {} is not in the built-in architecture table, so no profile is generated until it can be read (retried with backoff up to every 5 minutes)",
-                w.model
-            ),
-            retry_in,
-        },
+        Lookup::Failed { message, retry_in } => {
+            let token = match w.auth_secret {
+                Some(s) => format!("the token of Secret {s} ({field}) was sent"),
+                None => format!("no token was sent (a gated model needs {field})"),
+            };
+            Facts::Unavailable {
+                message: format!(
+                    "{message}; {token}. {} is not in the built-in architecture table, so no profile is generated until it can be read (retried with backoff up to every 5 minutes)",
+                    w.model
+                ),
+                retry_in,
+            }
+        }
     })
 }
 

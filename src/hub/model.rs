@@ -110,6 +110,18 @@ impl Hub {
     }
 }
 
+/// A hub error said without the downloader's flags and fields (the caller names its own).
+fn neutral(e: &HubError) -> String {
+    match e {
+        HubError::Unauthorized { .. } => "the hub refused access (401): the model needs a token that can read it".into(),
+        HubError::Forbidden { .. } => {
+            "access is forbidden (403): the repository is gated or private; accept its license on the hub with the account whose token is used".into()
+        }
+        HubError::NotFound { .. } => "it was not found (404): check the model name and revision".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Where a model's facts come from: hub, repository, revision and the token to send.
 #[derive(Clone)]
 pub struct ModelSource {
@@ -274,7 +286,7 @@ impl ArchCache {
         let hub = Hub::new(&src.endpoint, src.token.clone()).map_err(|e| format!("config.json of {what}: {e}"))?;
         match tokio::time::timeout(self.deadline, hub.model_arch(&src.repo, &src.revision)).await {
             Ok(Ok(a)) => Ok(Arc::new(a)),
-            Ok(Err(e)) => Err(format!("config.json of {what} could not be read: {e}")),
+            Ok(Err(e)) => Err(format!("config.json of {what} could not be read: {}", neutral(&e))),
             Err(_) => Err(format!(
                 "config.json of {what} could not be read: no complete answer within {}s",
                 self.deadline.as_secs()
@@ -326,6 +338,9 @@ mod tests {
             if failing.load(Ordering::SeqCst) == 1 {
                 return respond(500, full("down"));
             }
+            if path.starts_with("/acme/gated/") {
+                return respond(403, full("{}"));
+            }
             if path.ends_with("/config.json") {
                 asked.fetch_add(1, Ordering::SeqCst);
                 if path.starts_with("/acme/slow/") {
@@ -356,6 +371,14 @@ mod tests {
         assert_eq!(a.checkpoint.bytes, Some(33_000_000.0), "exact bytes from the safetensors index");
         assert!(matches!(cache.lookup(&tiny, Duration::from_secs(5)).await, Lookup::Ready(_)));
         assert_eq!(asked.load(Ordering::SeqCst), 1, "the second lookup is served from the cache");
+
+        match cache.lookup(&source(&endpoint, "acme/gated"), Duration::from_secs(5)).await {
+            Lookup::Failed { message, .. } => {
+                assert!(message.contains("403") && message.contains("gated or private"), "{message}");
+                assert!(!message.contains("--repo") && !message.contains("OIMCache"), "no downloader flags: {message}");
+            }
+            other => panic!("{other:?}"),
+        }
 
         failing.store(1, Ordering::SeqCst);
         let other = source(&endpoint, "acme/other");

@@ -117,16 +117,21 @@ async fn model_facts(
         model: &model,
         revision: hf.revision.as_deref(),
         endpoint: hf.endpoint.as_deref(),
-        auth_secret: hf.auth_secret.as_deref().map(|s| (s, "spec.source.hf.authSecret")),
+        auth_secret: hf.auth_secret.as_deref(),
+        secret_field: "spec.source.hf.authSecret",
     };
     Ok(match model::facts(ctx, &wanted).await? {
         Facts::Ready(a) => Ok(Some(a)),
         Facts::Pending(m) => {
             Err((Report::problem(cache, CacheState::Pending, model::PENDING, m), Duration::from_secs(2)))
         }
-        Facts::Unavailable { message, retry_in } => Err((
-            Report::problem(cache, CacheState::Pending, model::UNAVAILABLE, message),
-            retry_in.max(Duration::from_secs(1)),
-        )),
+        Facts::Unavailable { message, retry_in } => {
+            let hint =
+                if sizes { "; a spec.storage.pvc.size skips this read when a published profile fits" } else { "" };
+            Err((
+                Report::problem(cache, CacheState::Pending, model::UNAVAILABLE, format!("{message}{hint}")),
+                retry_in.max(Duration::from_secs(1)),
+            ))
+        }
     })
 }

@@ -118,7 +118,8 @@ async fn model_facts(
         model: &svc.spec.model.name,
         revision: svc.spec.model.revision.as_deref(),
         endpoint: endpoint.as_deref(),
-        auth_secret: svc.spec.auth_secret.as_deref().map(|s| (s, "spec.authSecret")),
+        auth_secret: svc.spec.auth_secret.as_deref(),
+        secret_field: "spec.authSecret",
     };
     Ok(match model::facts(ctx, &wanted).await? {
         Facts::Ready(a) => Ok(a),

@@ -320,6 +320,11 @@ pub struct RenderArgs {
     /// The image of OIMCache download Jobs (the operator's own image by default).
     #[arg(long, value_name = "IMAGE", default_value = crate::render::DEFAULT_IMAGE)]
     pub puller_image: String,
+    /// A model's own config.json (a file, or a folder holding it and its
+    /// model.safetensors.index.json), for a model the built-in table does not know: what the
+    /// operator reads from the hub (repeatable).
+    #[arg(long, value_name = "MODEL=DIR|FILE")]
+    pub model_config: Vec<String>,
     /// Profile source.
     #[command(flatten)]
     pub source: CatalogArgs,

@@ -341,3 +341,39 @@ async fn the_operator_generates_from_the_hub_reports_its_outage_and_recovers() {
     ns.cleanup().await;
     node.delete(&client).await;
 }
+
+/// `oim render` renders what the operator would for a model the table does not know when given
+/// its config.json (the operator reads it from the hub): a generated H100 Deployment and a PVC
+/// sized from the safetensors index; without it, nothing is guessed.
+#[test]
+fn offline_render_takes_the_models_config_json() {
+    let (inventory, catalog) = cluster("render");
+    let docs = inventory.with_file_name("qwen.yaml");
+    std::fs::write(
+        &docs,
+        "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {name: qwen}\nspec:\n  model: {name: Qwen/Qwen2.5-32B-Instruct}\n  profile: {kpi: latency}\n---\napiVersion: oim.opea.dev/v1alpha1\nkind: OIMCache\nmetadata: {name: qwen}\nspec:\n  source: {hf: {modelName: Qwen/Qwen2.5-32B-Instruct}}\n  profile: {kpi: latency}\n",
+    )
+    .unwrap();
+    let render = |extra: &[String]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oim"));
+        cmd.arg("render").arg("-f").arg(&docs).arg("--inventory").arg(&inventory).arg("--catalog").arg(&catalog);
+        cmd.args(extra).output().unwrap()
+    };
+    let qwen = fake_hub::fixtures().join("Qwen/Qwen2.5-32B-Instruct");
+    let out = render(&["--model-config".into(), format!("Qwen/Qwen2.5-32B-Instruct={}", qwen.display())]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let objects: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout).unwrap();
+    let kind = |k: &str| objects.iter().find(|o| o["kind"] == k).unwrap_or_else(|| panic!("no {k}: {stdout}"));
+    let container = &kind("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], "1", "{container}");
+    assert_eq!(kind("PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"], "79Gi");
+
+    let out = render(&[]);
+    assert_eq!(out.status.code(), Some(3), "no profile without the facts");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.json"), "{err}");
+    let out = render(&["--model-config".into(), qwen.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MODEL=DIR|FILE"));
+}

@@ -12,6 +12,7 @@ mod estimate;
 mod fake_hub;
 mod fixtures;
 mod install;
+mod leader;
 mod operator;
 mod ownership;
 mod pipeline;

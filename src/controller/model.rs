@@ -108,9 +108,10 @@ pub async fn facts(ctx: &Context, w: &Wanted<'_>) -> Result<Facts, Error> {
             w.model
         )),
         Lookup::Failed { message, retry_in } => {
-            let token = match w.auth_secret {
-                Some(s) => format!("the token of Secret {s} ({field}) was sent"),
-                None => format!("no token was sent (a gated model needs {field})"),
+            let token = match (w.auth_secret, src.token.is_some()) {
+                (Some(s), true) => format!("the token of Secret {s} ({field}) was sent"),
+                (Some(s), false) => format!("Secret {s} ({field}) holds an empty HF_TOKEN, so no token was sent"),
+                (None, _) => format!("no token was sent (a gated model needs {field})"),
             };
             Facts::Unavailable {
                 message: format!(

@@ -76,6 +76,25 @@ pub fn plan(
     }
 }
 
+/// Whether a cache needs its model's own facts from the hub: the built-in table does not know
+/// the model, and either it creates a PVC without a size, or some published profile is missing
+/// for the groups present (generation needs the architecture). Models in the table never cause a
+/// hub read.
+pub fn needs_model_facts(
+    cache: &OIMCache,
+    profiles: &[ProfileSummary],
+    nodes: &[NodeView],
+    pvc_exists: bool,
+    engines: &Engines,
+) -> bool {
+    if estimate::arch(&cache.spec.model()).is_some() {
+        return false;
+    }
+    let pvc = &cache.spec.storage.pvc;
+    let sizes = pvc.create.unwrap_or(true) && !pvc_exists && pvc.size.is_none();
+    sizes || plan(cache, profiles, nodes, engines, None).is_err()
+}
+
 /// The PVC size: the spec's, else the weight bytes plus 20% and 5 GiB of headroom, rounded up to
 /// GiB. The bytes are the built-in table's estimate, else those of `arch` (the model's own
 /// safetensors metadata read from the hub: exact); None when neither knows the model.

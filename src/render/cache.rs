@@ -374,6 +374,34 @@ mod tests {
     }
 
     #[test]
+    fn only_a_cache_of_a_model_the_table_does_not_know_that_must_size_or_generate_reads_the_hub() {
+        use crate::profile::weights::needs_model_facts;
+        let engines = Engines::builtin();
+        let h100 = [node("h100-sxm-80gb", 8)];
+        let llama = cache(LLAMA70B);
+        assert!(!needs_model_facts(&llama, &[], &h100, false, &engines), "in the built-in table");
+        let qwen = cache(
+            "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMCache\nmetadata: {name: qwen}\nspec:\n  source: {hf: {modelName: Qwen/Qwen2.5-32B-Instruct}}\n",
+        );
+        assert!(needs_model_facts(&qwen, &[], &h100, false, &engines), "a PVC to size, nothing published");
+        assert!(
+            needs_model_facts(&qwen, &[], &h100, true, &engines),
+            "the PVC exists, but a profile must be generated"
+        );
+        // A published profile fits and the size is given: nothing to read.
+        let mut published = seed()[0].clone();
+        published.model = "Qwen/Qwen2.5-32B-Instruct".into();
+        published.weights = published.model.clone();
+        published.product = "h100-sxm-80gb".into();
+        published.vendor = crate::api::Vendor::Nvidia;
+        published.count = 1;
+        let mut sized = qwen.clone();
+        sized.spec.storage.pvc.size = Some("100Gi".into());
+        assert!(!needs_model_facts(&sized, std::slice::from_ref(&published), &h100, false, &engines));
+        assert!(needs_model_facts(&qwen, &[published], &h100, false, &engines), "no size: the bytes are needed");
+    }
+
+    #[test]
     fn the_job_downloads_each_weights_repo_on_the_group_without_a_gpu_request_and_hardened() {
         let mut c = cache(LLAMA70B);
         c.spec.source.hf.allow_patterns = Some(vec!["*.safetensors".into()]);

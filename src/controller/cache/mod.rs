@@ -20,8 +20,8 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use crate::api::{CacheState, OIMCache};
 use crate::controller::context::{Context, Error};
 use crate::controller::model::{self, Facts};
-use crate::profile::estimate::{self, Arch};
-use crate::profile::weights::plan;
+use crate::profile::estimate::Arch;
+use crate::profile::weights::{needs_model_facts, plan};
 use dereference::Read;
 pub use report::Report;
 
@@ -103,11 +103,9 @@ async fn model_facts(
     world: &dereference::World,
 ) -> Result<Result<Option<Arc<Arch>>, (Report, Duration)>, Error> {
     let model = cache.spec.model();
-    let creates = cache.spec.storage.pvc.create.unwrap_or(true) && world.pvc.is_none();
-    let sizes = creates && cache.spec.storage.pvc.size.is_none();
-    if estimate::arch(&model).is_some()
-        || (!sizes && plan(cache, &world.profiles, &world.nodes, &ctx.engines, None).is_ok())
-    {
+    let sizes =
+        cache.spec.storage.pvc.create.unwrap_or(true) && world.pvc.is_none() && cache.spec.storage.pvc.size.is_none();
+    if !needs_model_facts(cache, &world.profiles, &world.nodes, world.pvc.is_some(), &ctx.engines) {
         return Ok(Ok(None));
     }
     let ns = cache.namespace().unwrap_or_default();

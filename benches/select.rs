@@ -55,6 +55,7 @@ fn main() {
                 ttft_ms_p50: Some((i % 97) as f64),
                 throughput_tokens_per_sec: Some((i % 89) as f64 * 100.0),
                 concurrency: Some(16),
+                estimated: false,
                 digest: format!("sha256:{i}"),
                 source: "bench".into(),
             }

@@ -192,6 +192,7 @@ fn operator(args: OperatorArgs) -> ExitCode {
             agent,
             metrics_bind,
             own_image: own,
+            hf_endpoint: args.hf_endpoint.clone(),
             election,
         };
         match oim::controller::run(client, sources, engines, settings).await {

@@ -198,6 +198,10 @@ pub struct OperatorArgs {
     /// Docker config.json with registry credentials.
     #[arg(long, value_name = "FILE")]
     pub registry_config: Option<PathBuf>,
+    /// The Hugging Face hub whose `config.json` and safetensors metadata size models the
+    /// built-in table does not know (an OIMCache's `spec.source.hf.endpoint` wins for its model).
+    #[arg(long, env = "HF_ENDPOINT", value_name = "URL", default_value = "https://huggingface.co")]
+    pub hf_endpoint: String,
 }
 
 /// A duration such as `15s`, `500ms` or `1m`.
@@ -340,6 +344,11 @@ pub struct RenderArgs {
     /// The image of OIMCache download Jobs (the operator's own image by default).
     #[arg(long, value_name = "IMAGE", default_value = crate::render::DEFAULT_IMAGE)]
     pub puller_image: String,
+    /// A model's own config.json (a file, or a folder holding it and its
+    /// model.safetensors.index.json), for a model the built-in table does not know: what the
+    /// operator reads from the hub (repeatable).
+    #[arg(long, value_name = "MODEL=DIR|FILE")]
+    pub model_config: Vec<String>,
     /// Profile source.
     #[command(flatten)]
     pub source: CatalogArgs,

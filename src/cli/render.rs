@@ -6,7 +6,8 @@ use super::{Platform as CliPlatform, RenderArgs, exit};
 use crate::api::openapi::SchemaCheck;
 use crate::api::{OIMCache, OIMService};
 use crate::profile::engines::Engines;
-use crate::profile::select::{PodUse, Request, select};
+use crate::profile::estimate::Arch;
+use crate::profile::select::{PodUse, Request, select_with};
 use crate::render::{Capabilities, Input, Platform, Selection, Weights, render};
 
 /// The documents of `-f` files: services and caches.
@@ -98,6 +99,26 @@ struct Env {
     engines: Engines,
     platform: Platform,
     puller_image: String,
+    /// `--model-config`: architectures by lowercased model id.
+    archs: std::collections::BTreeMap<String, Arch>,
+}
+
+impl Env {
+    fn arch(&self, model: &str) -> Option<&Arch> {
+        self.archs.get(&model.to_ascii_lowercase())
+    }
+}
+
+/// `--model-config MODEL=DIR|FILE` values, read.
+fn model_configs(values: &[String]) -> Result<std::collections::BTreeMap<String, Arch>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for v in values {
+        let (model, path) = v.split_once('=').filter(|(m, p)| !m.is_empty() && !p.is_empty()).ok_or_else(|| {
+            format!("--model-config {v:?}: expected MODEL=DIR|FILE, e.g. Qwen/Qwen2.5-32B-Instruct=./qwen")
+        })?;
+        out.insert(model.to_ascii_lowercase(), Arch::from_path(model, Path::new(path))?);
+    }
+    Ok(out)
 }
 
 /// A failure: the exit code and the message.
@@ -147,7 +168,16 @@ fn environment(args: &RenderArgs) -> Result<Env, Failure> {
         CliPlatform::Kubernetes => Platform::Kubernetes,
         CliPlatform::Openshift => Platform::Openshift,
     };
-    Ok(Env { nodes, pods, catalog, engines: Engines::builtin(), platform, puller_image: args.puller_image.clone() })
+    let archs = model_configs(&args.model_config).map_err(|e| (exit::BAD_INPUT, e))?;
+    Ok(Env {
+        nodes,
+        pods,
+        catalog,
+        engines: Engines::builtin(),
+        platform,
+        puller_image: args.puller_image.clone(),
+        archs,
+    })
 }
 
 /// YAML documents, each after `---`.
@@ -166,7 +196,7 @@ async fn render_service(env: &Env, svc: &OIMService, caches: &[OIMCache]) -> Res
     let name = svc.metadata.name.clone().unwrap_or_default();
     let req = Request::for_service(svc);
     let profiles = env.catalog.list(&req.model).await.map_err(|e| (exit::RUNTIME, e.to_string()))?;
-    let selection = select(&req, &profiles, &env.nodes, &env.pods, &env.engines);
+    let selection = select_with(&req, &profiles, &env.nodes, &env.pods, &env.engines, env.arch(&req.model));
     let Some(chosen) = selection.selected else {
         eprintln!("oim render: {name}: {}; rejected:", selection.reason.unwrap_or_default());
         for r in selection.rejected {
@@ -211,7 +241,13 @@ async fn render_service(env: &Env, svc: &OIMService, caches: &[OIMCache]) -> Res
 async fn render_cache(env: &Env, cache: &OIMCache) -> Result<Option<String>, Failure> {
     let name = cache.metadata.name.clone().unwrap_or_default();
     let profiles = env.catalog.list(&cache.spec.model()).await.map_err(|e| (exit::RUNTIME, e.to_string()))?;
-    let (wanted, group) = match crate::profile::weights::plan(cache, &profiles, &env.nodes, &env.engines) {
+    let (wanted, group) = match crate::profile::weights::plan(
+        cache,
+        &profiles,
+        &env.nodes,
+        &env.engines,
+        env.arch(&cache.spec.model()),
+    ) {
         Ok(x) => x,
         Err(why) => {
             eprintln!("oim render: OIMCache {name}: {why}");
@@ -220,11 +256,13 @@ async fn render_cache(env: &Env, cache: &OIMCache) -> Result<Option<String>, Fai
     };
     let mut objects = vec![];
     if cache.spec.storage.pvc.create.unwrap_or(true) {
-        let size = crate::profile::weights::size_for(&cache.spec, &wanted).ok_or_else(|| {
+        let size = crate::profile::weights::size_for(&cache.spec, &wanted, env.arch(&cache.spec.model())).ok_or_else(|| {
             let model = cache.spec.model();
             (
                 exit::BAD_INPUT,
-                format!("OIMCache {name}: the weight size of {model} is unknown; set spec.storage.pvc.size"),
+                format!(
+                    "OIMCache {name}: the weight size of {model} is unknown; set spec.storage.pvc.size or pass --model-config {model}=DIR"
+                ),
             )
         })?;
         objects.push(crate::render::with_kind(&crate::render::cache::build_pvc(cache, &size)));

@@ -146,6 +146,8 @@ pub struct Context {
     pub capabilities: Capabilities,
     /// The operator's own image: the default downloader of OIMCache Jobs.
     pub own_image: String,
+    /// Model facts from the hub, for models the built-in table does not know.
+    pub hub: crate::controller::model::HubFacts,
     /// Caches of our children, and what we last applied to them.
     pub children: ChildCaches,
     /// Consecutive failures per object, for the backoff.

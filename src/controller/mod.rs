@@ -19,6 +19,7 @@ pub mod events;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod model;
 pub mod placement;
 pub mod run;
 pub mod service;

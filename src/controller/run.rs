@@ -73,6 +73,8 @@ pub struct Settings {
     pub metrics_bind: Option<std::net::SocketAddr>,
     /// The operator's own image (default downloader of OIMCache Jobs).
     pub own_image: String,
+    /// The hub model facts are read from.
+    pub hf_endpoint: String,
     /// The leader election this replica takes part in (its client is fenced by it); None:
     /// a single replica that always reconciles.
     pub election: Option<Election>,
@@ -138,6 +140,7 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         platform: settings.platform,
         capabilities: settings.capabilities,
         own_image: settings.own_image.clone(),
+        hub: crate::controller::model::HubFacts::new(settings.hf_endpoint.clone()),
         children: ChildCaches::watch(&client, &scopes, settings.capabilities),
         failures: Backoff::default(),
         health: health.clone(),

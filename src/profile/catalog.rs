@@ -60,6 +60,10 @@ pub struct ProfileSummary {
     /// Concurrent requests the figures were measured at (figures compare only at equal values).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// The figures are estimates (`performance.source: estimated`), not measurements: they rank
+    /// after measured figures.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
     /// Content digest (`sha256:...`).
     pub digest: String,
     /// File path or OCI reference.
@@ -86,6 +90,7 @@ impl ProfileSummary {
             ttft_ms_p50: perf.and_then(|x| x.ttft_ms_p50),
             throughput_tokens_per_sec: perf.and_then(|x| x.throughput_tokens_per_sec),
             concurrency: perf.and_then(|x| x.concurrency),
+            estimated: perf.and_then(|x| x.source.as_deref()) == Some(crate::profile::select::ESTIMATED),
             digest,
             source,
         }
@@ -113,6 +118,7 @@ impl ProfileSummary {
             ttft_ms_p50: get("performance.ttft-ms-p50").and_then(|v| v.parse().ok()),
             throughput_tokens_per_sec: get("performance.throughput-tokens-per-sec").and_then(|v| v.parse().ok()),
             concurrency: get("performance.concurrency").and_then(|v| v.parse().ok()),
+            estimated: get("performance.source").as_deref() == Some(crate::profile::select::ESTIMATED),
             digest: digest.to_string(),
             source,
         })

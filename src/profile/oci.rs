@@ -191,6 +191,10 @@ pub fn annotations(p: &Profile) -> BTreeMap<String, String> {
         if let Some(c) = perf.concurrency {
             put("performance.concurrency", c.to_string());
         }
+        // Also beyond it: estimated figures rank after measured ones.
+        if let Some(s) = &perf.source {
+            put("performance.source", s.clone());
+        }
     }
     a
 }

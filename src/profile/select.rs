@@ -687,55 +687,78 @@ fn filter(p: &ProfileSummary, req: &Request) -> Option<String> {
     None
 }
 
-/// Lower is better. Latency and throughput figures compare only at the reference concurrency
-/// (the one most feasible profiles of the KPI were measured at); figures measured elsewhere, and
-/// missing figures, rank after. Generated profiles carry estimated figures, each at the
-/// concurrency its own KV cache allows, so they compare with each other directly (they never
-/// compete with published ones: rule 2 puts those first).
+/// How far a profile's figures can be trusted, best first: measured at the reference concurrency
+/// (the one most measured feasible profiles of the KPI report), measured at another concurrency,
+/// estimated (`performance.source: estimated`, and every generated profile: each at the
+/// concurrency its own KV cache allows, so estimates compare with each other directly), none.
+/// Measured figures always rank before estimated ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Evidence {
+    Measured,
+    MeasuredElsewhere,
+    Estimated,
+    None,
+}
+
+/// Whether a profile's figures are estimates.
+fn estimated(p: &ProfileSummary, generated: bool) -> bool {
+    generated || p.estimated
+}
+
+/// The evidence a profile brings for `kpi`.
+fn evidence(p: &ProfileSummary, kpi: Kpi, generated: bool, reference: Option<u32>) -> Evidence {
+    let has = match kpi {
+        Kpi::Latency => p.ttft_ms_p50.is_some(),
+        Kpi::Throughput | Kpi::Quantization => p.throughput_tokens_per_sec.is_some(),
+    };
+    match (has, estimated(p, generated)) {
+        (false, _) => Evidence::None,
+        (true, true) => Evidence::Estimated,
+        (true, false) if kpi == Kpi::Quantization || p.concurrency == reference => Evidence::Measured,
+        (true, false) => Evidence::MeasuredElsewhere,
+    }
+}
+
+/// Lower is better: for latency and throughput the evidence, then the figure (figures of the
+/// same evidence compare); for quantization the weight bytes, then measured before estimated,
+/// then throughput per device.
 fn figure_key(
     p: &ProfileSummary,
     kpi: Kpi,
     generated: bool,
     reference: Option<u32>,
     arch: Option<&Arch>,
-) -> (u8, i64, i64) {
+) -> (Evidence, i64, Evidence, i64) {
     let scaled = |v: f64| (v * 1000.0).round() as i64;
     let per_device = p.throughput_tokens_per_sec.map(|t| t / f64::from(p.count.max(1)));
-    if matches!(kpi, Kpi::Latency | Kpi::Throughput) && !generated && p.concurrency != reference {
-        return (1, 0, 0);
-    }
+    let ev = evidence(p, kpi, generated, reference);
+    let comparable = matches!(ev, Evidence::Measured | Evidence::Estimated);
     match kpi {
-        Kpi::Latency => match p.ttft_ms_p50 {
-            Some(t) => (0, scaled(t), 0),
-            None => (1, 0, 0),
-        },
-        Kpi::Throughput => match per_device {
-            Some(t) => (0, -scaled(t), 0),
-            None => (1, 0, 0),
-        },
+        Kpi::Latency => (ev, p.ttft_ms_p50.filter(|_| comparable).map_or(0, scaled), Evidence::Measured, 0),
+        Kpi::Throughput => (ev, per_device.filter(|_| comparable).map_or(0, |t| -scaled(t)), Evidence::Measured, 0),
         Kpi::Quantization => {
             let bytes = arch.map(|a| a.weight_bytes(p.precision)).unwrap_or(f64::MAX / 4.0);
-            (u8::from(generated), (bytes / 1e6) as i64, per_device.map_or(0, |t| -scaled(t)))
+            (Evidence::Measured, (bytes / 1e6) as i64, ev, per_device.map_or(0, |t| -scaled(t)))
         }
     }
 }
 
 /// The DESIGN ranking as a sort key (lower ranks first): requested KPI, published before
-/// generated, the KPI's figure, fewer devices, name.
+/// generated, the KPI's figure (measured before estimated), fewer devices, name.
 fn rank_key(
     p: &ProfileSummary,
     generated: bool,
     kpi: Kpi,
     reference: Option<u32>,
     arch: Option<&Arch>,
-) -> (bool, bool, (u8, i64, i64), u32, String) {
+) -> (bool, bool, (Evidence, i64, Evidence, i64), u32, String) {
     (p.kpi != kpi, generated, figure_key(p, kpi, generated, reference, arch), p.count, p.name.clone())
 }
 
 /// The concurrency most feasible profiles of the requested KPI report figures at (ties: lowest).
 fn reference_concurrency<'a>(profiles: impl Iterator<Item = &'a ProfileSummary>, kpi: Kpi) -> Option<u32> {
     let mut counts: BTreeMap<Option<u32>, usize> = BTreeMap::new();
-    for p in profiles.filter(|p| p.kpi == kpi) {
+    for p in profiles.filter(|p| p.kpi == kpi && !p.estimated) {
         let has = match kpi {
             Kpi::Latency => p.ttft_ms_p50.is_some(),
             Kpi::Throughput => p.throughput_tokens_per_sec.is_some(),
@@ -875,7 +898,14 @@ fn ranked_below(
         return "feasible, but generated and a published profile fits".into();
     }
     let per_device = |x: &ProfileSummary| x.throughput_tokens_per_sec.map(|t| t / f64::from(x.count.max(1)));
-    let both_estimated = generated && w_generated;
+    let (ev, w_ev) = (evidence(p, kpi, generated, reference), evidence(w, kpi, w_generated, reference));
+    if kpi != Kpi::Quantization
+        && ev == Evidence::Estimated
+        && matches!(w_ev, Evidence::Measured | Evidence::MeasuredElsewhere)
+    {
+        return format!("feasible, but its {k} figures are estimated and {} has measured ones", w.name);
+    }
+    let both_estimated = estimated(p, generated) && estimated(w, w_generated);
     match kpi {
         Kpi::Latency if both_estimated && p.ttft_ms_p50.is_some() && w.ttft_ms_p50.is_some() => {
             return format!(
@@ -937,9 +967,9 @@ fn ranked_below(
         }
         _ => {}
     }
-    if figure_key(p, kpi, generated, reference, arch).0 > figure_key(w, kpi, w_generated, reference, arch).0 {
+    if kpi != Kpi::Quantization && ev > w_ev {
         return match p.concurrency {
-            Some(c) if p.concurrency != reference => format!(
+            Some(c) if ev == Evidence::MeasuredElsewhere => format!(
                 "feasible, but its figures were measured at concurrency {c}, not {} like {}'s",
                 reference.map_or("unstated".to_string(), |r| r.to_string()),
                 w.name
@@ -954,10 +984,11 @@ fn ranked_below(
 }
 
 fn explain(p: &ProfileSummary, kpi: Kpi, g: &Group) -> String {
+    let est = if p.estimated { " estimated" } else { "" };
     let figure = match kpi {
-        Kpi::Latency => p.ttft_ms_p50.map(|t| format!(", ttft p50 {t} ms")),
+        Kpi::Latency => p.ttft_ms_p50.map(|t| format!(",{est} ttft p50 {t} ms")),
         Kpi::Throughput => {
-            p.throughput_tokens_per_sec.map(|t| format!(", {:.0} tok/s per device", t / f64::from(p.count.max(1))))
+            p.throughput_tokens_per_sec.map(|t| format!(",{est} {:.0} tok/s per device", t / f64::from(p.count.max(1))))
         }
         Kpi::Quantization => Some(format!(", {} weights", enum_str(&p.precision))),
     };

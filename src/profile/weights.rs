@@ -4,8 +4,8 @@
 use crate::api::{OIMCache, OIMCacheSpec, Precision};
 use crate::profile::catalog::ProfileSummary;
 use crate::profile::engines::Engines;
-use crate::profile::estimate;
-use crate::profile::select::{Group, NodeView, Request, groups, select};
+use crate::profile::estimate::{self, Arch};
+use crate::profile::select::{Group, NodeView, Request, groups, select_with};
 
 /// One weights repository to download, for the profiles that load it.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,12 +22,14 @@ pub struct Wanted {
 
 /// For each node group present, the profile the selector picks there; their weights,
 /// deduplicated. Returns the wanted weights and the group the Job runs on (the first one's), or
-/// why nothing fits.
+/// why nothing fits. `arch` is the model's own architecture (from the hub) for a model the
+/// built-in table does not know: with it, a group no published profile fits gets a generated one.
 pub fn plan(
     cache: &OIMCache,
     profiles: &[ProfileSummary],
     nodes: &[NodeView],
     engines: &Engines,
+    arch: Option<&Arch>,
 ) -> Result<(Vec<Wanted>, Group), String> {
     let req = Request::for_cache(cache);
     let (present, _) = groups(nodes, &[], &req);
@@ -38,7 +40,7 @@ pub fn plan(
         let mut r = req.clone();
         r.vendor = Some(g.vendor);
         r.product = Some(g.product.clone());
-        let s = select(&r, profiles, nodes, &[], engines);
+        let s = select_with(&r, profiles, nodes, &[], engines, arch);
         let Some(sel) = s.selected else {
             reasons.extend(s.rejected.first().map(|x| format!("{}: {}", x.name, x.reason)));
             continue;
@@ -74,16 +76,40 @@ pub fn plan(
     }
 }
 
-/// The PVC size: the spec's, else the estimated weight bytes plus 20% and 5 GiB of headroom,
-/// rounded up to GiB; None when the model is not in the estimator's table.
-pub fn size_for(spec: &OIMCacheSpec, wanted: &[Wanted]) -> Option<String> {
+/// Whether a cache needs its model's own facts from the hub: the built-in table does not know
+/// the model, and either it creates a PVC without a size, or some published profile is missing
+/// for the groups present (generation needs the architecture). Models in the table never cause a
+/// hub read.
+pub fn needs_model_facts(
+    cache: &OIMCache,
+    profiles: &[ProfileSummary],
+    nodes: &[NodeView],
+    pvc_exists: bool,
+    engines: &Engines,
+) -> bool {
+    if estimate::arch(&cache.spec.model()).is_some() {
+        return false;
+    }
+    let pvc = &cache.spec.storage.pvc;
+    let sizes = pvc.create.unwrap_or(true) && !pvc_exists && pvc.size.is_none();
+    sizes || plan(cache, profiles, nodes, engines, None).is_err()
+}
+
+/// The PVC size: the spec's, else the weight bytes plus 20% and 5 GiB of headroom, rounded up to
+/// GiB. The bytes are the built-in table's estimate, else those of `arch` (the model's own
+/// safetensors metadata read from the hub: exact); None when neither knows the model.
+pub fn size_for(spec: &OIMCacheSpec, wanted: &[Wanted], arch: Option<&Arch>) -> Option<String> {
     if let Some(s) = &spec.storage.pvc.size {
         return Some(s.clone());
     }
     let mut bytes = 0.0;
     for w in wanted {
-        let arch = estimate::arch(&w.weights).or_else(|| estimate::arch(&spec.model()))?;
-        bytes += arch.weight_bytes(w.precision);
+        let arch = estimate::arch(&w.weights).or_else(|| estimate::arch(&spec.model())).or(arch)?;
+        // The model's own repository holds its checkpoint, whatever precision the profile
+        // serves it at (vLLM quantizes to fp8 while loading); another repository is a
+        // checkpoint at the profile's precision.
+        let stored = if w.weights.eq_ignore_ascii_case(&spec.model()) { arch.native_precision() } else { w.precision };
+        bytes += arch.weight_bytes(stored);
     }
     let gib = (bytes * 1.2 / (1u64 << 30) as f64).ceil() as u64 + 5;
     Some(format!("{gib}Gi"))

@@ -326,7 +326,7 @@ mod tests {
     fn each_hardware_group_present_gets_its_own_weights_and_nothing_else() {
         let c = cache(LLAMA70B);
         let nodes = [node("h100-sxm-80gb", 8), node("a100-sxm-40gb", 8)];
-        let (wanted, group) = plan(&c, &seed(), &nodes, &Engines::builtin()).unwrap();
+        let (wanted, group) = plan(&c, &seed(), &nodes, &Engines::builtin(), None).unwrap();
         let mut repos: Vec<&str> = wanted.iter().map(|w| w.weights.as_str()).collect();
         repos.sort();
         assert_eq!(repos, ["meta-llama/Llama-3.1-70B-Instruct", "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8"]);
@@ -334,24 +334,24 @@ mod tests {
         assert!(["h100-sxm-80gb", "a100-sxm-40gb"].contains(&group.product.as_str()));
         // H100 and MI300X load the same FP8 repository: fetched once, for both profiles.
         let (shared, _) =
-            plan(&c, &seed(), &[node("h100-sxm-80gb", 8), node("mi300x", 8)], &Engines::builtin()).unwrap();
+            plan(&c, &seed(), &[node("h100-sxm-80gb", 8), node("mi300x", 8)], &Engines::builtin(), None).unwrap();
         assert_eq!(shared.len(), 1);
         assert_eq!(shared[0].profiles.len(), 2);
         // Only H100s: the BF16 variant the A100s would need is not fetched.
-        let (only, _) = plan(&c, &seed(), &[node("h100-sxm-80gb", 8)], &Engines::builtin()).unwrap();
+        let (only, _) = plan(&c, &seed(), &[node("h100-sxm-80gb", 8)], &Engines::builtin(), None).unwrap();
         assert_eq!(only.len(), 1);
     }
 
     #[test]
     fn the_size_is_the_spec_or_the_weights_plus_headroom_or_unknown() {
         let c = cache(LLAMA70B);
-        let (wanted, _) = plan(&c, &seed(), &[node("h100-sxm-80gb", 8)], &Engines::builtin()).unwrap();
-        let fp8 = size_for(&c.spec, &wanted).unwrap();
+        let (wanted, _) = plan(&c, &seed(), &[node("h100-sxm-80gb", 8)], &Engines::builtin(), None).unwrap();
+        let fp8 = size_for(&c.spec, &wanted, None).unwrap();
         let gib: u64 = fp8.trim_end_matches("Gi").parse().unwrap();
         assert!((70..=100).contains(&gib), "70B at fp8 is ~66 GiB of weights plus headroom: {fp8}");
         let mut sized = c.clone();
         sized.spec.storage.pvc.size = Some("500Gi".into());
-        assert_eq!(size_for(&sized.spec, &wanted).as_deref(), Some("500Gi"));
+        assert_eq!(size_for(&sized.spec, &wanted, None).as_deref(), Some("500Gi"));
         let unknown = Wanted {
             profiles: vec![],
             weights: "acme/unknown".into(),
@@ -361,7 +361,44 @@ mod tests {
         let mut other = c.clone();
         other.spec.source.hf.namespace = Some("acme".into());
         other.spec.source.hf.model_name = "unknown".into();
-        assert_eq!(size_for(&other.spec, &[unknown]), None);
+        assert_eq!(size_for(&other.spec, std::slice::from_ref(&unknown), None), None);
+        // The model's own safetensors index (Qwen2.5-32B: 65,527,752,704 bytes = 61.03 GiB):
+        // 61.03 x 1.2 = 73.2, rounded up to 74, plus 5 GiB of headroom.
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/Qwen/Qwen2.5-32B-Instruct");
+        let config = std::fs::read(dir.join("config.json")).unwrap();
+        let qwen = crate::profile::estimate::Arch::from_config_json("acme/unknown", &config)
+            .unwrap()
+            .with_checkpoint_bytes(65_527_752_704);
+        assert_eq!(size_for(&other.spec, &[unknown], Some(&qwen)).as_deref(), Some("79Gi"));
+    }
+
+    #[test]
+    fn only_a_cache_of_a_model_the_table_does_not_know_that_must_size_or_generate_reads_the_hub() {
+        use crate::profile::weights::needs_model_facts;
+        let engines = Engines::builtin();
+        let h100 = [node("h100-sxm-80gb", 8)];
+        let llama = cache(LLAMA70B);
+        assert!(!needs_model_facts(&llama, &[], &h100, false, &engines), "in the built-in table");
+        let qwen = cache(
+            "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMCache\nmetadata: {name: qwen}\nspec:\n  source: {hf: {modelName: Qwen/Qwen2.5-32B-Instruct}}\n",
+        );
+        assert!(needs_model_facts(&qwen, &[], &h100, false, &engines), "a PVC to size, nothing published");
+        assert!(
+            needs_model_facts(&qwen, &[], &h100, true, &engines),
+            "the PVC exists, but a profile must be generated"
+        );
+        // A published profile fits and the size is given: nothing to read.
+        let mut published = seed()[0].clone();
+        published.model = "Qwen/Qwen2.5-32B-Instruct".into();
+        published.weights = published.model.clone();
+        published.product = "h100-sxm-80gb".into();
+        published.vendor = crate::api::Vendor::Nvidia;
+        published.count = 1;
+        let mut sized = qwen.clone();
+        sized.spec.storage.pvc.size = Some("100Gi".into());
+        assert!(!needs_model_facts(&sized, std::slice::from_ref(&published), &h100, false, &engines));
+        assert!(needs_model_facts(&qwen, &[published], &h100, false, &engines), "no size: the bytes are needed");
     }
 
     #[test]
@@ -369,7 +406,7 @@ mod tests {
         let mut c = cache(LLAMA70B);
         c.spec.source.hf.allow_patterns = Some(vec!["*.safetensors".into()]);
         c.spec.proxy = Some(serde_saphyr::from_str("{httpsProxy: 'http://proxy:3128'}").unwrap());
-        let (wanted, group) = plan(&c, &seed(), &[node("h100-sxm-80gb", 8)], &Engines::builtin()).unwrap();
+        let (wanted, group) = plan(&c, &seed(), &[node("h100-sxm-80gb", 8)], &Engines::builtin(), None).unwrap();
         let job = build_job(&c, &wanted, &group, "docker.io/opea/oim:0.1.0", Platform::Kubernetes);
         assert_eq!(job.metadata.owner_references.as_ref().unwrap()[0].kind, "OIMCache");
         let spec = job.spec.unwrap();

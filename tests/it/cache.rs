@@ -63,8 +63,9 @@ async fn expected_size(cache: &OIMCache, node: &Node) -> String {
     let profiles = Catalog::Dir(dir).list("meta-llama/Llama-3.1-70B-Instruct").await.unwrap();
     let nodes = vec![NodeView::from_node(node).unwrap()];
     let (wanted, _) =
-        oim::profile::weights::plan(cache, &profiles, &nodes, &oim::profile::engines::Engines::builtin()).unwrap();
-    oim::profile::weights::size_for(&cache.spec, &wanted).unwrap()
+        oim::profile::weights::plan(cache, &profiles, &nodes, &oim::profile::engines::Engines::builtin(), None)
+            .unwrap();
+    oim::profile::weights::size_for(&cache.spec, &wanted, None).unwrap()
 }
 
 #[tokio::test]

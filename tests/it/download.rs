@@ -2,17 +2,17 @@
 //! resume after an interruption, corrupted content caught, auth and disk-full errors that say
 //! what to do, and the token never printed.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, stream};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use sha2::Digest;
+
+use crate::fake_hub::{self, Body, full, status};
 
 const COMMIT: &str = "4c2a1f0e9b8d7c6a5f4e3d2c1b0a99887766554f";
 const TOKEN: &str = "hf_test_secret_7d1e";
@@ -63,18 +63,6 @@ struct Hub {
     endless_revision: bool,
     /// Send model.safetensors and then bytes without end.
     oversize: bool,
-}
-
-type Body = BoxBody<Bytes, std::io::Error>;
-
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never: Infallible| match never {}).boxed()
-}
-
-fn status(code: StatusCode) -> Response<Body> {
-    let mut r = Response::new(full(format!("{{\"error\": \"{code}\"}}")));
-    *r.status_mut() = code;
-    r
 }
 
 /// Files a repository may hold that look like the downloader's own.
@@ -181,28 +169,7 @@ fn serve(req: &Request<Incoming>, state: &Mutex<Hub>) -> Response<Body> {
 
 /// Starts the fake hub on a free port in a thread of its own.
 fn start(state: Arc<Mutex<Hub>>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let r = serve(&req, &state);
-                        async move { Ok::<_, Infallible>(r) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    format!("http://{addr}")
+    fake_hub::start(move |req| serve(req, &state))
 }
 
 fn download(endpoint: &str, token: Option<&str>, repo: &str, dest: &Path, extra: &[&str]) -> Output {

@@ -4,27 +4,17 @@
 //! soundly, reads a single-file checkpoint's header by range requests (never the weights),
 //! sends the token, and refuses an architecture it cannot size with the reason.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
+use crate::fake_hub::{self, Body, full};
+
 const TOKEN: &str = "hf_estimate_secret_42";
-
-type Body = BoxBody<Bytes, std::io::Error>;
-
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never: Infallible| match never {}).boxed()
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
-}
 
 /// A single-file checkpoint of a tiny Llama: an 8-byte header length, the JSON header, then
 /// the tensor bytes (zeros; the estimator must never ask for them).
@@ -72,9 +62,9 @@ fn serve(req: &Request<Incoming>, seen: &Mutex<Seen>) -> Response<Body> {
         ("acme/mamba-ish", "config.json") => {
             br#"{"architectures": ["MambaForCausalLM"], "model_type": "mamba", "hidden_size": 768}"#.to_vec()
         }
-        (repo, file) => match std::fs::read(fixtures().join(repo).join(file)) {
-            Ok(b) => b,
-            Err(_) => return not_found(),
+        (repo, file) => match fake_hub::fixture(repo, file) {
+            Some(b) => b,
+            None => return not_found(),
         },
     };
     let range = req.headers().get("range").and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes="));
@@ -98,28 +88,7 @@ fn serve(req: &Request<Incoming>, seen: &Mutex<Seen>) -> Response<Body> {
 }
 
 fn start(seen: Arc<Mutex<Seen>>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((stream, _)) = listener.accept().await {
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let r = serve(&req, &seen);
-                        async move { Ok::<_, Infallible>(r) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    format!("http://{addr}")
+    fake_hub::start(move |req| serve(req, &seen))
 }
 
 /// A cluster of one 8x H100 node and one dual-socket CPU node, and an empty catalog.
@@ -237,4 +206,174 @@ fn a_single_file_checkpoint_is_measured_from_its_header_and_an_unknown_architect
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model_type \"mamba\"") && err.contains("publish a profile"), "{err}");
+}
+
+/// What the operator's fake hub does and saw.
+#[derive(Default)]
+struct OperatorHub {
+    /// Answer 500 to everything.
+    down: bool,
+    /// Request paths.
+    paths: Vec<String>,
+    /// Authorization headers.
+    tokens: Vec<String>,
+}
+
+fn serve_operator(req: &Request<Incoming>, state: &Mutex<OperatorHub>) -> Response<fake_hub::Body> {
+    let mut hub = state.lock().unwrap();
+    hub.paths.push(req.uri().path().to_string());
+    if let Some(auth) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+        hub.tokens.push(auth.to_string());
+    }
+    if hub.down {
+        return fake_hub::status(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let path = req.uri().path().trim_start_matches('/');
+    match path.split_once("/resolve/main/").and_then(|(repo, file)| fake_hub::fixture(repo, file)) {
+        Some(b) => Response::new(fake_hub::full(b)),
+        None => fake_hub::status(StatusCode::NOT_FOUND),
+    }
+}
+
+/// The operator on the local control plane generates a profile for a model the built-in table
+/// does not know from its config.json and safetensors index on the hub (with the service's token),
+/// says which model, hub and cause while the hub fails, recovers when it answers again, sizes an
+/// OIMCache's PVC from the exact bytes, and never asks the hub about a model the table knows.
+#[tokio::test]
+async fn the_operator_generates_from_the_hub_reports_its_outage_and_recovers() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    use kube::api::PostParams;
+    use oim::api::OIMService;
+
+    use crate::cluster::{self, KwokNode, TestNs};
+    use crate::operator::{Operator, condition, ready, service};
+
+    let state = Arc::new(Mutex::new(OperatorHub { down: true, ..Default::default() }));
+    let hub = state.clone();
+    let endpoint = fake_hub::start(move |req| serve_operator(req, &hub));
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "op-hub", &[]).await;
+    let node = KwokNode::create(&client, "op-hub", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    let catalog = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles");
+    let _operator =
+        Operator::with_args(&["--catalog", catalog, "--watch-namespaces", &ns.name, "--hf-endpoint", &endpoint]);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf"}, "stringData": {"HF_TOKEN": TOKEN}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    let mut qwen = service("qwen", "Qwen/Qwen2.5-32B-Instruct", "latency", "op-hub");
+    qwen.spec.auth_secret = Some("hf".into());
+    svcs.create(&PostParams::default(), &qwen).await.unwrap();
+    svcs.create(&PostParams::default(), &service("llama", "meta-llama/Llama-3.1-8B-Instruct", "latency", "op-hub"))
+        .await
+        .unwrap();
+
+    // The hub is down: the condition names the model, the hub and the cause; nothing is guessed.
+    let blocked = cluster::wait_for(&svcs, "qwen", Duration::from_secs(60), |s| {
+        condition(s, "ProfileSelected").is_some_and(|c| c.reason == "ModelConfigUnavailable")
+    })
+    .await;
+    let c = condition(&blocked, "ProfileSelected").unwrap();
+    for part in ["Qwen/Qwen2.5-32B-Instruct", endpoint.as_str(), "500"] {
+        assert!(c.message.contains(part), "{part} is missing from: {}", c.message);
+    }
+    assert!(blocked.status.as_ref().unwrap().profile.is_none(), "no profile while the facts are unknown");
+    let ns_name = ns.name.clone();
+    let events = cluster::wait_until("a ModelConfigUnavailable event", Duration::from_secs(30), || {
+        let ns_name = ns_name.clone();
+        async move {
+            let selector = ["--field-selector", "reason=ModelConfigUnavailable", "-o", "jsonpath={.items[*].message}"];
+            let out = cluster::kubectl(&[&["get", "events", "-n", ns_name.as_str()][..], &selector[..]].concat());
+            (!out.trim().is_empty()).then_some(out)
+        }
+    })
+    .await;
+    assert!(events.contains("Qwen/Qwen2.5-32B-Instruct") && events.contains(&endpoint), "{events}");
+
+    // The hub answers again: the next retry generates an H100 profile from the real numbers.
+    state.lock().unwrap().down = false;
+    let served = cluster::wait_for(&svcs, "qwen", Duration::from_secs(120), ready).await;
+    let st = served.status.clone().unwrap();
+    let profile = st.profile.unwrap();
+    assert!(profile.generated && profile.name.starts_with("generated-vllm-nvidia-h100-sxm-80gb-x"), "{}", profile.name);
+    let reason = profile.reason.unwrap();
+    // 65,527,752,704 bytes in the safetensors index: 61.0 GiB; one 80 GB H100 holds them with
+    // the runtime reserve and KV cache for the shortest context at latency.
+    assert!(reason.contains("config.json of Qwen/Qwen2.5-32B-Instruct"), "{reason}");
+    assert!(reason.contains("61.0 GiB of bf16 weights"), "{reason}");
+    assert_eq!(profile.tensor_parallelism, Some(1), "{reason}");
+    assert_eq!(st.accelerator.as_deref(), Some("1x h100-sxm-80gb"));
+    let memory = st.resources.unwrap().requests.unwrap()["memory"].0.clone();
+    let gib: u64 = memory.trim_end_matches("Gi").parse().unwrap();
+    assert!(gib >= 16, "host memory holds what loading stages: {memory}");
+    cluster::wait_for(&svcs, "llama", Duration::from_secs(60), ready).await;
+
+    // An OIMCache of the same model sizes its PVC from the exact safetensors bytes: 61.0 GiB
+    // x 1.2 = 73.2, rounded up to 74, plus 5 GiB of headroom.
+    let cache: oim::api::OIMCache = serde_saphyr::from_str(&format!(
+        "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMCache\nmetadata: {{name: qwen}}\nspec:\n  source: {{hf: {{modelName: Qwen/Qwen2.5-32B-Instruct, endpoint: '{endpoint}', authSecret: hf}}}}\n  profile: {{kpi: latency}}\n  nodeSelector: {{{}: op-hub}}\n",
+        cluster::SCENARIO_LABEL
+    ))
+    .unwrap();
+    Api::<oim::api::OIMCache>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &cache)
+        .await
+        .unwrap();
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    let pvc = cluster::wait_until("the cache's PVC", Duration::from_secs(60), || async {
+        pvcs.get_opt("qwen-weights").await.ok().flatten()
+    })
+    .await;
+    let size = pvc.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0.clone();
+    assert_eq!(size, "79Gi");
+
+    let (tokens, paths) = {
+        let hub = state.lock().unwrap();
+        (hub.tokens.clone(), hub.paths.clone())
+    };
+    assert!(tokens.iter().all(|t| t == &format!("Bearer {TOKEN}")) && !tokens.is_empty(), "the service's token");
+    assert!(paths.iter().all(|p| p.starts_with("/Qwen/")), "a model the table knows never reaches the hub: {paths:?}");
+    assert!(!paths.iter().any(|p| p.ends_with("model.safetensors")), "no weights read");
+    ns.cleanup().await;
+    node.delete(&client).await;
+}
+
+/// `oim render` renders what the operator would for a model the table does not know when given
+/// its config.json (the operator reads it from the hub): a generated H100 Deployment and a PVC
+/// sized from the safetensors index; without it, nothing is guessed.
+#[test]
+fn offline_render_takes_the_models_config_json() {
+    let (inventory, catalog) = cluster("render");
+    let docs = inventory.with_file_name("qwen.yaml");
+    std::fs::write(
+        &docs,
+        "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {name: qwen}\nspec:\n  model: {name: Qwen/Qwen2.5-32B-Instruct}\n  profile: {kpi: latency}\n---\napiVersion: oim.opea.dev/v1alpha1\nkind: OIMCache\nmetadata: {name: qwen}\nspec:\n  source: {hf: {modelName: Qwen/Qwen2.5-32B-Instruct}}\n  profile: {kpi: latency}\n",
+    )
+    .unwrap();
+    let render = |extra: &[String]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oim"));
+        cmd.arg("render").arg("-f").arg(&docs).arg("--inventory").arg(&inventory).arg("--catalog").arg(&catalog);
+        cmd.args(extra).output().unwrap()
+    };
+    let qwen = fake_hub::fixtures().join("Qwen/Qwen2.5-32B-Instruct");
+    let out = render(&["--model-config".into(), format!("Qwen/Qwen2.5-32B-Instruct={}", qwen.display())]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let objects: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout).unwrap();
+    let kind = |k: &str| objects.iter().find(|o| o["kind"] == k).unwrap_or_else(|| panic!("no {k}: {stdout}"));
+    let container = &kind("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], "1", "{container}");
+    assert_eq!(kind("PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"], "79Gi");
+
+    let out = render(&[]);
+    assert_eq!(out.status.code(), Some(3), "no profile without the facts");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.json"), "{err}");
+    let out = render(&["--model-config".into(), qwen.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MODEL=DIR|FILE"));
 }

@@ -9,6 +9,7 @@ mod cluster;
 mod download;
 mod environment;
 mod estimate;
+mod fake_hub;
 mod fixtures;
 mod install;
 mod leader;

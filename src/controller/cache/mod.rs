@@ -19,7 +19,9 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use crate::api::{CacheState, OIMCache};
 use crate::controller::context::{Context, Error};
-use crate::profile::weights::plan;
+use crate::controller::model::{self, Facts};
+use crate::profile::estimate::Arch;
+use crate::profile::weights::{needs_model_facts, plan};
 use dereference::Read;
 pub use report::Report;
 
@@ -61,14 +63,21 @@ async fn pipeline(cache: &OIMCache, ctx: &Context) -> Result<Action, Error> {
         Read::Blocked(report) => return report::finish(ctx, cache, report).await,
         Read::World(w) => w,
     };
-    let (wanted, group) = match plan(cache, &world.profiles, &world.nodes, &ctx.engines) {
+    let arch = match model_facts(ctx, cache, &world).await? {
+        Ok(a) => a,
+        Err((report, retry)) => {
+            report::finish(ctx, cache, report).await?;
+            return Ok(Action::requeue(retry));
+        }
+    };
+    let (wanted, group) = match plan(cache, &world.profiles, &world.nodes, &ctx.engines, arch.as_deref()) {
         Ok(x) => x,
         Err(message) => {
             let report = Report::problem(cache, CacheState::Pending, "NoFeasibleProfile", message);
             return report::finish(ctx, cache, report).await;
         }
     };
-    let pvc = match pvc::ensure(ctx, cache, world.pvc.as_ref(), &wanted).await? {
+    let pvc = match pvc::ensure(ctx, cache, world.pvc.as_ref(), &wanted, arch.as_deref()).await? {
         pvc::Ensured::Ready(p) => p,
         pvc::Ensured::Blocked(report) => return report::finish(ctx, cache, report).await,
         pvc::Ensured::Again => return Ok(Action::requeue(Duration::from_secs(2))),
@@ -83,4 +92,44 @@ async fn pipeline(cache: &OIMCache, ctx: &Context) -> Result<Action, Error> {
     }
     let report = job::progress(cache, &pvc, &wanted, world.job.as_ref(), &world.pods);
     report::finish(ctx, cache, report).await
+}
+
+/// The model's own architecture from the cache's hub (with its token), when the built-in table
+/// does not know the model and the cache needs it: to size a PVC it creates, or to generate a
+/// profile for a group no published profile fits. Or the report to write and when to look again.
+async fn model_facts(
+    ctx: &Context,
+    cache: &OIMCache,
+    world: &dereference::World,
+) -> Result<Result<Option<Arc<Arch>>, (Report, Duration)>, Error> {
+    let model = cache.spec.model();
+    let sizes =
+        cache.spec.storage.pvc.create.unwrap_or(true) && world.pvc.is_none() && cache.spec.storage.pvc.size.is_none();
+    if !needs_model_facts(cache, &world.profiles, &world.nodes, world.pvc.is_some(), &ctx.engines) {
+        return Ok(Ok(None));
+    }
+    let ns = cache.namespace().unwrap_or_default();
+    let hf = &cache.spec.source.hf;
+    let wanted = model::Wanted {
+        namespace: &ns,
+        model: &model,
+        revision: hf.revision.as_deref(),
+        endpoint: hf.endpoint.as_deref(),
+        auth_secret: hf.auth_secret.as_deref(),
+        secret_field: "spec.source.hf.authSecret",
+    };
+    Ok(match model::facts(ctx, &wanted).await? {
+        Facts::Ready(a) => Ok(Some(a)),
+        Facts::Pending(m) => {
+            Err((Report::problem(cache, CacheState::Pending, model::PENDING, m), Duration::from_secs(2)))
+        }
+        Facts::Unavailable { message, retry_in } => {
+            let hint =
+                if sizes { "; a spec.storage.pvc.size skips this read when a published profile fits" } else { "" };
+            Err((
+                Report::problem(cache, CacheState::Pending, model::UNAVAILABLE, format!("{message}{hint}")),
+                retry_in.max(Duration::from_secs(1)),
+            ))
+        }
+    })
 }

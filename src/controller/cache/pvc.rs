@@ -77,6 +77,7 @@ pub async fn ensure(
     cache: &OIMCache,
     live: Option<&PersistentVolumeClaim>,
     wanted: &[Wanted],
+    arch: Option<&crate::profile::estimate::Arch>,
 ) -> Result<Ensured, Error> {
     let name = pvc_name(cache);
     let mut view = Pvc { name: name.clone(), size: size_of(live), complete: complete_of(live) };
@@ -88,7 +89,7 @@ pub async fn ensure(
             Ok(Ensured::Ready(view))
         }
         Ok(Some(true)) => {
-            let Some(size) = size_for(&cache.spec, wanted) else {
+            let Some(size) = size_for(&cache.spec, wanted, arch) else {
                 let message = format!(
                     "the weight size of {} is unknown to the estimator; set spec.storage.pvc.size (e.g. 200Gi)",
                     cache.spec.model()

@@ -88,6 +88,9 @@ pub struct World {
     pub distrusted: Option<String>,
     /// Our running Deployment (only if we created it for this service).
     pub deployment: Option<Arc<Deployment>>,
+    /// The model's own architecture from the hub, when selection needs it (set by the
+    /// pipeline after [`crate::controller::service::select::needs_model_facts`]).
+    pub arch: Option<Arc<crate::profile::estimate::Arch>>,
 }
 
 /// What dereferencing found.
@@ -142,6 +145,7 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         stored,
         distrusted,
         deployment,
+        arch: None,
     })))
 }
 

@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::{OIMService, UpdatePolicy};
 use crate::controller::context::{Context, Error};
 use crate::controller::events::publish;
+use crate::controller::model::{self, Facts};
 use crate::controller::source::SourceError;
 use crate::controller::status::{Assigned, external_endpoint};
 use dereference::{CacheRef, Read, World};
@@ -50,7 +51,7 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
     if svc.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let world = match dereference::read(svc, ctx).await? {
+    let mut world = match dereference::read(svc, ctx).await? {
         Read::NotSynced => return Ok(Action::requeue(Duration::from_secs(2))),
         Read::Source(e) => return finish(ctx, svc, Outcome::Blocked(source_blocked(&e)), None, false).await,
         Read::World(w) => w,
@@ -59,6 +60,15 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
         let note =
             format!("the stored selection in ConfigMap {}-profile was ignored: {why}; selecting again", svc.name_any());
         publish(ctx, &svc.object_ref(&()), true, "StoredSelectionRejected", &note).await;
+    }
+    if select::needs_model_facts(svc, &world, &ctx.engines) {
+        match model_facts(ctx, svc, &world).await? {
+            Ok(arch) => world.arch = Some(arch),
+            Err(b) => {
+                let running = world.deployment.clone();
+                return finish(ctx, svc, Outcome::Blocked(b), running.as_deref(), false).await;
+            }
+        }
     }
     let running = world.deployment.as_deref();
     let (chosen, update) = match select::decide(svc, &world, &ctx.engines) {
@@ -89,6 +99,41 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
     };
     serving.external_endpoint = external_endpoint(&rendered, &assigned_address(ctx, &rendered).await?);
     finish(ctx, svc, Outcome::Serving(Box::new(serving)), running, rolling).await
+}
+
+/// The model's own architecture from the hub (with the service's token, through the cache's
+/// hub when it mounts one), or why selection has to wait for it.
+async fn model_facts(
+    ctx: &Context,
+    svc: &OIMService,
+    world: &World,
+) -> Result<Result<Arc<crate::profile::estimate::Arch>, Blocked>, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let endpoint = match &world.cache {
+        CacheRef::Ready(c) => c.spec.source.hf.endpoint.clone(),
+        _ => None,
+    };
+    let wanted = model::Wanted {
+        namespace: &ns,
+        model: &svc.spec.model.name,
+        revision: svc.spec.model.revision.as_deref(),
+        endpoint: endpoint.as_deref(),
+        auth_secret: svc.spec.auth_secret.as_deref(),
+        secret_field: "spec.authSecret",
+    };
+    Ok(match model::facts(ctx, &wanted).await? {
+        Facts::Ready(a) => Ok(a),
+        Facts::Pending(message) => {
+            let mut b = Blocked::new(Step::ModelConfig, model::PENDING, message);
+            b.retry_after = Some(Duration::from_secs(2));
+            Err(b)
+        }
+        Facts::Unavailable { message, retry_in } => {
+            let mut b = Blocked::new(Step::ModelConfig, model::UNAVAILABLE, message);
+            b.retry_after = Some(retry_in.max(Duration::from_secs(1)));
+            Err(b)
+        }
+    })
 }
 
 /// A `spec.profile.source` the operator cannot use.
@@ -210,7 +255,7 @@ async fn finish(
     Ok(match &outcome {
         Outcome::Blocked(b) => {
             if changed {
-                let warning = !matches!(b.step, Step::Cache);
+                let warning = !(matches!(b.step, Step::Cache) || b.reason == model::PENDING);
                 publish(ctx, &svc.object_ref(&()), warning, &b.reason, &b.message).await;
             }
             b.retry().map_or_else(Action::await_change, Action::requeue)

@@ -21,6 +21,8 @@ pub enum Step {
     Selection,
     /// The registry could not be read and nothing was selected before.
     Registry,
+    /// The model's `config.json` is needed to generate a profile and cannot be read (yet).
+    ModelConfig,
     /// The spec cannot be rendered (e.g. resources that contradict the profile).
     Render,
     /// An object of a child's name exists and is not ours.
@@ -38,12 +40,14 @@ pub struct Blocked {
     pub message: String,
     /// Profiles rejected, when selection found none.
     pub rejected: Vec<RejectedProfile>,
+    /// When to look again, when the step's usual delay does not fit (the hub's backoff).
+    pub retry_after: Option<Duration>,
 }
 
 impl Blocked {
     /// Blocked at `step` for `reason`.
     pub fn new(step: Step, reason: &str, message: String) -> Blocked {
-        Blocked { step, reason: reason.into(), message, rejected: vec![] }
+        Blocked { step, reason: reason.into(), message, rejected: vec![], retry_after: None }
     }
 
     /// Only a change to the spec (or a rename of someone else's object) helps: state Failed.
@@ -53,12 +57,15 @@ impl Blocked {
 
     /// When to look again; None waits for a change to the service (or what it watches).
     pub fn retry(&self) -> Option<Duration> {
+        if let Some(after) = self.retry_after {
+            return Some(after);
+        }
         match self.step {
             Step::SourceRefused | Step::Render => None,
             // Someone else's object is not watched: look again now and then.
             Step::Conflict => Some(Duration::from_secs(60)),
             Step::Selection => Some(Duration::from_secs(300)),
-            Step::SourceMissing | Step::Cache | Step::Registry => Some(Duration::from_secs(30)),
+            Step::SourceMissing | Step::Cache | Step::Registry | Step::ModelConfig => Some(Duration::from_secs(30)),
         }
     }
 }

@@ -7,7 +7,8 @@ use crate::controller::service::outcome::{Blocked, Step};
 use crate::profile::Profile;
 use crate::profile::catalog::ProfileSummary;
 use crate::profile::engines::Engines;
-use crate::profile::select::{Group, Request, Selected, groups, select, selection_key};
+use crate::profile::estimate;
+use crate::profile::select::{Group, Request, Selected, groups, select, select_with, selection_key};
 
 /// A profile to run, with where it came from and why.
 #[derive(Debug, Clone)]
@@ -144,7 +145,7 @@ fn fresh(
         profiles.retain(|p| in_cache(h, &p.weights, p.weights_revision.as_deref()));
         req.allow_generated &= in_cache(h, &req.model, None);
     }
-    let selection = select(&req, &profiles, &world.nodes, &world.pods, engines);
+    let selection = select_with(&req, &profiles, &world.nodes, &world.pods, engines, world.arch.as_deref());
     let rejected: Vec<RejectedProfile> = selection
         .rejected
         .iter()
@@ -165,6 +166,31 @@ fn fresh(
         return Decision::Blocked(blocked);
     };
     Decision::Fresh { selected: Box::new(selected), rejected, followed }
+}
+
+/// Whether selection needs the model's own facts from the hub: the built-in table does not know
+/// it, a profile may be generated (allowed, nothing pinned, the mounted cache holds the model),
+/// and no published profile fits. Models in the table never cause a hub read.
+pub fn needs_model_facts(svc: &OIMService, world: &World, engines: &Engines) -> bool {
+    let mut req = Request::for_service(svc);
+    if estimate::arch(&req.model).is_some() || !req.allow_generated || req.pinned.is_some() {
+        return false;
+    }
+    let Ok(listed) = &world.listed else { return false };
+    let mut profiles = listed.clone();
+    match &world.cache {
+        CacheRef::Waiting { .. } => return false,
+        CacheRef::Ready(c) => {
+            let held = c.status.clone().unwrap_or_default().profiles;
+            if !in_cache(&held, &req.model, None) {
+                return false;
+            }
+            profiles.retain(|p| in_cache(&held, &p.weights, p.weights_revision.as_deref()));
+        }
+        CacheRef::None => {}
+    }
+    req.allow_generated = false;
+    select(&req, &profiles, &world.nodes, &world.pods, engines).selected.is_none()
 }
 
 /// Whether a cache holds `weights` (at `revision`, when the profile pins one).

@@ -171,7 +171,7 @@ fn blocked(svc: &OIMService, b: &Blocked, rollout: Rollout, running: bool) -> OI
     let keep = |c: &str| old.conditions.iter().find(|x| x.type_ == c).filter(|_| running).cloned();
     let mut wanted = vec![];
     let profile_cond = match b.step {
-        Step::SourceRefused | Step::SourceMissing | Step::Selection | Step::Registry => {
+        Step::SourceRefused | Step::SourceMissing | Step::Selection | Step::Registry | Step::ModelConfig => {
             Some(Cond("ProfileSelected", false, &b.reason, b.message.clone()))
         }
         _ => None,

@@ -68,6 +68,7 @@ fn profile(
         ttft_ms_p50: ttft,
         throughput_tokens_per_sec: tps,
         concurrency: None,
+        estimated: false,
         digest: format!("sha256:{name}"),
         source: "test".into(),
     }
@@ -378,6 +379,66 @@ fn latency_figures_compare_only_at_equal_concurrency() {
     assert!(solo.reason.contains("measured at concurrency 1, not 16"), "{}", solo.reason);
     let slower = s.rejected.iter().find(|r| r.name == "slower").unwrap();
     assert_eq!(slower.reason, "feasible, but ttft p50 30 ms vs 20 ms for faster");
+}
+
+#[test]
+fn published_measured_figures_rank_before_published_estimates_which_compare_among_themselves() {
+    // A catalog where someone published roofline estimates beside measured profiles: the
+    // estimates promise more, but a measurement beats any estimate for the same request.
+    let nodes = offline(&[("h100", "h100-sxm-80gb", 8)]);
+    let tp = |name: &str, count: u32, tps: f64, estimated: bool| {
+        let mut p = profile(name, LLAMA8B, Kpi::Throughput, Vendor::Nvidia, "h100-sxm-80gb", count, None, Some(tps));
+        p.concurrency = Some(if estimated { 212 } else { 64 });
+        p.estimated = estimated;
+        p
+    };
+    let profiles = vec![
+        tp("estimated-big", 1, 20000.0, true),
+        tp("estimated-small", 1, 15000.0, true),
+        tp("measured", 1, 8000.0, false),
+        tp("measured-slower", 2, 9000.0, false),
+    ];
+    let s = select(&request(LLAMA8B, Kpi::Throughput), &profiles, &nodes, &[], &Engines::builtin());
+    let sel = s.selected.unwrap();
+    assert_eq!(sel.profile.name, "measured", "measured 8000 tok/s on 1 device beats 4500 per device and estimates");
+    let why = |n: &str| s.rejected.iter().find(|r| r.name == n).unwrap().reason.clone();
+    assert_eq!(
+        why("estimated-big"),
+        "feasible, but its throughput figures are estimated and measured has measured ones"
+    );
+    assert_eq!(why("measured-slower"), "feasible, but 4500 tok/s per device vs 8000 for measured");
+
+    // With only estimates published, they compare by their estimates and the choice says so.
+    let only: Vec<ProfileSummary> = profiles.iter().filter(|p| p.estimated).cloned().collect();
+    let s = select(&request(LLAMA8B, Kpi::Throughput), &only, &nodes, &[], &Engines::builtin());
+    let sel = s.selected.unwrap();
+    assert_eq!(sel.profile.name, "estimated-big");
+    assert!(sel.reason.contains("estimated 20000 tok/s per device"), "{}", sel.reason);
+    assert!(s.rejected[0].reason.contains("estimated 15000.0 tok/s per device"), "{}", s.rejected[0].reason);
+
+    // A profile with no figures ranks after an estimate, and an estimate's concurrency does not
+    // move the reference concurrency of measured figures.
+    let mut none = tp("no-figures", 1, 0.0, false);
+    none.throughput_tokens_per_sec = None;
+    let s = select(&request(LLAMA8B, Kpi::Throughput), &[none, only[1].clone()], &nodes, &[], &Engines::builtin());
+    assert_eq!(s.selected.unwrap().profile.name, "estimated-small");
+}
+
+#[test]
+fn a_profile_marked_estimated_says_so_through_the_registry_annotations() {
+    let dir = crate::profile::catalog::DirCatalog::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/profiles"
+    )))
+    .unwrap();
+    let (_, _, p) = dir.entries().find(|(_, _, p)| p.performance.is_some()).unwrap();
+    let mut p = p.clone();
+    let measured = crate::profile::oci::annotations(&p);
+    let back = |a| ProfileSummary::from_annotations(&a, &p.name, "sha256:x", "r".into()).unwrap();
+    assert!(!back(measured).estimated);
+    p.performance.as_mut().unwrap().source = Some(crate::profile::select::ESTIMATED.into());
+    assert!(back(crate::profile::oci::annotations(&p)).estimated);
+    assert!(ProfileSummary::of(&p, String::new(), String::new()).estimated);
 }
 
 #[test]

@@ -62,6 +62,7 @@ fn world(nodes: Vec<NodeView>, stored: Option<Stored>, listed: Result<Vec<Profil
         stored,
         distrusted: None,
         deployment: None,
+        arch: None,
     }
 }
 
@@ -183,4 +184,43 @@ fn only_weights_the_cache_holds_are_candidates_and_they_run_from_its_path() {
     assert_eq!(cached_path(&h, &p).as_deref(), Some("/org/model-fp8/c0ffee"), "the same weights serve another profile");
     p.weights = Some("org/model".into());
     assert_eq!(cached_path(&h, &p), None);
+}
+
+fn qwen_service(extra: &str) -> OIMService {
+    serde_saphyr::from_str(&format!(
+        "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {{name: qwen, namespace: team, uid: u2}}\nspec:\n  model: {{name: Qwen/Qwen2.5-32B-Instruct}}\n  profile: {{kpi: throughput{extra}}}\n"
+    ))
+    .unwrap()
+}
+
+fn qwen_arch() -> Arc<crate::profile::estimate::Arch> {
+    let dir =
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/Qwen/Qwen2.5-32B-Instruct"));
+    let config = std::fs::read(dir.join("config.json")).unwrap();
+    let arch = crate::profile::estimate::Arch::from_config_json("Qwen/Qwen2.5-32B-Instruct", &config).unwrap();
+    Arc::new(arch.with_checkpoint_bytes(65_527_752_704))
+}
+
+#[test]
+fn only_a_model_the_table_does_not_know_and_no_published_profile_covers_needs_the_hub() {
+    let dir = catalog();
+    let engines = Engines::builtin();
+    let h100 = || vec![node("h100-sxm-80gb", 8)];
+    let llama = service("latency", "Pinned");
+    assert!(!needs_model_facts(&llama, &world(h100(), None, Ok(listed(&dir))), &engines), "published profiles fit");
+    assert!(!needs_model_facts(&llama, &world(h100(), None, Ok(vec![])), &engines), "in the built-in table");
+    let qwen = qwen_service("");
+    assert!(needs_model_facts(&qwen, &world(h100(), None, Ok(vec![])), &engines));
+    assert!(!needs_model_facts(&qwen_service(", allowGenerated: false"), &world(h100(), None, Ok(vec![])), &engines));
+    assert!(!needs_model_facts(&qwen, &world(h100(), None, Err("registry down".into())), &engines));
+
+    // Without the facts nothing is generated (and the reason says why); with them, a profile is.
+    let Decision::Blocked(b) = decide(&qwen, &world(h100(), None, Ok(vec![])), &engines) else { panic!() };
+    assert!(b.message.contains("config.json"), "{}", b.message);
+    let mut w = world(h100(), None, Ok(vec![]));
+    w.arch = Some(qwen_arch());
+    let Decision::Fresh { selected, .. } = decide(&qwen, &w, &engines) else { panic!("generated") };
+    let doc = selected.document.unwrap();
+    assert!(selected.generated && doc.name.starts_with("generated-vllm-nvidia-h100-sxm-80gb-x"), "{}", doc.name);
+    assert!(selected.reason.contains("config.json of Qwen/Qwen2.5-32B-Instruct"), "{}", selected.reason);
 }

@@ -129,6 +129,24 @@ fn with_nothing_running_a_blocked_service_is_pending_with_the_rejections() {
 }
 
 #[test]
+fn an_unreadable_model_config_is_pending_on_profile_selected_and_retried_on_the_hubs_backoff() {
+    let svc = service();
+    let mut b = Blocked::new(
+        Step::ModelConfig,
+        "ModelConfigUnavailable",
+        "config.json of Qwen/Qwen2.5-32B-Instruct at main from https://hub.example could not be read: 500".into(),
+    );
+    b.retry_after = Some(std::time::Duration::from_secs(8));
+    let s = build(&svc, &Outcome::Blocked(b.clone()), Rollout::default(), false);
+    assert_eq!(s.state, Some(ServiceState::Pending), "the hub may come back: not Failed");
+    let c = cond(&s, "ProfileSelected");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ModelConfigUnavailable"));
+    assert!(c.message.contains("https://hub.example"));
+    assert_eq!(cond(&s, "Ready").reason, "ModelConfigUnavailable");
+    assert_eq!(b.retry(), Some(std::time::Duration::from_secs(8)));
+}
+
+#[test]
 fn spec_errors_and_conflicts_fail_and_say_so() {
     let svc = service();
     let conflict = Blocked::new(

@@ -172,6 +172,16 @@ impl Backoff {
         delay(*n, err.transient(), fastrand::f64())
     }
 
+    /// The count recorded for `key` (0 when none).
+    pub fn count(&self, key: &str) -> u32 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or(0)
+    }
+
+    /// Records `n` for `key` (e.g. the next attempt of a download).
+    pub fn set_count(&self, key: &str, n: u32) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), n);
+    }
+
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn succeeded(&self, key: &str) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -9,6 +9,7 @@ mod cluster;
 mod download;
 mod environment;
 mod estimate;
+mod faults;
 mod fixtures;
 mod install;
 mod operator;

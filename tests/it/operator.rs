@@ -39,6 +39,14 @@ impl Operator {
         if !args.contains(&"--agent-namespace") {
             defaults.push("--no-agent");
         }
+        // OIM_TEST_OPERATOR_LOGS=DIR keeps each operator's log there, for a failing test.
+        let log = match std::env::var_os("OIM_TEST_OPERATOR_LOGS") {
+            Some(dir) => {
+                let path = std::path::Path::new(&dir).join(format!("{}.log", cluster::unique("operator")));
+                Stdio::from(std::fs::File::create(path).expect("operator log file"))
+            }
+            None => Stdio::null(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_oim"))
             .arg("operator")
             .args(args)
@@ -46,15 +54,34 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start oim operator");
         Operator(child)
+    }
+
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub(crate) fn running(&mut self) -> bool {
+        self.0.try_wait().expect("operator process status").is_none()
+    }
+
+    /// SIGKILL: no shutdown, whatever it was doing is cut off.
+    pub(crate) fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL the operator");
+        let _ = self.0.wait();
     }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if !self.running() {
+            return; // reaped already: its pid may belong to another process now
+        }
         let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
         let _ = self.0.wait();
     }
@@ -507,8 +534,7 @@ async fn an_operator_killed_mid_reconcile_is_replaced_and_every_service_converge
         deployments.list(&ListParams::default()).await.ok().filter(|l| !l.items.is_empty()).map(|_| ())
     })
     .await;
-    first.0.kill().unwrap();
-    let _ = first.0.wait();
+    first.kill();
     let _second = Operator::start(&ns.name);
     for n in &names {
         cluster::wait_for(&svcs, n, Duration::from_secs(90), |s| {

@@ -12,6 +12,7 @@ pub mod report;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -20,6 +21,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use crate::api::{CacheState, OIMCache};
 use crate::controller::context::{Context, Error};
 use crate::profile::weights::plan;
+use crate::render::cache::JOB_HASH;
 use dereference::Read;
 pub use report::Report;
 
@@ -77,10 +79,34 @@ async fn pipeline(cache: &OIMCache, ctx: &Context) -> Result<Action, Error> {
         return report::finish(ctx, cache, report).await;
     }
     let job = crate::render::cache::build_job(cache, &wanted, &group, &ctx.puller_image(cache), ctx.platform);
-    match job::ensure(ctx, cache, &job, world.job.as_ref()).await? {
+    let token_version = job::token_version(ctx, cache).await?;
+    let same = |live: &&k8s_openapi::api::batch::v1::Job| {
+        live.labels().get(JOB_HASH) == job.labels().get(JOB_HASH) && live.metadata.deletion_timestamp.is_none()
+    };
+    // A failed download of what is still wanted runs again when its cause may be gone.
+    let mut retry_in = None;
+    if let Some(live) = world.job.as_ref().filter(same).filter(|j| job::failed(j)) {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        match job::retry(live, &token_version, &now) {
+            job::Retry::Now(why) => {
+                job::rerun(ctx, cache, live, &why).await?;
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+            job::Retry::After { left, at } => retry_in = Some((left, at)),
+        }
+    }
+    match job::ensure(ctx, cache, &job, world.job.as_ref(), &token_version).await? {
         job::Ensured::Running => {}
         job::Ensured::Again => return Ok(Action::requeue(Duration::from_secs(2))),
     }
-    let report = job::progress(cache, &pvc, &wanted, world.job.as_ref(), &world.pods);
-    report::finish(ctx, cache, report).await
+    let mut report = job::progress(cache, &pvc, &wanted, world.job.as_ref(), &world.pods);
+    if report.state == CacheState::Ready {
+        job::forget_attempts(ctx, cache);
+    }
+    let Some((left, at)) = retry_in else { return report::finish(ctx, cache, report).await };
+    let secret = cache.spec.source.hf.auth_secret.as_deref();
+    let when = secret.map(|s| format!(" or when Secret {s} changes")).unwrap_or_default();
+    report.message = format!("{}; it runs again at {at}{when}", report.message);
+    report::finish(ctx, cache, report).await?;
+    Ok(Action::requeue(left.min(job::TOKEN_POLL)))
 }

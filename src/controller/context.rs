@@ -15,6 +15,7 @@ use crate::controller::metrics::Metrics;
 use crate::controller::source::Sources;
 use crate::profile::catalog::CatalogError;
 use crate::profile::engines::Engines;
+use crate::profile::select::{InventoryProblem, NodeView};
 use crate::render::{Capabilities, Platform};
 
 /// Why a reconcile failed: the step, the object and the API server's answer.
@@ -152,6 +153,22 @@ pub struct Context {
 }
 
 impl Context {
+    /// The watched nodes as selection sees them, and one line for each node whose inventory
+    /// annotation does not parse, to report where nothing fits (a node without the annotation
+    /// has no node agent yet and is left out without a word).
+    pub fn node_views(&self) -> (Vec<NodeView>, Vec<String>) {
+        let mut views = vec![];
+        let mut unparseable = vec![];
+        for node in self.nodes.state() {
+            match NodeView::try_from_node(&node) {
+                Ok(v) => views.push(v),
+                Err(InventoryProblem::Missing) => {}
+                Err(problem) => unparseable.push(format!("node {} {problem}", node.metadata.name.as_deref().unwrap_or(""))),
+            }
+        }
+        (views, unparseable)
+    }
+
     /// The image a cache's download Job runs: its `modelPuller`, else the operator's own.
     pub fn puller_image(&self, cache: &crate::api::OIMCache) -> String {
         cache.spec.source.hf.model_puller.clone().unwrap_or_else(|| self.own_image.clone())

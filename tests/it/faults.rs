@@ -39,18 +39,29 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
 }
 
 async fn create_services(svcs: &Api<OIMService>, names: &[String], scenario: &str) {
+    create_services_of(svcs, names, scenario, MODEL, "latency").await;
+}
+
+async fn create_services_of(svcs: &Api<OIMService>, names: &[String], scenario: &str, model: &str, kpi: &str) {
     futures::stream::iter(names)
         .for_each_concurrent(8, |n| async move {
-            svcs.create(&PostParams::default(), &service(n, MODEL, "latency", scenario)).await.unwrap();
+            svcs.create(&PostParams::default(), &service(n, model, kpi, scenario)).await.unwrap();
         })
         .await;
 }
 
+/// The services of `ns` that decode (one that does not must not hide the others).
+async fn services(client: &Client, ns: &str) -> Vec<OIMService> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<OIMService>(&()));
+    let items = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+    items.into_iter().filter_map(|o| serde_json::from_value(serde_json::to_value(o).ok()?).ok()).collect()
+}
+
 /// Waits until every one of `names` is Ready; on timeout names the ones that are not, with why.
-async fn all_ready(svcs: &Api<OIMService>, names: &[String], timeout: Duration) {
+async fn all_ready(client: &Client, ns: &str, names: &[String], timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let live = svcs.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+        let live = services(client, ns).await;
         let by_name: BTreeMap<String, &OIMService> =
             live.iter().map(|s| (s.metadata.name.clone().unwrap_or_default(), s)).collect();
         let waiting: Vec<&String> = names.iter().filter(|n| !by_name.get(*n).is_some_and(|s| ready(s))).collect();
@@ -83,9 +94,8 @@ fn owner_uids(meta: &kube::api::ObjectMeta, kind: &str) -> Vec<String> {
 /// its own; each Deployment exactly one ReplicaSet (nothing rolled it) and one pod; nothing the
 /// operator made is left without a live owner.
 async fn exactly_one_of_each_child(client: &Client, ns: &str, names: &[String]) {
-    let services = Api::<OIMService>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap();
-    let uid_of: BTreeMap<String, String> = services
-        .items
+    let uid_of: BTreeMap<String, String> = services(client, ns)
+        .await
         .iter()
         .map(|s| (s.metadata.uid.clone().unwrap(), s.metadata.name.clone().unwrap()))
         .collect();
@@ -177,7 +187,7 @@ async fn the_api_server_down_for_20s_the_operator_rides_it_out_and_100_services_
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert!(operator.running(), "the operator exited while the API server was down");
     apiserver("start");
-    all_ready(&svcs, &all, Duration::from_secs(240)).await;
+    all_ready(&client, &ns.name, &all, Duration::from_secs(240)).await;
     assert!(operator.running() && operator.pid() == pid, "the operator recovered without restarting");
     exactly_one_of_each_child(&client, &ns.name, &all).await;
     ns.cleanup().await;
@@ -214,7 +224,7 @@ async fn the_operator_sigkilled_five_times_mid_reconcile_leaves_100_services_con
     let ((), killed_at) = futures::join!(creating, killing);
     eprintln!("SIGKILLed with {killed_at:?} Deployments applied (seed {seed})");
     assert!(killed_at.iter().any(|&n| n < all.len()), "every kill came after the work was done (seed {seed})");
-    all_ready(&svcs, &all, Duration::from_secs(240)).await;
+    all_ready(&client, &ns.name, &all, Duration::from_secs(240)).await;
     exactly_one_of_each_child(&client, &ns.name, &all).await;
     drop(operator);
     ns.cleanup().await;
@@ -323,11 +333,15 @@ async fn the_registry_down_leaves_running_services_untouched_blocks_new_ones_and
     cluster::install_oim_crds();
     let dir = crate::profiles::tempdir("fault-registry");
     let mut registry = Registry::new(&dir);
-    let catalog = dir.join("catalog/llama-3.1-8b");
-    std::fs::create_dir_all(&catalog).unwrap();
-    let profile = "vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml";
-    std::fs::copy(format!("{}/profiles/llama-3.1-8b/{profile}", env!("CARGO_MANIFEST_DIR")), catalog.join(profile))
-        .unwrap();
+    // Two models: the running services' (resolved before the outage) and the new ones' (not).
+    for (model, profile) in [
+        ("llama-3.1-8b", "vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml"),
+        ("qwen2.5-7b", "vllm-nvidia-h100-sxm-80gb-x1-throughput-bf16.yaml"),
+    ] {
+        let to = dir.join("catalog").join(model);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(format!("{}/profiles/{model}/{profile}", env!("CARGO_MANIFEST_DIR")), to.join(profile)).unwrap();
+    }
     let reference = format!("{}/oim", registry.addr);
     let out = Command::new(env!("CARGO_BIN_EXE_oim"))
         .args(["profiles", "push", dir.join("catalog").to_str().unwrap(), "--registry", &reference])
@@ -350,7 +364,7 @@ async fn the_registry_down_leaves_running_services_untouched_blocks_new_ones_and
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let running = names("running", 4);
     create_services(&svcs, &running, "fault-registry").await;
-    all_ready(&svcs, &running, Duration::from_secs(120)).await;
+    all_ready(&client, &ns.name, &running, Duration::from_secs(120)).await;
     let mut before = BTreeMap::new();
     for n in &running {
         before.insert(n.clone(), applied_state(&deployments.get(n).await.unwrap()));
@@ -359,7 +373,7 @@ async fn the_registry_down_leaves_running_services_untouched_blocks_new_ones_and
 
     registry.stop();
     let blocked = names("new", 3);
-    create_services(&svcs, &blocked, "fault-registry").await;
+    create_services_of(&svcs, &blocked, "fault-registry", "Qwen/Qwen2.5-7B-Instruct", "throughput").await;
     // Each running service is reconciled during the outage, more than once.
     let touch = json!({"metadata": {"annotations": {"oim.test/resync": "during-outage"}}});
     for n in &running {
@@ -385,7 +399,7 @@ async fn the_registry_down_leaves_running_services_untouched_blocks_new_ones_and
 
     registry.start();
     let everyone: Vec<String> = running.iter().chain(&blocked).cloned().collect();
-    all_ready(&svcs, &everyone, Duration::from_secs(120)).await;
+    all_ready(&client, &ns.name, &everyone, Duration::from_secs(120)).await;
     cluster::wait_until("no service Degraded", Duration::from_secs(60), || async {
         let list = svcs.list(&ListParams::default()).await.ok()?;
         list.items.iter().all(|s| condition(s, "Degraded").is_none_or(|c| c.status != "True")).then_some(())
@@ -439,7 +453,7 @@ async fn a_service_the_operator_cannot_read_is_reported_and_20_others_keep_recon
     let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
     let others = names("llm", 20);
     create_services(&svcs, &others, "fault-undecodable").await;
-    all_ready(&svcs, &others, Duration::from_secs(180)).await;
+    all_ready(&client, &ns.name, &others, Duration::from_secs(180)).await;
     let events = cluster::wait_until("an InvalidObject event", Duration::from_secs(30), || async {
         let out = cluster::kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "reason=InvalidObject", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;

@@ -551,3 +551,31 @@ async fn an_operator_killed_mid_reconcile_is_replaced_and_every_service_converge
     ns.cleanup().await;
     node.delete(&client).await;
 }
+
+#[tokio::test]
+async fn a_node_whose_inventory_does_not_parse_is_named_as_unparseable_where_nothing_fits() {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "op-unparseable", &[]).await;
+    let node = KwokNode::create(&client, "op-unparseable", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    // A foreign or broken writer: the annotation is not an inventory.
+    let broken = serde_json::json!({"metadata": {"annotations": {oim::hardware::inventory::INVENTORY_ANNOTATION: "{\"accelerators\": 8"}}});
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch(&node.name, &PatchParams::default(), &Patch::Merge(&broken))
+        .await
+        .unwrap();
+    let _operator = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    svcs.create(&PostParams::default(), &service("llm", "meta-llama/Llama-3.1-8B-Instruct", "latency", "op-unparseable"))
+        .await
+        .unwrap();
+    let pending = cluster::wait_for(&svcs, "llm", Duration::from_secs(60), |s| {
+        condition(s, "ProfileSelected").is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let c = condition(&pending, "ProfileSelected").unwrap();
+    assert_eq!(c.reason, "NoFeasibleProfile");
+    assert!(c.message.contains(&format!("node {} has an unparseable", node.name)), "{}", c.message);
+    ns.cleanup().await;
+    node.delete(&client).await;
+}

@@ -22,6 +22,8 @@ pub struct World {
     pub profiles: Vec<ProfileSummary>,
     /// Nodes as selection sees them.
     pub nodes: Vec<NodeView>,
+    /// Nodes left out because their inventory annotation does not parse, one line each.
+    pub unparseable: Vec<String>,
     /// The PVC of the cache's name, whoever made it.
     pub pvc: Option<PersistentVolumeClaim>,
     /// The download Job.
@@ -98,9 +100,11 @@ pub async fn read(cache: &OIMCache, ctx: &Context) -> Result<Read, Error> {
         }
         None => vec![],
     };
+    let (nodes, unparseable) = ctx.node_views();
     Ok(Read::World(Box::new(World {
         profiles,
-        nodes: ctx.nodes.state().iter().filter_map(|n| NodeView::from_node(n)).collect(),
+        nodes,
+        unparseable,
         pvc,
         job,
         pods,

@@ -257,3 +257,54 @@ fn commits_from(pods: &[Pod]) -> BTreeMap<String, String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+    fn failed_job(attempt: Option<&str>, token: &str, failed_at: Timestamp) -> Job {
+        let mut job = Job::default();
+        let mut annotations = BTreeMap::from([(TOKEN_VERSION.to_string(), token.to_string())]);
+        if let Some(a) = attempt {
+            annotations.insert(ATTEMPT.into(), a.into());
+        }
+        job.metadata.annotations = Some(annotations);
+        job.status = Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Failed".into(),
+                status: "True".into(),
+                last_transition_time: Some(Time(failed_at)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        job
+    }
+
+    #[test]
+    fn a_failed_download_runs_again_when_its_token_changes_or_after_a_doubling_backoff() {
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |secs: i64| Time(t0.checked_add(SignedDuration::from_secs(secs)).unwrap());
+        let job = failed_job(None, "41", t0);
+        assert!(failed(&job));
+        assert_eq!(attempt(&job), 1);
+        assert_eq!(
+            retry(&job, "41", &at(20)),
+            Retry::After { left: Duration::from_secs(40), at: "2027-01-15T08:01:00Z".into() }
+        );
+        assert_eq!(retry(&job, "57", &at(20)), Retry::Now("its token Secret changed".into()));
+        assert_eq!(retry(&job, "41", &at(60)), Retry::Now("60s after it failed".into()));
+        // A Secret created or deleted since counts as a change too.
+        assert!(matches!(retry(&job, "", &at(1)), Retry::Now(_)));
+        let third = failed_job(Some("3"), "", t0);
+        assert!(matches!(retry(&third, "", &at(200)), Retry::After { .. }), "the third failure waits 4 min");
+        assert!(matches!(retry(&third, "", &at(240)), Retry::Now(_)));
+        assert_eq!(retry_delay(1), Duration::from_secs(60));
+        assert_eq!(retry_delay(2), Duration::from_secs(120));
+        assert_eq!(retry_delay(7), Duration::from_secs(3600), "capped at an hour");
+        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(3600));
+        assert!(!failed(&Job::default()));
+    }
+}

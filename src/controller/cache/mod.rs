@@ -65,7 +65,10 @@ async fn pipeline(cache: &OIMCache, ctx: &Context) -> Result<Action, Error> {
     };
     let (wanted, group) = match plan(cache, &world.profiles, &world.nodes, &ctx.engines) {
         Ok(x) => x,
-        Err(message) => {
+        Err(mut message) => {
+            if !world.unparseable.is_empty() {
+                message = format!("{message}; left out: {}", world.unparseable.join("; "));
+            }
             let report = Report::problem(cache, CacheState::Pending, "NoFeasibleProfile", message);
             return report::finish(ctx, cache, report).await;
         }

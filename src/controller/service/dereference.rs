@@ -78,6 +78,8 @@ pub struct World {
     pub listed: Result<Vec<ProfileSummary>, String>,
     /// Nodes as selection sees them.
     pub nodes: Vec<NodeView>,
+    /// Nodes left out because their inventory annotation does not parse, one line each.
+    pub unparseable: Vec<String>,
     /// Pods holding devices.
     pub pods: Vec<PodUse>,
     /// The OIMCache it mounts.
@@ -134,10 +136,12 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         .of(&ns)
         .and_then(|c| c.deployment(&ns, &svc.name_any()))
         .filter(|d| crate::controller::children::controlled_by(&d.metadata, &uid));
+    let (nodes, unparseable) = ctx.node_views();
     Ok(Read::World(Box::new(World {
         catalog,
         listed,
-        nodes: ctx.nodes.state().iter().filter_map(|n| NodeView::from_node(n)).collect(),
+        nodes,
+        unparseable,
         pods: ctx.pods.state().iter().filter_map(|p| PodUse::from_pod(p)).collect(),
         cache,
         stored,

@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod bounds;
 mod cache;
 mod cli;
 mod cluster;

@@ -246,3 +246,24 @@ fn detect_on_cpuinfo_from_dev_urandom_and_a_200_mb_vendor_file_costs_under_100_m
     assert!(run.output.contains("\"count\": 1") || run.output.contains("\"count\":1"), "the good GPU is kept: {}", run.output);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn a_profile_in_json_form_is_listed_and_pushed_not_silently_skipped() {
+    let d = tree("json");
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles/llama31-8b/h100-latency.yaml"))
+        .unwrap();
+    let value: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+    std::fs::write(d.join("h100-latency.yaml"), serde_json::to_string_pretty(&value).unwrap()).unwrap();
+    let run = measured(
+        &mut oim(&["profiles", "list", "--model", "meta-llama/Llama-3.1-8B-Instruct", "--catalog", d.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    run.assert_bounded(0, Duration::from_secs(10));
+    assert!(run.output.contains(value["name"].as_str().unwrap()), "{}", run.output);
+    // `push` reads the same way: to a registry that is not there, it fails on the network, not
+    // with "nothing to push".
+    let run = measured(&mut oim(&["profiles", "push", d.to_str().unwrap(), "--registry", "127.0.0.1:9/oim"]), Duration::from_secs(60));
+    assert_eq!(run.code, Some(1), "{}", run.output);
+    assert!(run.output.contains("127.0.0.1:9"), "{}", run.output);
+    std::fs::remove_dir_all(&d).unwrap();
+}

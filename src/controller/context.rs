@@ -163,7 +163,9 @@ impl Context {
             match NodeView::try_from_node(&node) {
                 Ok(v) => views.push(v),
                 Err(InventoryProblem::Missing) => {}
-                Err(problem) => unparseable.push(format!("node {} {problem}", node.metadata.name.as_deref().unwrap_or(""))),
+                Err(problem) => {
+                    unparseable.push(format!("node {} {problem}", node.metadata.name.as_deref().unwrap_or("")))
+                }
             }
         }
         (views, unparseable)

@@ -45,11 +45,15 @@ impl Measured {
 }
 
 /// Runs `cmd`, SIGKILLs it after `kill_after`, and reports its exit, output and peak RSS.
+#[expect(clippy::zombie_processes, reason = "the child is reaped by wait4, which also reports its rusage")]
 pub(crate) fn measured(cmd: &mut Command, kill_after: Duration) -> Measured {
     let started = Instant::now();
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run oim");
     let pid = child.id() as libc::pid_t;
-    let pipes = [child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>), child.stderr.take().map(|e| Box::new(e) as _)];
+    let pipes = [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child.stderr.take().map(|e| Box::new(e) as _),
+    ];
     let readers: Vec<_> = pipes
         .into_iter()
         .flatten()
@@ -161,7 +165,8 @@ async fn a_registry_that_never_stops_sending_costs_the_cli_under_100_mb_and_a_cl
         respond(200, full("{}"))
     })
     .await;
-    let run = tokio::task::spawn_blocking(move || measured(&mut list(&manifests), Duration::from_secs(60))).await.unwrap();
+    let run =
+        tokio::task::spawn_blocking(move || measured(&mut list(&manifests), Duration::from_secs(60))).await.unwrap();
     run.assert_bounded(1, Duration::from_secs(40));
     assert!(run.output.contains("more than 4194304 bytes"), "{}", run.output);
 
@@ -202,13 +207,15 @@ fn tree(name: &str) -> std::path::PathBuf {
 #[test]
 fn catalog_trees_with_loops_a_fifo_and_dev_zero_cost_the_cli_under_100_mb() {
     let d = tree("catalog");
-    let profile = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles/llama31-8b/h100-latency.yaml"))
-        .unwrap();
+    let profile =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles/llama31-8b/h100-latency.yaml"))
+            .unwrap();
     std::fs::create_dir_all(d.join("a/b")).unwrap();
     std::fs::write(d.join("a/b/p.yaml"), &profile).unwrap();
     std::os::unix::fs::symlink(&d, d.join("a/up")).unwrap();
     std::os::unix::fs::symlink(d.join("a"), d.join("a/b/again")).unwrap();
-    let list = || oim(&["profiles", "list", "--model", "meta-llama/Llama-3.1-8B-Instruct", "--catalog", d.to_str().unwrap()]);
+    let list =
+        || oim(&["profiles", "list", "--model", "meta-llama/Llama-3.1-8B-Instruct", "--catalog", d.to_str().unwrap()]);
     let run = measured(&mut list(), Duration::from_secs(30));
     run.assert_bounded(0, Duration::from_secs(10));
     assert!(run.output.contains("vllm-nvidia-h100"), "the profile is listed once: {}", run.output);
@@ -243,26 +250,43 @@ fn detect_on_cpuinfo_from_dev_urandom_and_a_200_mb_vendor_file_costs_under_100_m
     let run = measured(&mut oim(&["detect", "--root", root.to_str().unwrap(), "-o", "json"]), Duration::from_secs(30));
     run.assert_bounded(0, Duration::from_secs(10));
     assert!(run.output.contains("0000:02:00.0") && run.output.contains("more than 4096 bytes"), "{}", run.output);
-    assert!(run.output.contains("\"count\": 1") || run.output.contains("\"count\":1"), "the good GPU is kept: {}", run.output);
+    assert!(
+        run.output.contains("\"count\": 1") || run.output.contains("\"count\":1"),
+        "the good GPU is kept: {}",
+        run.output
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
 fn a_profile_in_json_form_is_listed_and_pushed_not_silently_skipped() {
     let d = tree("json");
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles/llama31-8b/h100-latency.yaml"))
-        .unwrap();
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/profiles/llama31-8b/h100-latency.yaml"
+    ))
+    .unwrap();
     let value: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
     std::fs::write(d.join("h100-latency.yaml"), serde_json::to_string_pretty(&value).unwrap()).unwrap();
     let run = measured(
-        &mut oim(&["profiles", "list", "--model", "meta-llama/Llama-3.1-8B-Instruct", "--catalog", d.to_str().unwrap()]),
+        &mut oim(&[
+            "profiles",
+            "list",
+            "--model",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "--catalog",
+            d.to_str().unwrap(),
+        ]),
         Duration::from_secs(30),
     );
     run.assert_bounded(0, Duration::from_secs(10));
     assert!(run.output.contains(value["name"].as_str().unwrap()), "{}", run.output);
     // `push` reads the same way: to a registry that is not there, it fails on the network, not
     // with "nothing to push".
-    let run = measured(&mut oim(&["profiles", "push", d.to_str().unwrap(), "--registry", "127.0.0.1:9/oim"]), Duration::from_secs(60));
+    let run = measured(
+        &mut oim(&["profiles", "push", d.to_str().unwrap(), "--registry", "127.0.0.1:9/oim"]),
+        Duration::from_secs(60),
+    );
     assert_eq!(run.code, Some(1), "{}", run.output);
     assert!(run.output.contains("127.0.0.1:9"), "{}", run.output);
     std::fs::remove_dir_all(&d).unwrap();

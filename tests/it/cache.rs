@@ -229,7 +229,8 @@ async fn a_failed_download_says_why_and_a_delete_cache_keeps_its_pvc_while_a_ser
 
 /// Events of `reason` in `ns`, their messages.
 fn events(ns: &str, reason: &str) -> Vec<String> {
-    let out = cluster::kubectl(&["get", "events", "-n", ns, "--field-selector", &format!("reason={reason}"), "-o", "json"]);
+    let out =
+        cluster::kubectl(&["get", "events", "-n", ns, "--field-selector", &format!("reason={reason}"), "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str().map(str::to_string)).collect()
 }
@@ -250,7 +251,13 @@ async fn a_failed_download_runs_again_when_its_token_secret_changes_or_after_a_b
     // The hub answers 500 to the first attempt of these downloads (tests/cluster/kwok).
     let puller = ", modelPuller: 'oim.test/hub-down-first:500'";
     let model = "meta-llama/Llama-3.1-8B-Instruct";
-    caches.create(&PostParams::default(), &cache_of("with-token", model, "cache-retry", &format!("{puller}, authSecret: hf"))).await.unwrap();
+    caches
+        .create(
+            &PostParams::default(),
+            &cache_of("with-token", model, "cache-retry", &format!("{puller}, authSecret: hf")),
+        )
+        .await
+        .unwrap();
     caches.create(&PostParams::default(), &cache_of("hub-back", model, "cache-retry", puller)).await.unwrap();
     for name in ["with-token", "hub-back"] {
         let failed =
@@ -272,7 +279,10 @@ async fn a_failed_download_runs_again_when_its_token_secret_changes_or_after_a_b
     // Nothing changed for the other: it runs again after its backoff (the hub is back by then).
     cluster::wait_for(&caches, "hub-back", Duration::from_secs(150), |c| state(c) == Some(CacheState::Ready)).await;
     let retried = events(&ns.name, "DownloadRetried");
-    assert!(retried.iter().any(|m| m.contains("hub-back-download") && m.contains("60s after it failed")), "{retried:?}");
+    assert!(
+        retried.iter().any(|m| m.contains("hub-back-download") && m.contains("60s after it failed")),
+        "{retried:?}"
+    );
     let job = jobs.get("hub-back-download").await.unwrap();
     assert_eq!(job.metadata.annotations.unwrap()["oim.opea.dev/download-attempt"], "2");
     delete_caches(&caches).await;

@@ -364,7 +364,11 @@ fn an_endless_revision_document_and_an_endless_file_end_with_clear_errors_under_
     let dest = tempdir("endless");
     let run = measured(&endpoint, &dest, &[]);
     run.assert_bounded(1, std::time::Duration::from_secs(60));
-    assert!(run.output.contains("more than 33554432 bytes") && run.output.contains("revision document"), "{}", run.output);
+    assert!(
+        run.output.contains("more than 33554432 bytes") && run.output.contains("revision document"),
+        "{}",
+        run.output
+    );
 
     let state = Arc::new(Mutex::new(Hub { oversize: true, ..Hub::default() }));
     let endpoint = start(state);

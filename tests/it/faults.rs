@@ -75,7 +75,9 @@ async fn all_ready(client: &Client, ns: &str, names: &[String], timeout: Duratio
                 .map(|n| {
                     let st = by_name.get(*n).and_then(|s| s.status.as_ref());
                     let conds: Vec<String> = st
-                        .map(|s| s.conditions.iter().map(|c| format!("{}={} {}", c.type_, c.status, c.reason)).collect())
+                        .map(|s| {
+                            s.conditions.iter().map(|c| format!("{}={} {}", c.type_, c.status, c.reason)).collect()
+                        })
                         .unwrap_or_default();
                     format!("{n}: {:?} {conds:?}", st.and_then(|s| s.state))
                 })
@@ -455,7 +457,16 @@ async fn a_service_the_operator_cannot_read_is_reported_and_20_others_keep_recon
     create_services(&svcs, &others, "fault-undecodable").await;
     all_ready(&client, &ns.name, &others, Duration::from_secs(180)).await;
     let events = cluster::wait_until("an InvalidObject event", Duration::from_secs(30), || async {
-        let out = cluster::kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "reason=InvalidObject", "-o", "json"]);
+        let out = cluster::kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "--field-selector",
+            "reason=InvalidObject",
+            "-o",
+            "json",
+        ]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         v["items"].as_array().filter(|i| !i.is_empty()).cloned()
     })

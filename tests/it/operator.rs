@@ -566,9 +566,12 @@ async fn a_node_whose_inventory_does_not_parse_is_named_as_unparseable_where_not
         .unwrap();
     let _operator = Operator::start(&ns.name);
     let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
-    svcs.create(&PostParams::default(), &service("llm", "meta-llama/Llama-3.1-8B-Instruct", "latency", "op-unparseable"))
-        .await
-        .unwrap();
+    svcs.create(
+        &PostParams::default(),
+        &service("llm", "meta-llama/Llama-3.1-8B-Instruct", "latency", "op-unparseable"),
+    )
+    .await
+    .unwrap();
     let pending = cluster::wait_for(&svcs, "llm", Duration::from_secs(60), |s| {
         condition(s, "ProfileSelected").is_some_and(|c| c.status == "False")
     })

@@ -101,12 +101,5 @@ pub async fn read(cache: &OIMCache, ctx: &Context) -> Result<Read, Error> {
         None => vec![],
     };
     let (nodes, unparseable) = ctx.node_views();
-    Ok(Read::World(Box::new(World {
-        profiles,
-        nodes,
-        unparseable,
-        pvc,
-        job,
-        pods,
-    })))
+    Ok(Read::World(Box::new(World { profiles, nodes, unparseable, pvc, job, pods })))
 }

@@ -153,6 +153,32 @@ async fn a_registry_that_never_stops_sending_costs_the_cli_under_100_mb_and_a_cl
     run.assert_bounded(1, Duration::from_secs(40));
     assert!(run.output.contains("kept sending tag pages"), "{}", run.output);
 
+    // One page with more tags than a profile repository holds.
+    let many = fake_http::start(|req| {
+        if req.uri().path().ends_with("/tags/list") {
+            let tags: Vec<String> = (0..5001).map(|i| format!("t{i}")).collect();
+            return respond(200, tags_page(&tags));
+        }
+        respond(200, full("{}"))
+    })
+    .await;
+    let run = tokio::task::spawn_blocking(move || measured(&mut list(&many), Duration::from_secs(60))).await.unwrap();
+    run.assert_bounded(1, Duration::from_secs(40));
+    assert!(run.output.contains("more than 5000 tags"), "{}", run.output);
+
+    // A token endpoint whose answer never ends.
+    let tokens = fake_http::start(|_| respond(200, endless(b"{\"token\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"))).await;
+    let challenge = format!("Bearer realm=\"http://{tokens}/token\",service=\"fake\"");
+    let guarded = fake_http::start(move |_| {
+        let mut r = respond(401, full("{}"));
+        r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
+        r
+    })
+    .await;
+    let run = tokio::task::spawn_blocking(move || measured(&mut list(&guarded), Duration::from_secs(60))).await.unwrap();
+    run.assert_bounded(1, Duration::from_secs(40));
+    assert!(run.output.contains("token endpoint") && run.output.contains("more than 65536 bytes"), "{}", run.output);
+
     // A manifest without end.
     let manifests = fake_http::start(|req| {
         let p = req.uri().path();

@@ -153,6 +153,8 @@ pub async fn ensure(
                 .await
                 .map_err(|source| Error::Delete { kind: "Job".into(), name: name.clone(), source })?;
             ctx.metrics.writes.add();
+            // Other downloads: their attempts count from 1.
+            forget_attempts(ctx, cache);
             return Ok(Ensured::Again);
         }
         Some(_) => return Ok(Ensured::Running),

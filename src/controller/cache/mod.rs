@@ -82,13 +82,18 @@ async fn pipeline(cache: &OIMCache, ctx: &Context) -> Result<Action, Error> {
         return report::finish(ctx, cache, report).await;
     }
     let job = crate::render::cache::build_job(cache, &wanted, &group, &ctx.puller_image(cache), ctx.platform);
-    let token_version = job::token_version(ctx, cache).await?;
     let same = |live: &&k8s_openapi::api::batch::v1::Job| {
         live.labels().get(JOB_HASH) == job.labels().get(JOB_HASH) && live.metadata.deletion_timestamp.is_none()
     };
+    let failed = world.job.as_ref().filter(same).filter(|j| job::failed(j));
+    // The token Secret's version matters only to a Job about to start or one that failed.
+    let token_version = match world.job.is_none() || failed.is_some() {
+        true => job::token_version(ctx, cache).await?,
+        false => String::new(),
+    };
     // A failed download of what is still wanted runs again when its cause may be gone.
     let mut retry_in = None;
-    if let Some(live) = world.job.as_ref().filter(same).filter(|j| job::failed(j)) {
+    if let Some(live) = failed {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         match job::retry(live, &token_version, &now) {
             job::Retry::Now(why) => {

@@ -11,6 +11,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
 use crate::controller::children::ChildCaches;
+use crate::controller::health::Health;
 use crate::controller::metrics::Metrics;
 use crate::controller::source::Sources;
 use crate::profile::catalog::CatalogError;
@@ -150,6 +151,8 @@ pub struct Context {
     pub children: ChildCaches,
     /// Consecutive failures per object, for the backoff.
     pub failures: Backoff,
+    /// Readiness and the stuck-reconcile watchdog.
+    pub health: Arc<Health>,
 }
 
 impl Context {

@@ -21,6 +21,8 @@ use crate::controller::agent::{self, AgentConfig};
 use crate::controller::children::{ChildCaches, ours};
 use crate::controller::context::{Backoff, Context, Error};
 use crate::controller::decode;
+use crate::controller::health::Health;
+use crate::controller::leader::Election;
 use crate::controller::metrics::{self, Metrics};
 use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
@@ -71,15 +73,34 @@ pub struct Settings {
     pub metrics_bind: Option<std::net::SocketAddr>,
     /// The operator's own image (default downloader of OIMCache Jobs).
     pub own_image: String,
+    /// The leader election this replica takes part in (its client is fenced by it); None:
+    /// a single replica that always reconciles.
+    pub election: Option<Election>,
 }
+
+/// Why `run` returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or Ctrl-C.
+    Signal,
+    /// The leader lease was lost: the process ends and restarts as a standby.
+    LeaseLost,
+}
+
+/// A reconcile running longer than this is stuck (every read in it has a shorter deadline):
+/// `/healthz` fails so the kubelet restarts the operator.
+const STUCK_AFTER: Duration = Duration::from_secs(600);
 
 /// Reconciles in flight per controller. Unbounded, a cold start over 1,000 services opens a
 /// connection per reconcile and swamps a small API server.
 const CONCURRENCY: u16 = 8;
 
-/// Runs the controllers until SIGTERM: one OIMService controller per watched namespace (or one
-/// for all), sharing the node and pod caches, plus the node agent's keeper and the metrics.
-pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) {
+/// Runs the controllers until SIGTERM (or, with leader election, until the lease is lost): one
+/// OIMService and one OIMCache controller per watched namespace (or one pair for all), sharing
+/// the node, pod and child caches, plus the node agent's keeper and the metrics. A standby keeps
+/// its caches warm and starts the controllers when it becomes the leader.
+pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) -> Stopped {
+    tokio::spawn(bounded_shutdown(Duration::from_secs(10)));
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let node_stream = reflector::reflector(
@@ -98,11 +119,9 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
     );
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(STUCK_AFTER));
     if let Some(addr) = settings.metrics_bind {
-        tokio::spawn(metrics::serve(addr, metrics.clone()));
-    }
-    if let Some(cfg) = settings.agent.clone() {
-        tokio::spawn(agent::keep(client.clone(), cfg, metrics.clone(), Duration::from_secs(60)));
+        tokio::spawn(metrics::serve(addr, metrics.clone(), health.clone()));
     }
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -116,51 +135,104 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         nodes,
         pods,
         recorder,
-        metrics,
+        metrics: metrics.clone(),
         platform: settings.platform,
         capabilities: settings.capabilities,
         own_image: settings.own_image.clone(),
         children: ChildCaches::watch(&client, &scopes, settings.capabilities),
         failures: Backoff::default(),
+        health: health.clone(),
     });
-    // A node change (labels, inventory, allocatable, taints) may open or close placements for
-    // every service; it is fanned out to each namespace's controller. Pods feed the store only.
-    let mut senders = vec![];
-    let mut controllers = vec![];
-    for ns in &scopes {
-        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
-        senders.push(tx);
-        controllers.push(controller_for(&client, ns, rx, ctx.clone()).boxed());
-        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
-        senders.push(tx);
-        controllers.push(cache_controller_for(&client, ns, rx, ctx.clone()).boxed());
-    }
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new()));
-    tokio::spawn(node_stream.for_each(move |n| {
-        let seen = seen.clone();
-        let senders = senders.clone();
-        async move {
-            let Ok(node) = n else { return };
-            let fingerprint = placement_fingerprint(&node);
-            let changed = seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.name_any(), fingerprint)
-                != Some(fingerprint);
-            if changed {
-                for tx in &senders {
-                    let _ = tx.unbounded_send(());
-                }
-            }
-        }
-    }));
+    tokio::spawn(report_ready(ctx.clone(), scopes.clone()));
+    let (senders, receivers) = node_channels(scopes.len());
+    tokio::spawn(fan_out_node_changes(node_stream, senders));
     tokio::spawn(pod_stream.for_each(|_| async {}));
-    tokio::spawn(bounded_shutdown(Duration::from_secs(10)));
-    futures::future::join_all(controllers).await;
-    info!("operator stopped");
+    if let Some(election) = &settings.election {
+        tokio::select! {
+            leading = election.leading() => if !leading { return Stopped::LeaseLost },
+            _ = terminated() => return Stopped::Signal,
+        }
+    }
+    metrics.leader.set(1);
+    if let Some(cfg) = settings.agent.clone() {
+        tokio::spawn(agent::keep(client.clone(), cfg, metrics.clone(), Duration::from_secs(60)));
+    }
+    let mut controllers = vec![];
+    for (ns, (services, caches)) in scopes.iter().zip(receivers) {
+        controllers.push(controller_for(&client, ns, services, ctx.clone()).boxed());
+        controllers.push(cache_controller_for(&client, ns, caches, ctx.clone()).boxed());
+    }
+    let stopped = match &settings.election {
+        Some(election) => tokio::select! {
+            _ = futures::future::join_all(controllers) => Stopped::Signal,
+            _ = election.lost() => Stopped::LeaseLost,
+        },
+        None => {
+            futures::future::join_all(controllers).await;
+            Stopped::Signal
+        }
+    };
+    metrics.leader.set(0);
+    if let (Some(election), Stopped::Signal) = (&settings.election, &stopped) {
+        election.release().await;
+    }
+    info!(?stopped, "operator stopped");
+    stopped
 }
 
-/// After SIGTERM or Ctrl-C the controllers finish their running reconciles; a controller whose
-/// watches cannot list (an API server down, RBAC missing) must not keep the process alive past
-/// `grace`.
-async fn bounded_shutdown(grace: Duration) {
+type NodeChanges = futures::channel::mpsc::UnboundedReceiver<()>;
+
+/// One channel of node changes per controller: (services, caches) per scope.
+fn node_channels(scopes: usize) -> (Vec<futures::channel::mpsc::UnboundedSender<()>>, Vec<(NodeChanges, NodeChanges)>) {
+    let mut senders = vec![];
+    let mut receivers = vec![];
+    for _ in 0..scopes {
+        let (tx_services, rx_services) = futures::channel::mpsc::unbounded::<()>();
+        let (tx_caches, rx_caches) = futures::channel::mpsc::unbounded::<()>();
+        senders.extend([tx_services, tx_caches]);
+        receivers.push((rx_services, rx_caches));
+    }
+    (senders, receivers)
+}
+
+/// A node change (labels, inventory, allocatable, taints) may open or close placements for
+/// every service; it is fanned out to each controller. A standby's channels fill until it leads,
+/// then wake everything once (the controllers reconcile everything at start anyway).
+async fn fan_out_node_changes(
+    nodes: impl futures::Stream<Item = Result<Node, watcher::Error>>,
+    senders: Vec<futures::channel::mpsc::UnboundedSender<()>>,
+) {
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    futures::pin_mut!(nodes);
+    while let Some(n) = nodes.next().await {
+        let Ok(node) = n else { continue };
+        let fingerprint = placement_fingerprint(&node);
+        if seen.insert(node.name_any(), fingerprint) != Some(fingerprint) {
+            for tx in &senders {
+                let _ = tx.unbounded_send(());
+            }
+        }
+    }
+}
+
+/// Ready once the node, pod and child caches have listed.
+async fn report_ready(ctx: Arc<Context>, scopes: Vec<Option<String>>) {
+    if ctx.nodes.wait_until_ready().await.is_err() || ctx.pods.wait_until_ready().await.is_err() {
+        return;
+    }
+    for ns in &scopes {
+        if let Some(c) = ctx.children.of(ns.as_deref().unwrap_or(""))
+            && !c.ready().await
+        {
+            return;
+        }
+    }
+    ctx.health.set_ready();
+    info!("caches synced; ready");
+}
+
+/// SIGTERM or Ctrl-C.
+async fn terminated() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -173,6 +245,13 @@ async fn bounded_shutdown(grace: Duration) {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// After SIGTERM or Ctrl-C the controllers finish their running reconciles; a controller whose
+/// watches cannot list (an API server down, RBAC missing) must not keep the process alive past
+/// `grace`.
+async fn bounded_shutdown(grace: Duration) {
+    terminated().await;
     tokio::time::sleep(grace).await;
     warn!(?grace, "controllers did not stop within the grace period; exiting");
     std::process::exit(0);
@@ -199,6 +278,7 @@ fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) 
 }
 
 async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _running = ctx.health.running(format!("OIMService {}", decode::id(&obj)));
     match decode::decode::<OIMService>(&obj) {
         Ok(svc) => reconcile(Arc::new(svc), ctx).await,
         Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMService>(), "oimservice", &why).await),
@@ -216,7 +296,7 @@ fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Acti
 fn controller_for(
     client: &Client,
     namespace: &Option<String>,
-    node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
+    node_changes: NodeChanges,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let (api, ar) = dynamic::<OIMService>(client, namespace);
@@ -256,6 +336,7 @@ fn controller_for(
 }
 
 async fn reconcile_cache_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _running = ctx.health.running(format!("OIMCache {}", decode::id(&obj)));
     match decode::decode::<OIMCache>(&obj) {
         Ok(cache) => super::cache::reconcile(Arc::new(cache), ctx).await,
         Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMCache>(), "oimcache", &why).await),
@@ -271,7 +352,7 @@ fn cache_error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -
 fn cache_controller_for(
     client: &Client,
     namespace: &Option<String>,
-    node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
+    node_changes: NodeChanges,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let (api, ar) = dynamic::<OIMCache>(client, namespace);

@@ -13,6 +13,7 @@ mod estimate;
 mod faults;
 mod fixtures;
 mod install;
+mod leader;
 mod operator;
 mod ownership;
 mod pipeline;

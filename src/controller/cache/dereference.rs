@@ -69,9 +69,11 @@ pub async fn read(cache: &OIMCache, ctx: &Context) -> Result<Read, Error> {
             )));
         }
     };
-    let profiles = match catalog.list(&cache.spec.model()).await {
+    let listed = ctx.sources.lookup(&catalog, catalog.list(&cache.spec.model())).await;
+    let profiles = match listed.and_then(|r| r.map_err(|e| e.to_string())) {
         Ok(p) => p,
         Err(e) => {
+            ctx.metrics.registry_failed(&catalog.location());
             return Ok(Read::Blocked(Report::problem(
                 cache,
                 CacheState::Pending,

@@ -5,8 +5,10 @@
 //! suite: `make test` (and `make test-faults`) run
 //! `cargo test --test it faults -- --ignored --test-threads=1`.
 //!
-//! The two-replica leader-failover test (kill the leader; SIGSTOP it past its lease) belongs in
-//! this module too, once leader election lands.
+//! The operators here run without `--leader-elect`: with it, an API server gone for longer than
+//! the renew deadline makes the leader stop and exit, by design (its replacement takes over). The
+//! two-replica failover (kill the leader; SIGSTOP it past its lease) is `leader.rs`, in the
+//! normal suite: it breaks only its own processes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Seek};

@@ -97,7 +97,7 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        if !self.running() {
+        if !matches!(self.0.try_wait(), Ok(None)) {
             return; // reaped already: its pid may belong to another process now
         }
         let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();

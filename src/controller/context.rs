@@ -16,7 +16,6 @@ use crate::controller::metrics::Metrics;
 use crate::controller::source::Sources;
 use crate::profile::catalog::CatalogError;
 use crate::profile::engines::Engines;
-use crate::profile::select::{InventoryProblem, NodeView};
 use crate::render::{Capabilities, Platform};
 
 /// Why a reconcile failed: the step, the object and the API server's answer.
@@ -160,27 +159,20 @@ pub struct Context {
     pub failures: Backoff,
     /// Readiness and the stuck-reconcile watchdog.
     pub health: Arc<Health>,
+    /// The shared node and pod view selection reads.
+    pub placement: crate::controller::placement::Snapshots,
+    /// Our own writes, so their watch events do not wake their owners again.
+    pub echoes: crate::controller::echo::Echoes,
 }
 
 impl Context {
-    /// The watched nodes as selection sees them, and one line for each node whose inventory
-    /// annotation does not parse, to report where nothing fits (a node without the annotation
-    /// has no node agent yet and is left out without a word).
-    pub fn node_views(&self) -> (Vec<NodeView>, Vec<String>) {
-        let mut views = vec![];
-        let mut unparseable = vec![];
-        for node in self.nodes.state() {
-            match NodeView::try_from_node(&node) {
-                Ok(v) => views.push(v),
-                Err(InventoryProblem::Missing) => {}
-                Err(problem) => {
-                    unparseable.push(format!("node {} {problem}", node.metadata.name.as_deref().unwrap_or("")))
-                }
-            }
-        }
-        (views, unparseable)
+    /// Nodes and pods as selection sees them now (shared, rebuilt only after a change).
+    pub fn placement(&self) -> Arc<crate::controller::placement::Placement> {
+        self.placement.get(&self.nodes, &self.pods)
     }
+}
 
+impl Context {
     /// The image a cache's download Job runs: its `modelPuller`, else the operator's own.
     pub fn puller_image(&self, cache: &crate::api::OIMCache) -> String {
         cache.spec.source.hf.model_puller.clone().unwrap_or_else(|| self.own_image.clone())
@@ -242,7 +234,8 @@ mod tests {
         assert!(api_error(503).transient() && api_error(409).transient());
         assert!(!api_error(422).transient() && !api_error(403).transient(), "the spec or the cluster must change");
         let status = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
-        let read = Error::Read { what: "ConfigMap team/llm-profile".into(), source: kube::Error::Api(Box::new(status)) };
+        let read =
+            Error::Read { what: "ConfigMap team/llm-profile".into(), source: kube::Error::Api(Box::new(status)) };
         assert!(read.transient(), "a read refused while RBAC syncs after a restart is retried soon");
         assert_eq!(delay(1, true, 0.5), Duration::from_secs(1));
         assert_eq!(delay(4, true, 0.5), Duration::from_secs(8));

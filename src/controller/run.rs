@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::api::{OIMCache, OIMService};
 use crate::controller::agent::{self, AgentConfig};
+use crate::controller::apply::key;
 use crate::controller::children::{ChildCaches, ours};
 use crate::controller::context::{Backoff, Context, Error};
 use crate::controller::decode;
@@ -31,14 +32,13 @@ use crate::profile::engines::Engines;
 use crate::profile::select::PodUse;
 use crate::render::{Capabilities, FIELD_MANAGER, Platform};
 
-/// What about a Node can change a placement: oim labels, the inventory annotation, allocatable,
-/// taints, cordon and readiness. Heartbeats and other writers (kwok, the controller-manager) do
-/// not requeue every service.
+/// What about a Node can change a placement: labels (a service's nodeSelector or affinity may
+/// name any), the inventory annotation, allocatable, taints, cordon and readiness. Heartbeats and
+/// other status writers (kwok, the kubelet) neither requeue every service nor rebuild the view.
 fn placement_fingerprint(node: &Node) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    let labels: Vec<_> = node.labels().iter().filter(|(k, _)| k.starts_with("oim.opea.dev/")).collect();
-    labels.hash(&mut h);
+    node.labels().hash(&mut h);
     node.annotations().get(crate::hardware::inventory::INVENTORY_ANNOTATION).hash(&mut h);
     let status = node.status.as_ref();
     let allocatable: Vec<_> = status
@@ -107,8 +107,7 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     let node_stream = reflector::reflector(
         node_writer,
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .applied_objects();
+    );
     // Every pod in the cluster may hold accelerators; keep only what accounting reads.
     let pod_stream = reflector::reflector(
         pod_writer,
@@ -143,11 +142,17 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         children: ChildCaches::watch(&client, &scopes, settings.capabilities),
         failures: Backoff::default(),
         health: health.clone(),
+        placement: Default::default(),
+        echoes: Default::default(),
     });
     tokio::spawn(report_ready(ctx.clone(), scopes.clone()));
     let (senders, receivers) = node_channels(scopes.len());
-    tokio::spawn(fan_out_node_changes(node_stream, senders));
-    tokio::spawn(pod_stream.for_each(|_| async {}));
+    tokio::spawn(fan_out_node_changes(node_stream, senders, ctx.clone()));
+    let pods_changed = ctx.clone();
+    tokio::spawn(pod_stream.for_each(move |_| {
+        pods_changed.placement.changed();
+        futures::future::ready(())
+    }));
     if let Some(election) = &settings.election {
         tokio::select! {
             leading = election.leading() => if !leading { return Stopped::LeaseLost },
@@ -181,15 +186,16 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     stopped
 }
 
-type NodeChanges = futures::channel::mpsc::UnboundedReceiver<()>;
+type NodeChanges = futures::channel::mpsc::Receiver<()>;
 
-/// One channel of node changes per controller: (services, caches) per scope.
-fn node_channels(scopes: usize) -> (Vec<futures::channel::mpsc::UnboundedSender<()>>, Vec<(NodeChanges, NodeChanges)>) {
+/// One channel of node changes per controller: (services, caches) per scope. Each holds one
+/// pending wake at most: changes arriving while one is pending (or on a standby) coalesce.
+fn node_channels(scopes: usize) -> (Vec<futures::channel::mpsc::Sender<()>>, Vec<(NodeChanges, NodeChanges)>) {
     let mut senders = vec![];
     let mut receivers = vec![];
     for _ in 0..scopes {
-        let (tx_services, rx_services) = futures::channel::mpsc::unbounded::<()>();
-        let (tx_caches, rx_caches) = futures::channel::mpsc::unbounded::<()>();
+        let (tx_services, rx_services) = futures::channel::mpsc::channel::<()>(0);
+        let (tx_caches, rx_caches) = futures::channel::mpsc::channel::<()>(0);
         senders.extend([tx_services, tx_caches]);
         receivers.push((rx_services, rx_caches));
     }
@@ -197,20 +203,30 @@ fn node_channels(scopes: usize) -> (Vec<futures::channel::mpsc::UnboundedSender<
 }
 
 /// A node change (labels, inventory, allocatable, taints) may open or close placements for
-/// every service; it is fanned out to each controller. A standby's channels fill until it leads,
-/// then wake everything once (the controllers reconcile everything at start anyway).
+/// every service; it is fanned out to each controller.
 async fn fan_out_node_changes(
-    nodes: impl futures::Stream<Item = Result<Node, watcher::Error>>,
-    senders: Vec<futures::channel::mpsc::UnboundedSender<()>>,
+    events: impl futures::Stream<Item = Result<watcher::Event<Node>, watcher::Error>>,
+    mut senders: Vec<futures::channel::mpsc::Sender<()>>,
+    ctx: Arc<Context>,
 ) {
     let mut seen = std::collections::HashMap::<String, u64>::new();
-    futures::pin_mut!(nodes);
-    while let Some(n) = nodes.next().await {
-        let Ok(node) = n else { continue };
-        let fingerprint = placement_fingerprint(&node);
-        if seen.insert(node.name_any(), fingerprint) != Some(fingerprint) {
-            for tx in &senders {
-                let _ = tx.unbounded_send(());
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        let changed = match event {
+            Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                let fingerprint = placement_fingerprint(&node);
+                seen.insert(node.name_any(), fingerprint) != Some(fingerprint)
+            }
+            Ok(watcher::Event::Delete(node)) => seen.remove(&node.name_any()).is_some(),
+            // A relist may have dropped nodes deleted while the watch was down.
+            Ok(watcher::Event::InitDone) => true,
+            Ok(watcher::Event::Init) | Err(_) => false,
+        };
+        if changed {
+            ctx.placement.changed();
+            for tx in &mut senders {
+                // Full: a wake is already pending, which covers this change too.
+                let _ = tx.try_send(());
             }
         }
     }
@@ -333,28 +349,59 @@ fn controller_for(
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let (api, ar) = dynamic::<OIMService>(client, namespace);
-    let controller = Controller::new_with(api, watcher::Config::default(), ar.clone());
-    let services = controller.store();
+    // The services, minus the echoes of our own status writes.
+    let writer = reflector::store::Writer::new(ar.clone());
+    let services = writer.as_reader();
+    let echoes = ctx.clone();
+    let kind = ar.kind.clone();
+    let trigger = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff())
+        .touched_objects()
+        .try_filter(move |s| {
+            let key = key(&kind, s.metadata.namespace.as_deref().unwrap_or_default(), &s.name_any());
+            futures::future::ready(!echoes.echoes.is_echo(&key, s.metadata.resource_version.as_deref()))
+        });
+    let controller = Controller::for_stream_with(trigger, services.clone(), ar.clone());
     // A cache becoming Ready (or going away) wakes the services that mount it.
-    let users = move |cache: DynamicObject| {
-        let ns = cache.metadata.namespace.clone();
-        let name = cache.metadata.name.clone().unwrap_or_default();
-        services
-            .state()
-            .into_iter()
-            .filter(|s| s.metadata.namespace == ns && s.data["spec"]["storage"]["oimCache"]["name"] == name.as_str())
-            .map(|s| ObjectRef::from_obj_with(&*s, ar.clone()))
-            .collect::<Vec<_>>()
+    let users = {
+        let ar = ar.clone();
+        move |cache: DynamicObject| {
+            let ns = cache.metadata.namespace.clone();
+            let name = cache.metadata.name.clone().unwrap_or_default();
+            services
+                .state()
+                .into_iter()
+                .filter(|s| {
+                    s.metadata.namespace == ns && s.data["spec"]["storage"]["oimCache"]["name"] == name.as_str()
+                })
+                .map(|s| ObjectRef::from_obj_with(&*s, ar.clone()))
+                .collect::<Vec<_>>()
+        }
     };
     let (caches, cache_ar) = dynamic::<OIMCache>(client, namespace);
     let mut controller = controller.watches_with(caches, cache_ar, watcher::Config::default(), users);
-    // Every kind we may own wakes its owner when it changes (drift is repaired) or goes.
-    for ar in crate::controller::children::service_child_kinds(ctx.capabilities) {
+    // Every kind we may own wakes its owner when it changes (drift is repaired) or goes; not
+    // when the change is our own apply coming back.
+    for child in crate::controller::children::service_child_kinds(ctx.capabilities) {
         let api: Api<DynamicObject> = match namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &child),
+            None => Api::all_with(client.clone(), &child),
         };
-        controller = controller.owns_with(api, ar, ours());
+        let (owner, echoes) = (ar.clone(), ctx.clone());
+        let kind = child.kind.clone();
+        let mapper = move |obj: DynamicObject| {
+            let ns = obj.metadata.namespace.clone().unwrap_or_default();
+            let echo =
+                echoes.echoes.is_echo(&key(&kind, &ns, &obj.name_any()), obj.metadata.resource_version.as_deref());
+            let owners = obj.metadata.owner_references.clone().unwrap_or_default();
+            owners
+                .into_iter()
+                .filter(|o| {
+                    !echo && o.controller == Some(true) && o.kind == owner.kind && o.api_version == owner.api_version
+                })
+                .map(|o| ObjectRef::new_with(&o.name, owner.clone()).within(&ns))
+                .collect::<Vec<_>>()
+        };
+        controller = controller.watches_with(api, child, ours(), mapper);
     }
     controller
         .reconcile_all_on(node_changes)

@@ -175,7 +175,8 @@ async fn a_registry_that_never_stops_sending_costs_the_cli_under_100_mb_and_a_cl
         r
     })
     .await;
-    let run = tokio::task::spawn_blocking(move || measured(&mut list(&guarded), Duration::from_secs(60))).await.unwrap();
+    let run =
+        tokio::task::spawn_blocking(move || measured(&mut list(&guarded), Duration::from_secs(60))).await.unwrap();
     run.assert_bounded(1, Duration::from_secs(40));
     assert!(run.output.contains("token endpoint") && run.output.contains("more than 65536 bytes"), "{}", run.output);
 

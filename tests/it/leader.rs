@@ -65,6 +65,19 @@ impl Replica {
     }
 }
 
+/// Waits until every replica answers /readyz with 200; fails with their last answers.
+async fn wait_ready(replicas: &[&Replica]) {
+    let started = Instant::now();
+    loop {
+        let answers: Vec<_> = replicas.iter().map(|r| (r.name, r.get("/readyz"))).collect();
+        if answers.iter().all(|(_, a)| a.as_ref().is_some_and(|(code, _)| *code == 200)) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "replicas not ready: {answers:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn holder(leases: &Api<Lease>) -> Option<String> {
     leases.get_opt("oim-operator").await.ok()??.spec?.holder_identity.filter(|h| !h.is_empty())
 }
@@ -117,10 +130,7 @@ async fn the_standby_takes_over_a_dead_leader_within_the_lease_and_a_frozen_lead
     wait_holder(&leases, a.name, Duration::from_secs(30)).await;
     let b = replica(&ns.name, "replica-b");
     create_ready(&svcs, "first", scenario).await;
-    cluster::wait_until("both replicas ready", Duration::from_secs(60), || async {
-        (a.get("/readyz")?.0 == 200 && b.get("/readyz")?.0 == 200).then_some(())
-    })
-    .await;
+    wait_ready(&[&a, &b]).await;
     assert!(a.leads(), "the lease holder reports oim_operator_leader 1");
     assert!(!b.leads(), "the standby reports oim_operator_leader 0");
     assert_eq!(b.get("/healthz").map(|r| r.0), Some(200));
@@ -136,10 +146,7 @@ async fn the_standby_takes_over_a_dead_leader_within_the_lease_and_a_frozen_lead
     // A clean shutdown releases the lease: the next standby takes over at once.
     let mut b = b;
     let c = replica(&ns.name, "replica-c");
-    cluster::wait_until("replica-c ready", Duration::from_secs(60), || async {
-        (c.get("/readyz")?.0 == 200).then_some(())
-    })
-    .await;
+    wait_ready(&[&c]).await;
     b.operator.signal("-TERM");
     let took = wait_holder(&leases, c.name, Duration::from_secs(30)).await;
     assert!(took < LEASE, "after a release the standby took {took:?}, not less than the {LEASE:?} lease");
@@ -149,10 +156,7 @@ async fn the_standby_takes_over_a_dead_leader_within_the_lease_and_a_frozen_lead
     // service created now can only be reconciled by the frozen one, if it ever wrote again.
     let mut c = c;
     let d = replica(&ns.name, "replica-d");
-    cluster::wait_until("replica-d ready", Duration::from_secs(60), || async {
-        (d.get("/readyz")?.0 == 200).then_some(())
-    })
-    .await;
+    wait_ready(&[&d]).await;
     c.operator.signal("-STOP");
     wait_holder(&leases, d.name, Duration::from_secs(30)).await;
     create_ready(&svcs, "third", scenario).await;

@@ -1,6 +1,7 @@
 //! Dereference: every read a cache's reconcile needs — the node snapshot, the model's
 //! profiles, the PVC, the download Job and its pods.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -21,7 +22,7 @@ pub struct World {
     /// The model's published profiles.
     pub profiles: Vec<ProfileSummary>,
     /// Nodes as selection sees them.
-    pub nodes: Vec<NodeView>,
+    pub nodes: Arc<[NodeView]>,
     /// Nodes left out because their inventory annotation does not parse, one line each.
     pub unparseable: Vec<String>,
     /// The PVC of the cache's name, whoever made it.
@@ -102,6 +103,7 @@ pub async fn read(cache: &OIMCache, ctx: &Context) -> Result<Read, Error> {
         }
         None => vec![],
     };
-    let (nodes, unparseable) = ctx.node_views();
-    Ok(Read::World(Box::new(World { profiles, nodes, unparseable, pvc, job, pods })))
+    let placement = ctx.placement();
+    let unparseable = crate::controller::placement::unparseable_lines(&placement);
+    Ok(Read::World(Box::new(World { profiles, nodes: placement.nodes.clone(), unparseable, pvc, job, pods })))
 }

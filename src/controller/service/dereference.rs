@@ -77,11 +77,11 @@ pub struct World {
     /// The model's published profiles, or why they could not be listed.
     pub listed: Result<Vec<ProfileSummary>, String>,
     /// Nodes as selection sees them.
-    pub nodes: Vec<NodeView>,
+    pub nodes: Arc<[NodeView]>,
     /// Nodes left out because their inventory annotation does not parse, one line each.
     pub unparseable: Vec<String>,
     /// Pods holding devices.
-    pub pods: Vec<PodUse>,
+    pub pods: Arc<[PodUse]>,
     /// The OIMCache it mounts.
     pub cache: CacheRef,
     /// The stored selection, verified against the catalog (published profiles) or the model.
@@ -134,13 +134,13 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         .of(&ns)
         .and_then(|c| c.deployment(&ns, &svc.name_any()))
         .filter(|d| crate::controller::children::controlled_by(&d.metadata, &uid));
-    let (nodes, unparseable) = ctx.node_views();
+    let placement = ctx.placement();
     Ok(Read::World(Box::new(World {
         catalog,
         listed,
-        nodes,
-        unparseable,
-        pods: ctx.pods.state().iter().filter_map(|p| PodUse::from_pod(p)).collect(),
+        nodes: placement.nodes.clone(),
+        unparseable: crate::controller::placement::unparseable_lines(&placement),
+        pods: placement.pods.clone(),
         cache,
         stored,
         distrusted,

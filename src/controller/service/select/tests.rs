@@ -56,9 +56,9 @@ fn world(nodes: Vec<NodeView>, stored: Option<Stored>, listed: Result<Vec<Profil
     World {
         catalog: Arc::new(Catalog::Dir(catalog())),
         listed,
-        nodes,
+        nodes: nodes.into(),
         unparseable: vec![],
-        pods: vec![],
+        pods: Arc::new([]),
         cache: CacheRef::None,
         stored,
         distrusted: None,

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test unit cluster-up cluster-down lint crds manifests bundle catalog image packaging-tools demo demo-down bench golden crosscheck
+.PHONY: all build test test-faults unit cluster-up cluster-down lint crds manifests bundle catalog image packaging-tools demo demo-down bench golden crosscheck
 
 all: build
 
@@ -12,6 +12,10 @@ build:
 ## Unit and integration tests against a fresh local control plane (torn down afterwards).
 test:
 	bash tests/run.sh
+
+## Only the fault tests (API server, operator, registry and object faults; tests/it/faults.rs) on a fresh local control plane. `make test` runs them too.
+test-faults:
+	OIM_FAULTS_ONLY=1 bash tests/run.sh
 
 ## Unit tests only; no cluster.
 unit:

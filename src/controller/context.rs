@@ -85,8 +85,15 @@ impl Error {
     }
 
     /// Whether retrying soon can help. A refusal of what we sent (invalid, forbidden by
-    /// admission or quota) only changes when the spec or the cluster does: retried slowly.
+    /// admission or quota) only changes when the spec or the cluster does: retried slowly. A
+    /// read refused as unauthorised is not about what we sent: an API server that just restarted
+    /// refuses everything until its RBAC cache has synced, so it backs off like any transient error.
     pub fn transient(&self) -> bool {
+        if let Error::Read { source: kube::Error::Api(s), .. } = self
+            && matches!(s.code, 401 | 403)
+        {
+            return true;
+        }
         let api = match self {
             Error::Read { source, .. }
             | Error::Apply { source, .. }
@@ -188,6 +195,16 @@ impl Backoff {
         delay(*n, err.transient(), fastrand::f64())
     }
 
+    /// The count recorded for `key` (0 when none).
+    pub fn count(&self, key: &str) -> u32 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or(0)
+    }
+
+    /// Records `n` for `key` (e.g. the next attempt of a download).
+    pub fn set_count(&self, key: &str, n: u32) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), n);
+    }
+
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn succeeded(&self, key: &str) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -218,6 +235,10 @@ mod tests {
     fn transient_errors_back_off_exponentially_with_jitter_and_refusals_wait() {
         assert!(api_error(503).transient() && api_error(409).transient());
         assert!(!api_error(422).transient() && !api_error(403).transient(), "the spec or the cluster must change");
+        let status = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
+        let read =
+            Error::Read { what: "ConfigMap team/llm-profile".into(), source: kube::Error::Api(Box::new(status)) };
+        assert!(read.transient(), "a read refused while RBAC syncs after a restart is retried soon");
         assert_eq!(delay(1, true, 0.5), Duration::from_secs(1));
         assert_eq!(delay(4, true, 0.5), Duration::from_secs(8));
         assert_eq!(delay(30, true, 0.5), Duration::from_secs(300), "capped at 5 minutes");

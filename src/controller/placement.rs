@@ -54,6 +54,14 @@ impl Snapshots {
     }
 }
 
+/// One line per node whose inventory does not parse, for the "none fits" explanation.
+pub fn unparseable_lines(p: &Placement) -> Vec<String> {
+    p.unparseable
+        .iter()
+        .map(|(node, why)| format!("node {node} {}", InventoryProblem::Unparseable(why.clone())))
+        .collect()
+}
+
 fn build(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Placement {
     let mut usable = Vec::with_capacity(nodes.len());
     let mut unparseable = vec![];
@@ -106,5 +114,7 @@ mod tests {
         let second = snapshots.get(&nodes, &pods);
         assert!(!Arc::ptr_eq(&first, &second), "a change rebuilds");
         assert!(second.unparseable.is_empty());
+        let lines = unparseable_lines(&first);
+        assert!(lines[0].starts_with("node broken has an unparseable"), "{lines:?}");
     }
 }

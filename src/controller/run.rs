@@ -12,6 +12,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::utils::Backoff as WatchBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -312,6 +313,38 @@ fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(delay)
 }
 
+/// The backoff of a controller's trigger watches: 100 ms doubling to 5 s, back to 100 ms after
+/// any event. kube pauses *all* of a controller's triggers after an error of any one of them;
+/// after an API server restart each watch fails once (its resource version expired), one after
+/// the other, and kube's default (0.8 s doubling to 30 s, reset only after 2 quiet minutes) left
+/// services blind to their Deployments for minutes (the API server fault test saw 4).
+struct TriggerBackoff(Duration);
+
+impl TriggerBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(TriggerBackoff::MAX);
+        Some(now)
+    }
+}
+
+impl WatchBackoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.0 = TriggerBackoff::FIRST;
+    }
+}
+
+fn trigger_backoff() -> TriggerBackoff {
+    TriggerBackoff(TriggerBackoff::FIRST)
+}
+
 fn controller_for(
     client: &Client,
     namespace: &Option<String>,
@@ -376,6 +409,7 @@ fn controller_for(
     controller
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+        .trigger_backoff(trigger_backoff())
         .shutdown_on_signal()
         .run(reconcile_object, error_policy, ctx)
         .for_each(|res| async move {
@@ -410,6 +444,7 @@ fn cache_controller_for(
         .owns(scoped::<PartialObjectMeta<k8s_openapi::api::batch::v1::Job>>(client, namespace), ours())
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+        .trigger_backoff(trigger_backoff())
         .shutdown_on_signal()
         .run(reconcile_cache_object, cache_error_policy, ctx)
         .for_each(|res| async move {

@@ -733,3 +733,26 @@ impl Catalog {
         }
     }
 }
+
+#[cfg(test)]
+mod cache_bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_cache_forgets_its_oldest_entries_and_keeps_its_size() {
+        let mut c: Bounded<u32> = Bounded::new(3);
+        for (i, k) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            c.insert(k.to_string(), i as u32);
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get("a").is_none() && c.get("b").is_none(), "the oldest went first");
+        assert_eq!((c.get("c"), c.get("e")), (Some(&2), Some(&4)));
+        // Replacing an entry keeps one copy and its place.
+        c.insert("c".into(), 9);
+        assert_eq!((c.len(), c.get("c")), (3, Some(&9)));
+        for i in 0..10_000 {
+            c.insert(format!("k{i}"), i);
+        }
+        assert_eq!((c.len(), c.order.len()), (3, 3), "the order queue is bounded too");
+    }
+}

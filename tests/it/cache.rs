@@ -227,3 +227,66 @@ async fn a_failed_download_says_why_and_a_delete_cache_keeps_its_pvc_while_a_ser
     ns.cleanup().await;
     node.delete(&client).await;
 }
+
+/// Events of `reason` in `ns`, their messages.
+fn events(ns: &str, reason: &str) -> Vec<String> {
+    let out =
+        cluster::kubectl(&["get", "events", "-n", ns, "--field-selector", &format!("reason={reason}"), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str().map(str::to_string)).collect()
+}
+
+#[tokio::test]
+async fn a_failed_download_runs_again_when_its_token_secret_changes_or_after_a_backoff() {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "cache-retry", &[]).await;
+    let node = KwokNode::create(&client, "cache-retry", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns.name);
+    let token = |t: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "hf"}, "stringData": {"HF_TOKEN": t}})).unwrap()
+    };
+    secrets.create(&PostParams::default(), &token("hf_expired")).await.unwrap();
+    let _operator = Operator::start(&ns.name);
+    let caches: Api<OIMCache> = Api::namespaced(client.clone(), &ns.name);
+    // The hub answers 500 to the first attempt of these downloads (tests/cluster/kwok).
+    let puller = ", modelPuller: 'oim.test/hub-down-first:500'";
+    let model = "meta-llama/Llama-3.1-8B-Instruct";
+    caches
+        .create(
+            &PostParams::default(),
+            &cache_of("with-token", model, "cache-retry", &format!("{puller}, authSecret: hf")),
+        )
+        .await
+        .unwrap();
+    caches.create(&PostParams::default(), &cache_of("hub-back", model, "cache-retry", puller)).await.unwrap();
+    for name in ["with-token", "hub-back"] {
+        let failed =
+            cluster::wait_for(&caches, name, Duration::from_secs(120), |c| state(c) == Some(CacheState::Failed)).await;
+        let c = failed.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(c.reason, "DownloadFailed");
+        assert!(c.message.contains("500") && c.message.contains("runs again at"), "{name}: {}", c.message);
+    }
+
+    // A new token: the download runs again at once, not after its backoff.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    secrets.replace("hf", &PostParams::default(), &token("hf_renewed")).await.unwrap();
+    cluster::wait_for(&caches, "with-token", Duration::from_secs(60), |c| state(c) == Some(CacheState::Ready)).await;
+    let retried = events(&ns.name, "DownloadRetried");
+    assert!(
+        retried.iter().any(|m| m.contains("with-token-download") && m.contains("token Secret changed")),
+        "{retried:?}"
+    );
+    // Nothing changed for the other: it runs again after its backoff (the hub is back by then).
+    cluster::wait_for(&caches, "hub-back", Duration::from_secs(150), |c| state(c) == Some(CacheState::Ready)).await;
+    let retried = events(&ns.name, "DownloadRetried");
+    assert!(
+        retried.iter().any(|m| m.contains("hub-back-download") && m.contains("60s after it failed")),
+        "{retried:?}"
+    );
+    let job = jobs.get("hub-back-download").await.unwrap();
+    assert_eq!(job.metadata.annotations.unwrap()["oim.opea.dev/download-attempt"], "2");
+    delete_caches(&caches).await;
+    ns.cleanup().await;
+    node.delete(&client).await;
+}

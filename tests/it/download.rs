@@ -319,25 +319,29 @@ fn repository_files_named_like_the_markers_are_only_files_and_a_failed_run_is_no
 }
 
 #[test]
-fn an_endless_revision_document_and_an_endless_file_end_with_clear_errors() {
+fn an_endless_revision_document_and_an_endless_file_end_with_clear_errors_under_100_mb() {
+    let measured = |endpoint: &str, dest: &Path, extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oim"));
+        cmd.args(["download", "--repo", "acme/tiny-llm", "--revision", "main", "--dest"]).arg(dest).args(extra);
+        cmd.env("HF_ENDPOINT", endpoint).env_remove("HF_TOKEN");
+        crate::bounds::measured(&mut cmd, std::time::Duration::from_secs(90))
+    };
     let state = Arc::new(Mutex::new(Hub { endless_revision: true, ..Hub::default() }));
     let endpoint = start(state.clone());
     let dest = tempdir("endless");
-    let started = std::time::Instant::now();
-    let out = download(&endpoint, None, "acme/tiny-llm", &dest, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run = measured(&endpoint, &dest, &[]);
+    run.assert_bounded(1, std::time::Duration::from_secs(60));
     assert!(
-        text(&out).contains("more than 33554432 bytes") && text(&out).contains("revision document"),
+        run.output.contains("more than 33554432 bytes") && run.output.contains("revision document"),
         "{}",
-        text(&out)
+        run.output
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(60));
 
     let state = Arc::new(Mutex::new(Hub { oversize: true, ..Hub::default() }));
     let endpoint = start(state);
-    let out = download(&endpoint, None, "acme/tiny-llm", &dest, &["--include", "model.safetensors"]);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    let run = measured(&endpoint, &dest, &["--include", "model.safetensors"]);
+    run.assert_bounded(1, std::time::Duration::from_secs(60));
+    let t = &run.output;
     assert!(
         t.contains("model.safetensors: size mismatch") && t.contains(&format!("more than {}", weights().len())),
         "{t}"

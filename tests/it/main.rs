@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod bounds;
 mod cache;
 mod cli;
 mod cluster;
@@ -10,6 +11,7 @@ mod download;
 mod environment;
 mod estimate;
 mod fake_hub;
+mod faults;
 mod fixtures;
 mod install;
 mod leader;

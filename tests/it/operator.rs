@@ -44,6 +44,14 @@ impl Operator {
         if !args.contains(&"--agent-namespace") {
             defaults.push("--no-agent");
         }
+        // OIM_TEST_OPERATOR_LOGS=DIR keeps each operator's log there, for a failing test.
+        let log = match std::env::var_os("OIM_TEST_OPERATOR_LOGS") {
+            Some(dir) => {
+                let path = std::path::Path::new(&dir).join(format!("{}.log", cluster::unique("operator")));
+                Stdio::from(std::fs::File::create(path).expect("operator log file"))
+            }
+            None => Stdio::null(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_oim"))
             .arg("operator")
             .args(args)
@@ -52,10 +60,26 @@ impl Operator {
             .env("RUST_LOG", "info,kube=warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start oim operator");
         Operator(child)
+    }
+
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub(crate) fn running(&mut self) -> bool {
+        self.0.try_wait().expect("operator process status").is_none()
+    }
+
+    /// SIGKILL: no shutdown, whatever it was doing is cut off.
+    pub(crate) fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL the operator");
+        let _ = self.0.wait();
     }
 }
 
@@ -73,6 +97,9 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return; // reaped already: its pid may belong to another process now
+        }
         let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
         let _ = self.0.wait();
     }
@@ -525,8 +552,7 @@ async fn an_operator_killed_mid_reconcile_is_replaced_and_every_service_converge
         deployments.list(&ListParams::default()).await.ok().filter(|l| !l.items.is_empty()).map(|_| ())
     })
     .await;
-    first.0.kill().unwrap();
-    let _ = first.0.wait();
+    first.kill();
     let _second = Operator::start(&ns.name);
     for n in &names {
         cluster::wait_for(&svcs, n, Duration::from_secs(90), |s| {
@@ -540,6 +566,37 @@ async fn an_operator_killed_mid_reconcile_is_replaced_and_every_service_converge
         let gpus = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].resources.as_ref().unwrap();
         assert_eq!(gpus.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
     }
+    ns.cleanup().await;
+    node.delete(&client).await;
+}
+
+#[tokio::test]
+async fn a_node_whose_inventory_does_not_parse_is_named_as_unparseable_where_nothing_fits() {
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    let ns = TestNs::new(&client, "op-unparseable", &[]).await;
+    let node = KwokNode::create(&client, "op-unparseable", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    // A foreign or broken writer: the annotation is not an inventory.
+    let broken = serde_json::json!({"metadata": {"annotations": {oim::hardware::inventory::INVENTORY_ANNOTATION: "{\"accelerators\": 8"}}});
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch(&node.name, &PatchParams::default(), &Patch::Merge(&broken))
+        .await
+        .unwrap();
+    let _operator = Operator::start(&ns.name);
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    svcs.create(
+        &PostParams::default(),
+        &service("llm", "meta-llama/Llama-3.1-8B-Instruct", "latency", "op-unparseable"),
+    )
+    .await
+    .unwrap();
+    let pending = cluster::wait_for(&svcs, "llm", Duration::from_secs(60), |s| {
+        condition(s, "ProfileSelected").is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let c = condition(&pending, "ProfileSelected").unwrap();
+    assert_eq!(c.reason, "NoFeasibleProfile");
+    assert!(c.message.contains(&format!("node {} has an unparseable", node.name)), "{}", c.message);
     ns.cleanup().await;
     node.delete(&client).await;
 }

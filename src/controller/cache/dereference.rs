@@ -23,6 +23,8 @@ pub struct World {
     pub profiles: Vec<ProfileSummary>,
     /// Nodes as selection sees them.
     pub nodes: Arc<[NodeView]>,
+    /// Nodes left out because their inventory annotation does not parse, one line each.
+    pub unparseable: Vec<String>,
     /// The PVC of the cache's name, whoever made it.
     pub pvc: Option<PersistentVolumeClaim>,
     /// The download Job.
@@ -101,5 +103,7 @@ pub async fn read(cache: &OIMCache, ctx: &Context) -> Result<Read, Error> {
         }
         None => vec![],
     };
-    Ok(Read::World(Box::new(World { profiles, nodes: ctx.placement().nodes.clone(), pvc, job, pods })))
+    let placement = ctx.placement();
+    let unparseable = crate::controller::placement::unparseable_lines(&placement);
+    Ok(Read::World(Box::new(World { profiles, nodes: placement.nodes.clone(), unparseable, pvc, job, pods })))
 }

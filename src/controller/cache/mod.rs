@@ -12,6 +12,7 @@ pub mod report;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -22,6 +23,7 @@ use crate::controller::context::{Context, Error};
 use crate::controller::model::{self, Facts};
 use crate::profile::estimate::Arch;
 use crate::profile::weights::{needs_model_facts, plan};
+use crate::render::cache::JOB_HASH;
 use dereference::Read;
 pub use report::Report;
 
@@ -72,7 +74,10 @@ async fn pipeline(cache: &OIMCache, ctx: &Context) -> Result<Action, Error> {
     };
     let (wanted, group) = match plan(cache, &world.profiles, &world.nodes, &ctx.engines, arch.as_deref()) {
         Ok(x) => x,
-        Err(message) => {
+        Err(mut message) => {
+            if !world.unparseable.is_empty() {
+                message = format!("{message}; left out: {}", world.unparseable.join("; "));
+            }
             let report = Report::problem(cache, CacheState::Pending, "NoFeasibleProfile", message);
             return report::finish(ctx, cache, report).await;
         }
@@ -86,12 +91,41 @@ async fn pipeline(cache: &OIMCache, ctx: &Context) -> Result<Action, Error> {
         return report::finish(ctx, cache, report).await;
     }
     let job = crate::render::cache::build_job(cache, &wanted, &group, &ctx.puller_image(cache), ctx.platform);
-    match job::ensure(ctx, cache, &job, world.job.as_ref()).await? {
+    let same = |live: &&k8s_openapi::api::batch::v1::Job| {
+        live.labels().get(JOB_HASH) == job.labels().get(JOB_HASH) && live.metadata.deletion_timestamp.is_none()
+    };
+    let failed = world.job.as_ref().filter(same).filter(|j| job::failed(j));
+    // The token Secret's version matters only to a Job about to start or one that failed.
+    let token_version = match world.job.is_none() || failed.is_some() {
+        true => job::token_version(ctx, cache).await?,
+        false => String::new(),
+    };
+    // A failed download of what is still wanted runs again when its cause may be gone.
+    let mut retry_in = None;
+    if let Some(live) = failed {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        match job::retry(live, &token_version, &now) {
+            job::Retry::Now(why) => {
+                job::rerun(ctx, cache, live, &why).await?;
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+            job::Retry::After { left, at } => retry_in = Some((left, at)),
+        }
+    }
+    match job::ensure(ctx, cache, &job, world.job.as_ref(), &token_version).await? {
         job::Ensured::Running => {}
         job::Ensured::Again => return Ok(Action::requeue(Duration::from_secs(2))),
     }
-    let report = job::progress(cache, &pvc, &wanted, world.job.as_ref(), &world.pods);
-    report::finish(ctx, cache, report).await
+    let mut report = job::progress(cache, &pvc, &wanted, world.job.as_ref(), &world.pods);
+    if report.state == CacheState::Ready {
+        job::forget_attempts(ctx, cache);
+    }
+    let Some((left, at)) = retry_in else { return report::finish(ctx, cache, report).await };
+    let secret = cache.spec.source.hf.auth_secret.as_deref();
+    let when = secret.map(|s| format!(" or when Secret {s} changes")).unwrap_or_default();
+    report.message = format!("{}; it runs again at {at}{when}", report.message);
+    report::finish(ctx, cache, report).await?;
+    Ok(Action::requeue(left.min(job::TOKEN_POLL)))
 }
 
 /// The model's own architecture from the cache's hub (with its token), when the built-in table

@@ -264,8 +264,10 @@ async fn finish(
             if changed && let Some(e) = &s.apply_error {
                 publish(ctx, &svc.object_ref(&()), true, "ApplyFailed", e).await;
             }
-            // Our Deployment's changes wake us during a rollout; the timer only revisits the
-            // published profile (updatePolicy) and is the backstop.
+            // Our Deployment's changes wake us during a rollout (after an API server restart the
+            // watches relist, and a status that moved meanwhile arrives with a new version); the
+            // timer only revisits the published profile (updatePolicy) and is the backstop. A
+            // NotReady service whose Deployment does not change costs nothing while idle.
             Action::requeue(revisit)
         }
     })

@@ -159,8 +159,11 @@ fn fresh(
             .first()
             .map(|r| format!("{}: {}", r.name, r.reason))
             .unwrap_or_else(|| "no profile for this model".into());
-        let message =
+        let mut message =
             format!("{} profile(s) for {} considered, none fits; {first}", selection.rejected.len(), req.model);
+        if !world.unparseable.is_empty() {
+            message = format!("{message}; left out: {}", world.unparseable.join("; "));
+        }
         let mut blocked = Blocked::new(Step::Selection, &reason, message);
         blocked.rejected = rejected;
         return Decision::Blocked(blocked);

@@ -57,6 +57,7 @@ fn world(nodes: Vec<NodeView>, stored: Option<Stored>, listed: Result<Vec<Profil
         catalog: Arc::new(Catalog::Dir(catalog())),
         listed,
         nodes: nodes.into(),
+        unparseable: vec![],
         pods: Arc::new([]),
         cache: CacheRef::None,
         stored,
@@ -129,6 +130,12 @@ fn nothing_that_fits_blocks_with_every_rejected_profile_and_why() {
     assert_eq!(b.step, Step::Selection);
     assert!(!b.rejected.is_empty() && b.rejected.len() <= 10);
     assert!(b.message.contains("none fits"), "{}", b.message);
+    assert!(!b.message.contains("left out"), "{}", b.message);
+    // A node whose inventory does not parse is named in the explanation, not silently missing.
+    let mut w = w;
+    w.unparseable = vec!["node gpu-7 has an unparseable oim.opea.dev/inventory annotation (expected value)".into()];
+    let Decision::Blocked(b) = decide(&svc, &w, &Engines::builtin()) else { panic!("selected on a T4 only") };
+    assert!(b.message.contains("left out: node gpu-7 has an unparseable"), "{}", b.message);
 }
 
 #[test]

@@ -273,7 +273,7 @@ async fn run_cmd(a: RunArgs) -> u8 {
         }
     };
     let what = match &target {
-        run::Target::Local { .. } => "the engine".to_string(),
+        run::Target::Local { .. } => "stopping the engine".to_string(),
         run::Target::Cluster(t) => format!("tearing down the candidate in {}", t.namespace),
     };
     let opts = run::RunOptions {
@@ -285,7 +285,7 @@ async fn run_cmd(a: RunArgs) -> u8 {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\noim study run: interrupted; stopping {what}");
+            eprintln!("\noim study run: interrupted; {what}");
             let _ = stop_tx.send(true);
         }
     });

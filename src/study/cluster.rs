@@ -246,6 +246,11 @@ pub async fn deploy(t: &ClusterTarget, study: &Study, p: &Profile) -> Result<Dep
 }
 
 impl Deployed {
+    /// The last port-forward error, if any.
+    pub fn forward_error(&self) -> Option<String> {
+        self.forward.as_ref().and_then(Forward::last_error)
+    }
+
     /// `namespace/name` of the Deployment.
     pub fn describe(&self) -> String {
         format!("Deployment {}/{}", self.target.namespace, self.name)

@@ -7,17 +7,23 @@
 //! onto streams.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+/// The last error a stream met, for the message when the engine cannot be reached (logging
+/// each would repeat it for every health probe).
+type LastError = Arc<Mutex<Option<String>>>;
+
 /// A listening forward; stopped (with every open stream) on drop.
 pub struct Forward {
     /// The local address, `127.0.0.1:PORT`.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    last_error: LastError,
 }
 
 impl Forward {
@@ -26,8 +32,14 @@ impl Forward {
         let listener =
             TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let task = tokio::spawn(accept_loop(listener, pods, pod, port));
-        Ok(Forward { addr, task })
+        let last_error = LastError::default();
+        let task = tokio::spawn(accept_loop(listener, pods, pod, port, last_error.clone()));
+        Ok(Forward { addr, task, last_error })
+    }
+
+    /// The last error a stream met (the API server's or the kubelet's), if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -43,13 +55,13 @@ impl Drop for Forward {
     }
 }
 
-async fn accept_loop(listener: TcpListener, pods: Api<Pod>, pod: String, port: u16) {
+async fn accept_loop(listener: TcpListener, pods: Api<Pod>, pod: String, port: u16, last_error: LastError) {
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => {
-                    streams.spawn(forward_one(conn, pods.clone(), pod.clone(), port));
+                    streams.spawn(forward_one(conn, pods.clone(), pod.clone(), port, last_error.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "port-forward listener failed");
@@ -64,13 +76,16 @@ async fn accept_loop(listener: TcpListener, pods: Api<Pod>, pod: String, port: u
 
 /// Copies one connection both ways over a new port-forward stream; a failure closes the
 /// connection (the client sees a reset and counts an error).
-async fn forward_one(mut conn: TcpStream, pods: Api<Pod>, pod: String, port: u16) {
+async fn forward_one(mut conn: TcpStream, pods: Api<Pod>, pod: String, port: u16, last_error: LastError) {
+    let record = |e: String| {
+        tracing::debug!(%pod, error = %e, "port-forward");
+        if let Ok(mut last) = last_error.lock() {
+            *last = Some(e);
+        }
+    };
     let mut pf = match pods.portforward(&pod, &[port]).await {
         Ok(pf) => pf,
-        Err(e) => {
-            tracing::warn!(%pod, error = %e, "port-forward failed");
-            return;
-        }
+        Err(e) => return record(format!("port-forward to pod {pod} failed: {e}")),
     };
     let Some(mut upstream) = pf.take_stream(port) else { return };
     let errors = pf.take_error(port);
@@ -81,7 +96,7 @@ async fn forward_one(mut conn: TcpStream, pods: Api<Pod>, pod: String, port: u16
     if let Some(errors) = errors
         && let Ok(Some(e)) = tokio::time::timeout(std::time::Duration::from_millis(100), errors).await
     {
-        tracing::warn!(%pod, error = %e, "the kubelet reported a port-forward error");
+        record(e);
     }
     pf.abort();
 }

@@ -191,9 +191,12 @@ impl Deployed {
             Deployed::Cluster(d) => {
                 let base = d.wait_ready(timeout, say).await?;
                 let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(5));
-                wait_healthy(client, &base, None, left, Path::new(""))
-                    .await
-                    .map_err(|e| format!("{e}; the pod is {}", d.pod.as_deref().unwrap_or("unknown")))?;
+                if let Err(e) = wait_healthy(client, &base, None, left, Path::new("")).await {
+                    let pod = d.pod.as_deref().unwrap_or("unknown");
+                    let forward =
+                        d.forward_error().map(|e| format!("; last port-forward error: {e}")).unwrap_or_default();
+                    return Err(format!("{e} (pod {pod}){forward}"));
+                }
                 Ok(base)
             }
         }

@@ -346,9 +346,22 @@ async fn a_study_run_on_the_cluster_deploys_each_candidate_measures_it_and_leave
     assert_eq!(study_objects(&client, &ns.name).await, Vec::<String>::new(), "an interrupted run leaves nothing");
     let kept = std::fs::read(dir.join("results").join(&first[0])).unwrap();
 
-    // Resumed: the finished candidate is not measured again; the others are.
+    // Killed outright while a candidate is deployed: its objects stay until the next run.
+    let mut killed = Command::new(env!("CARGO_BIN_EXE_oim")).args(&args).stdout(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !study_objects(&client, &ns.name).await.iter().any(|o| o.starts_with("Deployment")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "no candidate deployed in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(!study_objects(&client, &ns.name).await.is_empty());
+
+    // Resumed: what the killed run left is removed; the finished candidate is not measured
+    // again; the others are.
     let (code, out, err) = oim(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("removed what an interrupted run left"), "{out}");
     assert!(out.contains(&format!("{}: done earlier, skipped", first[0].trim_end_matches(".json"))), "{out}");
     assert!(out.contains("applied Deployment") && out.contains("forwarding http://127.0.0.1:"), "{out}");
     assert_eq!(results(&dir).len(), 3);

@@ -6,6 +6,7 @@ mod bench;
 mod cache;
 mod cli;
 mod cluster;
+mod crosscheck;
 mod download;
 mod environment;
 mod estimate;

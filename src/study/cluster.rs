@@ -398,3 +398,30 @@ pub async fn check(t: &ClusterTarget) -> Result<(), String> {
         Err(e) => Err(format!("cannot reach the cluster: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_label_values_are_the_text_when_valid_and_stay_valid_and_distinct_when_not() {
+        assert_eq!(
+            object_name("study-nvidia-h100-sxm-80gb-x1-bf16-s256-l8k"),
+            "study-nvidia-h100-sxm-80gb-x1-bf16-s256-l8k"
+        );
+        let long = "study-nvidia-h100-sxm-80gb-x8-bf16-s256-l131072-with-a-much-longer-name";
+        let other = "study-nvidia-h100-sxm-80gb-x8-bf16-s256-l131072-with-a-much-longer-name-2";
+        let (a, b) = (object_name(long), object_name(other));
+        assert!(a.len() <= 45 && b.len() <= 45 && a != b, "{a} {b}");
+        assert!(
+            a.starts_with("study-nvidia")
+                && a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+        assert!(object_name("1-Upper_Case").starts_with("upper-case-"), "{}", object_name("1-Upper_Case"));
+
+        assert_eq!(label_value("20261127-llama-3.1-8b-instruct-h100"), "20261127-llama-3.1-8b-instruct-h100");
+        let id = "20261127074606-meta-llama/llama-3.1-70b-instruct-nvidia-h100-sxm-80gb-and-more";
+        let v = label_value(id);
+        assert!(v.len() <= 63 && !v.contains('/') && v != label_value(&format!("{id}x")), "{v}");
+    }
+}

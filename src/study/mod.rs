@@ -1,7 +1,8 @@
 //! Performance studies (the RFC's third pillar): for one model on one kind of accelerator,
 //! plan candidate profiles from the estimator (`plan`), benchmark each with `oim bench` on this
-//! machine or deployed on a cluster (`run`, `cluster`, `forward`), publish the best per KPI with the measured figures and the evidence attached
-//! (`publish`), and draw the latency–throughput frontier (`report`).
+//! machine or deployed on a cluster (`run`, `cluster`, `forward`), publish the best per KPI with
+//! the measured figures and the evidence attached (`publish`), and draw the latency–throughput
+//! frontier (`report`).
 //!
 //! A study is a directory: `study.yaml` (what is studied and how it is measured),
 //! `candidates/<name>.yaml` (complete profiles), `results/<name>.json` (one per finished

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -361,24 +361,29 @@ where
 }
 
 /// Deletes the Deployments, Services, ConfigMaps and ServiceAccounts matching `selector` in the
-/// target namespace, then waits (bounded) for the matching pods to be gone. Returns what it
-/// deleted.
+/// target namespace, then waits (bounded) for the Deployments' ReplicaSets and pods to be gone.
+/// Returns what it deleted.
 async fn delete_labelled(t: &ClusterTarget, selector: &str) -> Vec<String> {
     let (c, ns) = (&t.client, t.namespace.as_str());
     let mut deleted = delete_kind::<Deployment>(c, ns, selector).await;
     deleted.extend(delete_kind::<Service>(c, ns, selector).await);
     deleted.extend(delete_kind::<ConfigMap>(c, ns, selector).await);
     deleted.extend(delete_kind::<ServiceAccount>(c, ns, selector).await);
-    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
     let start = Instant::now();
-    while start.elapsed() < TEARDOWN_TIMEOUT {
-        match pods.list(&ListParams::default().labels(selector).limit(1)).await {
-            Ok(l) if l.items.is_empty() => break,
-            Err(_) => break,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
+    while start.elapsed() < TEARDOWN_TIMEOUT && still_there(c, ns, selector).await {
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     deleted
+}
+
+/// Whether a Deployment, ReplicaSet or Pod matching `selector` is still there (the garbage
+/// collector removes the ReplicaSets and pods after their Deployment); an error counts as gone.
+async fn still_there(c: &Client, ns: &str, selector: &str) -> bool {
+    let lp = ListParams::default().labels(selector).limit(1);
+    let deployments = Api::<Deployment>::namespaced(c.clone(), ns).list(&lp).await.is_ok_and(|l| !l.items.is_empty());
+    let sets = Api::<ReplicaSet>::namespaced(c.clone(), ns).list(&lp).await.is_ok_and(|l| !l.items.is_empty());
+    let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&lp).await.is_ok_and(|l| !l.items.is_empty());
+    deployments || sets || pods
 }
 
 /// Removes what an earlier run of this study left on the cluster (a run killed before its

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use oim::api::OIMService;
 use oim::profile::schema::Profile;
-use oim::study::cluster::{CANDIDATE_LABEL, STUDY_LABEL};
+use oim::study::cluster::CANDIDATE_LABEL;
 use serde_json::Value;
 
 use crate::cluster::{self, KwokNode, TestNs};
@@ -285,10 +285,11 @@ fn forward_candidates_to(client: &Client, ns: &str, sims: BTreeMap<String, u16>)
     })
 }
 
-/// Everything labelled as created by a study in `ns`: Deployments, Services, ConfigMaps,
-/// ServiceAccounts and Pods.
+/// Every Deployment, ReplicaSet, Service, ConfigMap, ServiceAccount and Pod in `ns`, labelled
+/// or not, except what every namespace has (the `default` ServiceAccount and the root CA
+/// ConfigMap): what a study may have created there.
 async fn study_objects(client: &Client, ns: &str) -> Vec<String> {
-    let lp = ListParams::default().labels(STUDY_LABEL);
+    let lp = ListParams::default();
     let mut found = vec![];
     macro_rules! collect {
         ($k:ty) => {
@@ -298,10 +299,12 @@ async fn study_objects(client: &Client, ns: &str) -> Vec<String> {
         };
     }
     collect!(Deployment);
+    collect!(ReplicaSet);
     collect!(Service);
     collect!(ConfigMap);
     collect!(ServiceAccount);
     collect!(Pod);
+    found.retain(|o| o != "ServiceAccount default" && o != "ConfigMap kube-root-ca.crt");
     found
 }
 

@@ -397,10 +397,10 @@ pub async fn check(t: &ClusterTarget) -> Result<(), String> {
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(t.client.clone());
     match nss.get_opt(&t.namespace).await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(format!("namespace {} does not exist; create it or pass --namespace", t.namespace)),
+        Ok(None) => Err("does not exist; create it or pass another --namespace".into()),
         // Reading namespaces may be forbidden to a namespaced user; the applies will tell.
         Err(kube::Error::Api(e)) if e.code == 403 => Ok(()),
-        Err(e) => Err(format!("cannot reach the cluster: {e}")),
+        Err(e) => Err(format!("cannot read it: {e}; check the kubeconfig's cluster and credentials")),
     }
 }
 

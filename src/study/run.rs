@@ -77,7 +77,9 @@ pub async fn run(
         std::fs::create_dir_all(&p).map_err(|e| StudyError::new(&p, e.to_string()))?;
     }
     if let Target::Cluster(t) = &opts.target {
-        cluster::check(t).await.map_err(|e| StudyError::new(&s.dir, e))?;
+        cluster::check(t)
+            .await
+            .map_err(|problem| StudyError { path: format!("namespace {}", t.namespace), problem })?;
         let left = cluster::sweep(t, &s.study).await;
         if !left.is_empty() {
             say(format!("removed what an interrupted run left in {}: {}", t.namespace, left.join(", ")));

@@ -99,8 +99,6 @@ fn plan_three(dir: &Path) {
         "8192",
         "--concurrency",
         "1,16",
-        "--requests",
-        "16",
         "--input-tokens",
         "32",
         "--output-tokens",
@@ -161,6 +159,7 @@ fn publish_and_list(dir: &Path) -> (String, Vec<String>) {
 
 #[tokio::test]
 async fn a_study_of_three_simulated_candidates_publishes_the_expected_winners() {
+    let timing = crate::bench::one_at_a_time_async().await;
     let dir = crate::profiles::tempdir("study").join("s");
     plan_three(&dir);
 
@@ -174,6 +173,7 @@ async fn a_study_of_three_simulated_candidates_publishes_the_expected_winners() 
     assert!(out.contains(&format!("{}: done earlier, skipped", first[0].trim_end_matches(".json"))), "{out}");
     assert_eq!(results(&dir).len(), 3);
     assert_eq!(std::fs::read(dir.join("results").join(&first[0])).unwrap(), kept, "a finished candidate is not re-run");
+    drop(timing);
 
     // Publish to the real registry.
     let (registry, names) = publish_and_list(&dir);
@@ -310,6 +310,7 @@ async fn study_objects(client: &Client, ns: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_study_run_on_the_cluster_deploys_each_candidate_measures_it_and_leaves_nothing_behind() {
+    let _timing = crate::bench::one_at_a_time_async().await;
     let client = cluster::client().await;
     let ns = TestNs::new(&client, "study-run", &[]).await;
     let node = KwokNode::create(&client, "study-run", &cluster::inventory_of("h100-sxm-80gb", 2), None).await;

@@ -1,23 +1,35 @@
-//! The operator on the local control plane: create-to-Deployment latency (p50/p99 over 200
-//! services), time to reconcile 1,000 services from a cold start, the operator's peak memory,
-//! and API writes during a steady-state resync (target 0). Needs the cluster: run `make bench`.
+//! The operator against the bare-client floor on the local control plane (run `make bench`).
+//!
+//! With the controller-manager and the scheduler paused (SIGSTOP) so only the contender writes:
+//! 1. the floor: a plain client with 8 workers creates N copies of the Deployment and Service
+//!    the operator renders for one OIMService (1x H100, Llama 3.1 8B, latency);
+//! 2. the operator: N OIMServices created by 8 workers while it runs; time until every
+//!    Deployment exists, create->Deployment p50/p99, peak RSS, CPU seconds, API writes, and what
+//!    an idle minute costs; then the ratio to the floor;
+//! 3. a fresh operator resyncing those N services writes nothing;
+//! 4. at scale: N_LARGE services over 1,000 nodes of the benchmark's own, from a cold start.
+//!
+//! Sizes: `OIM_BENCH_SERVICES` (default 1000), `OIM_BENCH_LARGE` (default 10000, 0 skips),
+//! `OIM_BENCH_LARGE_NODES` (default 1000), `OIM_BENCH_IDLE_SECS` (default 180 for N, 300 at scale).
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use oim::api::OIMService;
 
-const MODEL: &str = "meta-llama/Llama-3.2-3B-Instruct";
-const LATENCY_SERVICES: usize = 200;
-const COLD_SERVICES: usize = 1000;
-const NODES: usize = 4;
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+const WORKERS: usize = 8;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 struct Operator {
     child: Child,
@@ -25,7 +37,8 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(namespace: &str, port: u16) -> Operator {
+    fn start(namespace: &str) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_oim"))
             .args(["operator", "--no-agent", "--catalog", concat!(env!("CARGO_MANIFEST_DIR"), "/profiles")])
             .args(["--watch-namespaces", namespace, "--metrics-bind", &format!("127.0.0.1:{port}")])
@@ -37,28 +50,53 @@ impl Operator {
         Operator { child, metrics: format!("127.0.0.1:{port}") }
     }
 
-    /// A counter from /metrics (plain HTTP/1.0 GET, enough for a local scrape).
-    fn counter(&self, name: &str) -> Option<f64> {
+    fn get(&self, path: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&self.metrics).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
         let mut body = String::new();
         s.read_to_string(&mut body).ok()?;
-        let total: f64 = body
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        Some(total)
+        Some(body)
     }
 
-    fn peak_rss_mib(&self) -> f64 {
+    /// A counter from /metrics, summed over its labels.
+    fn counter(&self, name: &str) -> f64 {
+        let body = self.get("/metrics").unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn ready(&self) {
+        for _ in 0..600 {
+            if self.get("/readyz").is_some_and(|b| b.split_whitespace().nth(1) == Some("200")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the operator did not become ready");
+    }
+
+    fn status(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        self.status("VmHWM:")
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
+        ticks / clock_ticks()
     }
 
     fn stop(mut self) {
@@ -74,41 +112,76 @@ impl Drop for Operator {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
-/// CPU nodes (the Sapphire Rapids simulated node) with room for every bench pod.
-async fn nodes(client: &kube::Client, run: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/nodes/oim-cpu-spr-0.yaml"))
-        .unwrap();
-    let template: Node = serde_json::from_str(text.split_once('\n').unwrap().1).unwrap();
-    let api: Api<Node> = Api::all(client.clone());
-    let mut names = vec![];
-    for i in 0..NODES {
-        let mut node = template.clone();
-        let name = format!("{run}-{i}");
-        node.metadata.name = Some(name.clone());
-        let labels = node.metadata.labels.get_or_insert_default();
-        labels.insert("kubernetes.io/hostname".into(), name.clone());
-        labels.insert("oim.bench/run".into(), run.into());
-        let status = node.status.get_or_insert_default();
-        let room: std::collections::BTreeMap<String, Quantity> =
-            [("pods", "1000"), ("cpu", "100000"), ("memory", "100000Gi"), ("ephemeral-storage", "100Ti")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
-                .collect();
-        status.capacity = Some(room.clone());
-        status.allocatable = Some(room);
-        api.create(&PostParams::default(), &node).await.expect("create a bench node");
-        names.push(name);
+/// The controller-manager and scheduler stopped while it lives, so only the contender writes.
+struct Paused(Vec<String>);
+
+impl Paused {
+    fn control_plane() -> Paused {
+        let state = std::env::var("OIM_CLUSTER_STATE").expect("OIM_CLUSTER_STATE: run `make bench`");
+        let pids = std::fs::read_to_string(format!("{state}/pids")).unwrap_or_default();
+        let pids: Vec<String> = pids
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, name)| matches!(*name, "kube-controller-manager" | "kube-scheduler"))
+            .map(|(pid, _)| pid.to_string())
+            .collect();
+        for pid in &pids {
+            let _ = Command::new("kill").args(["-STOP", pid]).status();
+        }
+        Paused(pids)
     }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-CONT", pid]).status();
+        }
+    }
+}
+
+/// `count` H100 nodes of the run (labelled for its services), created by the workers.
+async fn nodes(client: &kube::Client, run: &str, count: usize) -> Vec<String> {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/nodes/oim-h100-0.yaml")).unwrap();
+    let template: Node = serde_json::from_str(text.split_once('\n').unwrap().1).unwrap();
+    let names: Vec<String> = (0..count).map(|i| format!("{run}-{i}")).collect();
+    let api: Api<Node> = Api::all(client.clone());
+    in_parallel(names.clone(), move |name| {
+        let (api, mut node, run) = (api.clone(), template.clone(), run.to_string());
+        async move {
+            node.metadata.name = Some(name.clone());
+            let labels = node.metadata.labels.get_or_insert_default();
+            labels.insert("kubernetes.io/hostname".into(), name.clone());
+            labels.insert("oim.bench/run".into(), run);
+            api.create(&PostParams::default(), &node).await.expect("create a bench node");
+        }
+    })
+    .await;
     names
+}
+
+/// Runs `work` over `items` with [`WORKERS`] in flight.
+async fn in_parallel<T, F, Fut>(items: Vec<T>, work: F)
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    futures::stream::iter(items.into_iter().map(work)).buffer_unordered(WORKERS).collect::<Vec<()>>().await;
 }
 
 fn service(name: &str, run: &str) -> OIMService {
     serde_saphyr::from_str(&format!(
-        "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {{name: {name}}}\nspec:\n  model: {{name: {MODEL}}}\n  nodeSelector: {{oim.bench/run: {run}}}\n"
+        "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {{name: {name}}}\nspec:\n  model: {{name: {MODEL}}}\n  profile: {{kpi: latency}}\n  nodeSelector: {{oim.bench/run: {run}}}\n"
     ))
     .unwrap()
 }
@@ -117,26 +190,51 @@ async fn namespace(client: &kube::Client, name: &str) {
     let mut ns = Namespace::default();
     ns.metadata.name = Some(name.into());
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
 }
 
-/// Names of OIMServices in `ns` that carry a status for their current generation.
-async fn reconciled(api: &Api<OIMService>) -> usize {
-    let list = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-    list.iter().filter(|s| s.status.as_ref().is_some_and(|st| st.observed_generation == s.metadata.generation)).count()
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
-/// Waits until the operator's write counter stops moving for `quiet`.
+/// First sight of each Deployment in `ns`, by name.
+fn watch_deployments(
+    client: &kube::Client,
+    ns: &str,
+) -> (Arc<Mutex<HashMap<String, Instant>>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let into = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).applied_objects().boxed();
+        while let Some(Ok(d)) = stream.next().await {
+            into.lock().unwrap().entry(d.metadata.name.unwrap_or_default()).or_insert_with(Instant::now);
+        }
+    });
+    (seen, task)
+}
+
+async fn wait_all(seen: &Mutex<HashMap<String, Instant>>, n: usize, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if seen.lock().unwrap().len() >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Waits until the operator's write counter has not moved for `quiet`; returns the count.
 async fn settle(op: &Operator, quiet: Duration) -> f64 {
-    let mut last = op.counter("oim_operator_api_writes_total").unwrap_or(0.0);
+    let mut last = op.counter("oim_operator_api_writes_total");
     let mut since = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = op.counter("oim_operator_api_writes_total").unwrap_or(0.0);
+        let now = op.counter("oim_operator_api_writes_total");
         if now != last {
             last = now;
             since = Instant::now();
@@ -146,100 +244,236 @@ async fn settle(op: &Operator, quiet: Duration) -> f64 {
     }
 }
 
+/// The Deployment and Service the operator renders for one service, stripped to what a client
+/// would create.
+async fn rendered_pair(client: &kube::Client, run: &str) -> (Deployment, Service) {
+    let ns = format!("{run}-warm");
+    namespace(client, &ns).await;
+    let op = Operator::start(&ns);
+    op.ready().await;
+    Api::<OIMService>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &service("warm", run))
+        .await
+        .unwrap();
+    let (seen, task) = watch_deployments(client, &ns);
+    assert!(wait_all(&seen, 1, Duration::from_secs(60)).await, "the warm-up service got no Deployment");
+    task.abort();
+    op.stop();
+    let mut d = Api::<Deployment>::namespaced(client.clone(), &ns).get("warm").await.unwrap();
+    let mut s = Api::<Service>::namespaced(client.clone(), &ns).get("warm").await.unwrap();
+    for meta in [&mut d.metadata, &mut s.metadata] {
+        *meta = kube::api::ObjectMeta {
+            labels: meta.labels.take(),
+            annotations: meta.annotations.take(),
+            ..Default::default()
+        };
+    }
+    d.status = None;
+    s.status = None;
+    if let Some(spec) = s.spec.as_mut() {
+        spec.cluster_ip = None;
+        spec.cluster_ips = None;
+    }
+    let _ = Api::<Namespace>::all(client.clone()).delete(&ns, &DeleteParams::default()).await;
+    (d, s)
+}
+
+/// The floor: `n` copies of the pair created by 8 workers. Returns (time to all, per-create latencies).
+async fn floor(client: &kube::Client, ns: &str, pair: &(Deployment, Service), n: usize) -> (Duration, Vec<Duration>) {
+    let (deployments, services) =
+        (Api::<Deployment>::namespaced(client.clone(), ns), Api::<Service>::namespaced(client.clone(), ns));
+    let latencies = Arc::new(Mutex::new(vec![]));
+    let started = Instant::now();
+    in_parallel((0..n).collect(), |i| {
+        let (mut d, mut s) = pair.clone();
+        let (deployments, services, latencies) = (deployments.clone(), services.clone(), latencies.clone());
+        async move {
+            let name = format!("svc-{i}");
+            d.metadata.name = Some(name.clone());
+            s.metadata.name = Some(name);
+            let t = Instant::now();
+            deployments.create(&PostParams::default(), &d).await.expect("floor: create Deployment");
+            latencies.lock().unwrap().push(t.elapsed());
+            services.create(&PostParams::default(), &s).await.expect("floor: create Service");
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort();
+    (took, l)
+}
+
+struct Run {
+    all: Duration,
+    p50: Duration,
+    p99: Duration,
+    rss: f64,
+    cpu: f64,
+    writes: f64,
+    converged: bool,
+}
+
+/// The operator: `n` services created by 8 workers while it runs (`live`) or before it starts.
+async fn contender(client: &kube::Client, ns: &str, run: &str, n: usize, live: bool) -> (Operator, Run) {
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), ns);
+    let (seen, task) = watch_deployments(client, ns);
+    let created = Arc::new(Mutex::new(HashMap::new()));
+    let create_all = async {
+        in_parallel((0..n).collect(), |i| {
+            let (svcs, created) = (svcs.clone(), created.clone());
+            async move {
+                let name = format!("svc-{i}");
+                created.lock().unwrap().insert(name.clone(), Instant::now());
+                svcs.create(&PostParams::default(), &service(&name, run)).await.expect("create an OIMService");
+            }
+        })
+        .await;
+    };
+    let op;
+    let started;
+    if live {
+        op = Operator::start(ns);
+        op.ready().await;
+        started = Instant::now();
+        create_all.await;
+    } else {
+        create_all.await;
+        started = Instant::now();
+        op = Operator::start(ns);
+    }
+    let converged = wait_all(&seen, n, Duration::from_secs(3600)).await;
+    let all = started.elapsed();
+    task.abort();
+    let writes = settle(&op, Duration::from_secs(15)).await;
+    let seen = seen.lock().unwrap().clone();
+    let created = created.lock().unwrap().clone();
+    let mut latencies: Vec<Duration> = seen
+        .iter()
+        .filter_map(|(name, at)| Some(at.saturating_duration_since(if live { *created.get(name)? } else { started })))
+        .collect();
+    latencies.sort();
+    let result = Run {
+        all,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        rss: op.peak_rss_mib(),
+        cpu: op.cpu_seconds(),
+        writes,
+        converged,
+    };
+    (op, result)
+}
+
+/// CPU seconds and writes the operator spends over `secs` with nothing changing.
+async fn idle(op: &Operator, secs: u64) -> (f64, f64) {
+    let (cpu, writes) = (op.cpu_seconds(), op.counter("oim_operator_api_writes_total"));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (op.cpu_seconds() - cpu, op.counter("oim_operator_api_writes_total") - writes)
+}
+
+fn print_run(label: &str, n: usize, r: &Run) {
+    println!(
+        "{label}: all {n} Deployments {} in {:.1} s; create->Deployment p50 {:.0} ms, p99 {:.0} ms; peak RSS {:.1} MiB; CPU {:.1} s; API writes {}",
+        if r.converged { "exist" } else { "did NOT all appear" },
+        r.all.as_secs_f64(),
+        ms(r.p50),
+        ms(r.p99),
+        r.rss,
+        r.cpu,
+        r.writes
+    );
+}
+
+async fn cleanup(client: &kube::Client, namespaces: &[String], nodes: &[String]) {
+    for ns in namespaces {
+        let _ = Api::<Namespace>::all(client.clone()).delete(ns, &DeleteParams::default()).await;
+    }
+    let api: Api<Node> = Api::all(client.clone());
+    in_parallel(nodes.to_vec(), |n| {
+        let api = api.clone();
+        async move {
+            let _ = api.delete(&n, &DeleteParams::default()).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::main]
 async fn main() {
     let client = kube::Client::try_default().await.expect("a cluster: run `make bench`");
     let run = format!("bench-{}", std::process::id());
-    let node_names = nodes(&client, &run).await;
+    let n = env_usize("OIM_BENCH_SERVICES", 1000);
+    let large = env_usize("OIM_BENCH_LARGE", 10_000);
+    let large_nodes = env_usize("OIM_BENCH_LARGE_NODES", 1000);
+    let small_nodes = nodes(&client, &run, 4).await;
+    let pair = rendered_pair(&client, &run).await;
 
-    // 1. Create-to-Deployment latency, services created one after another on a running operator.
-    let ns_a = format!("{run}-latency");
-    namespace(&client, &ns_a).await;
-    let op = Operator::start(&ns_a, free_port());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns_a);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-    let watch = tokio::spawn(async move {
-        let mut stream = watcher(deployments, watcher::Config::default()).applied_objects().boxed();
-        while let Some(Ok(d)) = stream.next().await {
-            let _ = tx.send((d.metadata.name.unwrap_or_default(), Instant::now()));
-        }
-    });
-    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns_a);
-    let mut created = HashMap::new();
-    for i in 0..LATENCY_SERVICES {
-        let name = format!("svc-{i}");
-        created.insert(name.clone(), Instant::now());
-        svcs.create(&PostParams::default(), &service(&name, &run)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut latencies = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while latencies.len() < LATENCY_SERVICES && Instant::now() < deadline {
-        if let Ok(Some((name, at))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
-            && let Some(start) = created.get(&name)
-        {
-            latencies.entry(name).or_insert_with(|| at.duration_since(*start));
-        }
-    }
-    watch.abort();
-    let mut sorted: Vec<Duration> = latencies.values().copied().collect();
-    sorted.sort();
+    // 1-2. Floor and operator side by side, only they writing.
+    let paused = Paused::control_plane();
+    let floor_ns = format!("{run}-floor");
+    namespace(&client, &floor_ns).await;
+    let (floor_all, floor_lat) = floor(&client, &floor_ns, &pair, n).await;
     println!(
-        "create-to-Deployment over {} services ({} got one): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        LATENCY_SERVICES,
-        sorted.len(),
-        percentile(&sorted, 0.5).as_secs_f64() * 1000.0,
-        percentile(&sorted, 0.99).as_secs_f64() * 1000.0,
-        sorted.last().unwrap().as_secs_f64() * 1000.0
+        "floor (bare client, {WORKERS} workers): {n} Deployments + Services in {:.1} s; create p50 {:.0} ms, p99 {:.0} ms; {} API writes",
+        floor_all.as_secs_f64(),
+        ms(percentile(&floor_lat, 0.5)),
+        ms(percentile(&floor_lat, 0.99)),
+        2 * n
     );
+    let op_ns = format!("{run}-operator");
+    namespace(&client, &op_ns).await;
+    let (op, r) = contender(&client, &op_ns, &run, n, true).await;
+    print_run("operator", n, &r);
+    println!(
+        "ratio to the floor: all Deployments {:.2}x (target <= 1.5x); p99 create->Deployment / floor total {:.2}x (target <= 2x)",
+        r.all.as_secs_f64() / floor_all.as_secs_f64(),
+        r.p99.as_secs_f64() / floor_all.as_secs_f64()
+    );
+    let idle_secs = env_usize("OIM_BENCH_IDLE_SECS", 180) as u64;
+    let (cpu, writes) = idle(&op, idle_secs).await;
+    println!("operator idle for {idle_secs} s with {n} services: {cpu:.2} CPU s, {writes} API writes (target 0)");
     op.stop();
 
-    // 2. 1,000 services created while the operator is down, then a cold start.
-    let ns_b = format!("{run}-cold");
-    namespace(&client, &ns_b).await;
-    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns_b);
-    for i in 0..COLD_SERVICES {
-        svcs.create(&PostParams::default(), &service(&format!("svc-{i}"), &run)).await.unwrap();
-    }
-    let op = Operator::start(&ns_b, free_port());
+    // 3. A fresh operator resyncing the same services writes nothing.
+    let op = Operator::start(&op_ns);
     let started = Instant::now();
-    loop {
-        let done = reconciled(&svcs).await;
-        if done == COLD_SERVICES || started.elapsed() > Duration::from_secs(1200) {
-            println!(
-                "reconcile {COLD_SERVICES} services from a cold start: {done} in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let writes = settle(&op, Duration::from_secs(15)).await;
-    println!("operator writes to reach steady state: {writes}");
-    println!("operator peak memory with {COLD_SERVICES} services: {:.1} MiB", op.peak_rss_mib());
-    op.stop();
-
-    // 3. A steady-state resync: a fresh operator reconciles all 1,000 again and writes nothing.
-    let op = Operator::start(&ns_b, free_port());
-    let started = Instant::now();
-    let mut reconciles = 0.0;
-    while reconciles < COLD_SERVICES as f64 && started.elapsed() < Duration::from_secs(600) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        reconciles = op.counter("oim_operator_reconciles_total").unwrap_or(0.0);
+    while op.counter("oim_operator_reconciles_total") < n as f64 && started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let resync = started.elapsed();
     let writes = settle(&op, Duration::from_secs(10)).await;
     println!(
-        "steady-state resync of {COLD_SERVICES} services: {reconciles} reconciles in {:.1} s, {writes} API writes (target 0)",
+        "steady-state resync of {n} services: {} reconciles in {:.1} s, {writes} API writes (target 0)",
+        op.counter("oim_operator_reconciles_total"),
         resync.as_secs_f64()
     );
     op.stop();
+    let mut namespaces = vec![floor_ns, op_ns];
+    cleanup(&client, &namespaces, &[]).await;
 
-    for ns in [ns_a, ns_b] {
-        let _ = Api::<Namespace>::all(client.clone()).delete(&ns, &DeleteParams::default()).await;
+    // 4. At scale, from a cold start.
+    let mut large_node_names = vec![];
+    if large > 0 {
+        let scale_run = format!("{run}-scale");
+        let started = Instant::now();
+        large_node_names = nodes(&client, &scale_run, large_nodes).await;
+        println!("{large_nodes} nodes created in {:.1} s", started.elapsed().as_secs_f64());
+        let ns = format!("{run}-scale");
+        namespace(&client, &ns).await;
+        let (op, r) = contender(&client, &ns, &scale_run, large, false).await;
+        print_run(&format!("operator at scale over {large_nodes} nodes, cold start"), large, &r);
+        let idle_secs = env_usize("OIM_BENCH_IDLE_SECS", 300) as u64;
+        let (cpu, writes) = idle(&op, idle_secs).await;
+        println!(
+            "operator idle for {idle_secs} s with {large} services: {:.2} CPU s/min, {:.1} API writes/min (target 0)",
+            cpu * 60.0 / idle_secs as f64,
+            writes * 60.0 / idle_secs as f64
+        );
+        println!("operator peak RSS at scale: {:.1} MiB (target < 256 MiB)", op.peak_rss_mib());
+        op.stop();
+        namespaces = vec![ns];
     }
-    for n in node_names {
-        let _ = Api::<Node>::all(client.clone()).delete(&n, &DeleteParams::default()).await;
-    }
+    drop(paused);
+    cleanup(&client, &namespaces, &[small_nodes, large_node_names].concat()).await;
 }

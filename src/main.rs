@@ -149,11 +149,11 @@ fn operator(args: OperatorArgs) -> ExitCode {
     };
     let sources = oim::controller::source::Sources::new(catalog, args.allowed_registries.clone(), refresh);
     block_on(async move {
-        let client = match kube::Client::try_default().await {
+        let (client, election) = match connect(&args).await {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("oim operator: cannot reach the Kubernetes API: {e}");
-                return exit::RUNTIME;
+            Err((code, e)) => {
+                eprintln!("oim operator: {e}");
+                return code;
             }
         };
         // OpenShift is recognised by its security API group; Route and ServiceMonitor by theirs.
@@ -192,10 +192,47 @@ fn operator(args: OperatorArgs) -> ExitCode {
             agent,
             metrics_bind,
             own_image: own,
+            election,
         };
-        oim::controller::run(client, sources, engines, settings).await;
-        exit::OK
+        match oim::controller::run(client, sources, engines, settings).await {
+            oim::controller::run::Stopped::Signal => exit::OK,
+            oim::controller::run::Stopped::LeaseLost => exit::RUNTIME,
+        }
     })
+}
+
+/// The operator's client; with `--leader-elect` also the election, whose fence the client's
+/// writes go through (the election itself uses an unfenced client).
+async fn connect(
+    args: &OperatorArgs,
+) -> Result<(kube::Client, Option<oim::controller::leader::Election>), (u8, String)> {
+    use oim::controller::leader::{Election, LeaseConfig, identity};
+    let unreachable = |e: &dyn std::fmt::Display| (exit::RUNTIME, format!("cannot reach the Kubernetes API: {e}"));
+    let config = kube::Config::infer().await.map_err(|e| unreachable(&e))?;
+    let plain = kube::Client::try_from(config.clone()).map_err(|e| unreachable(&e))?;
+    if !args.leader_elect {
+        return Ok((plain, None));
+    }
+    let lease = LeaseConfig {
+        namespace: args
+            .leader_elect_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| plain.default_namespace().to_string()),
+        name: args.leader_elect_lease_name.clone(),
+        identity: identity(),
+        lease_duration: args.leader_elect_lease_duration,
+        renew_deadline: args.leader_elect_renew_deadline,
+        retry_period: args.leader_elect_retry_period,
+    };
+    lease.validate().map_err(|e| (exit::BAD_INPUT, e))?;
+    tracing::info!(namespace = %lease.namespace, lease = %lease.name, identity = %lease.identity, "leader election on");
+    let election = Election::start(plain, lease);
+    let fenced = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| unreachable(&e))?
+        .with_layer(&election.fence.layer())
+        .build();
+    Ok((fenced, Some(election)))
 }
 
 /// The operator's own image, read from its pod (POD_NAME/POD_NAMESPACE from the downward API);

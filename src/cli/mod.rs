@@ -172,15 +172,39 @@ pub struct OperatorArgs {
     /// Address of the /metrics and /healthz endpoint.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_bind: String,
-    /// Take a Lease before reconciling, for more than one replica.
+    /// Take a Lease before reconciling, for more than one replica: only the leader reconciles.
     #[arg(long)]
     pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: the operator's own, POD_NAMESPACE, else the
+    /// kubeconfig's namespace).
+    #[arg(long, value_name = "NS")]
+    pub leader_elect_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, value_name = "NAME", default_value = "oim-operator")]
+    pub leader_elect_lease_name: String,
+    /// How long a standby waits after the leader's last renewal before taking over.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps writing without a successful renewal (shorter than the lease
+    /// duration, so it stops before a standby may take over).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: std::time::Duration,
+    /// How often the Lease is renewed or checked.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub leader_elect_retry_period: std::time::Duration,
     /// Use plain HTTP for a non-loopback profile registry.
     #[arg(long)]
     pub insecure: bool,
     /// Docker config.json with registry credentials.
     #[arg(long, value_name = "FILE")]
     pub registry_config: Option<PathBuf>,
+}
+
+/// A duration such as `15s`, `500ms` or `1m`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d: k8s_openapi::jiff::SignedDuration =
+        text.parse().map_err(|e| format!("{text:?} is not a duration like 15s, 500ms or 1m: {e}"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("{text:?}: a duration must not be negative"))
 }
 
 /// `oim node-agent`.

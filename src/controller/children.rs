@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
@@ -46,6 +46,11 @@ pub fn service_child_kinds(capabilities: Capabilities) -> Vec<ApiResource> {
 }
 
 type Meta = PartialObjectMeta<DynamicObject>;
+
+/// Kinds from CRDs of other projects (Route, ServiceMonitor), which may come and go.
+fn optional(ar: &ApiResource) -> bool {
+    matches!(ar.group.as_str(), "route.openshift.io" | "monitoring.coreos.com")
+}
 
 /// Children in one watched scope: metadata per kind, and the Deployments (without their pod
 /// template) for the status.
@@ -95,18 +100,24 @@ impl Children {
         Children { kinds, deployments }
     }
 
-    /// Whether every cache has its first full listing.
+    /// Whether every cache of a built-in kind has its first full listing. Route and
+    /// ServiceMonitor caches are not waited for: their CRDs may be removed after start, and a
+    /// cache that cannot list must not hold every reconcile (their lookups go to the API then).
     pub async fn ready(&self) -> bool {
-        for (_, s) in &self.kinds {
-            if s.wait_until_ready().await.is_err() {
+        for (ar, s) in &self.kinds {
+            if !optional(ar) && s.wait_until_ready().await.is_err() {
                 return false;
             }
         }
         self.deployments.wait_until_ready().await.is_ok()
     }
 
+    /// The cache of `kind`, once it has listed.
     fn store(&self, kind: &str) -> Option<&(ApiResource, Store<Meta>)> {
-        self.kinds.iter().find(|(ar, _)| ar.kind == kind)
+        self.kinds
+            .iter()
+            .find(|(ar, _)| ar.kind == kind)
+            .filter(|(_, s)| s.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()))
     }
 
     /// The metadata of our child, as cached: `Some(None)` when it is not there (or not labelled

@@ -11,6 +11,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
 use crate::controller::children::ChildCaches;
+use crate::controller::health::Health;
 use crate::controller::metrics::Metrics;
 use crate::controller::source::Sources;
 use crate::profile::catalog::CatalogError;
@@ -149,6 +150,19 @@ pub struct Context {
     pub children: ChildCaches,
     /// Consecutive failures per object, for the backoff.
     pub failures: Backoff,
+    /// Readiness and the stuck-reconcile watchdog.
+    pub health: Arc<Health>,
+    /// The shared node and pod view selection reads.
+    pub placement: crate::controller::placement::Snapshots,
+    /// Our own writes, so their watch events do not wake their owners again.
+    pub echoes: crate::controller::echo::Echoes,
+}
+
+impl Context {
+    /// Nodes and pods as selection sees them now (shared, rebuilt only after a change).
+    pub fn placement(&self) -> Arc<crate::controller::placement::Placement> {
+        self.placement.get(&self.nodes, &self.pods)
+    }
 }
 
 impl Context {

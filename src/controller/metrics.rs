@@ -1,4 +1,4 @@
-//! The operator's `/metrics` (OpenMetrics text) and `/healthz`, on `--metrics-bind`.
+//! The operator's `/metrics` (OpenMetrics text), `/healthz` and `/readyz`, on `--metrics-bind`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 use crate::controller::apply::WriteCounter;
+use crate::controller::health::Health;
 
 /// Labels of a finished reconcile: which controller, and `ok` or the error variant.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,6 +28,13 @@ pub struct Outcome {
     pub controller: String,
     /// `ok`, or the error enum's variant (`kube`, `catalog`, ...).
     pub outcome: String,
+}
+
+/// Labels of a failed registry lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryFailure {
+    /// The catalog (`host[:port]/prefix`, or the catalog directory).
+    pub registry: String,
 }
 
 /// Everything the operator counts.
@@ -38,6 +46,9 @@ pub struct Metrics {
     duration: Histogram,
     /// 1 while the node agent is held back because its admission policy cannot be applied.
     pub agent_policy_missing: Gauge,
+    /// 1 while this replica holds the leader lease (always 1 without leader election).
+    pub leader: Gauge,
+    registry_errors: Family<RegistryFailure, Counter>,
 }
 
 impl Default for Metrics {
@@ -59,7 +70,19 @@ impl Default for Metrics {
             "1 while the node agent is not deployed because its admission policy could not be applied",
             agent_policy_missing.clone(),
         );
-        Metrics { registry, writes, reconciles, duration, agent_policy_missing }
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "Whether this replica holds the leader lease and reconciles (1) or stands by (0)",
+            leader.clone(),
+        );
+        let registry_errors = Family::<RegistryFailure, Counter>::default();
+        registry.register(
+            "registry_errors",
+            "Profile registry lookups that failed (unreachable, timed out, refused, over a bound)",
+            registry_errors.clone(),
+        );
+        Metrics { registry, writes, reconciles, duration, agent_policy_missing, leader, registry_errors }
     }
 }
 
@@ -68,6 +91,11 @@ impl Metrics {
     pub fn reconciled(&self, controller: &str, outcome: &str, seconds: f64) {
         self.reconciles.get_or_create(&Outcome { controller: controller.into(), outcome: outcome.into() }).inc();
         self.duration.observe(seconds);
+    }
+
+    /// Counts one failed lookup in `registry`.
+    pub fn registry_failed(&self, registry: &str) {
+        self.registry_errors.get_or_create(&RegistryFailure { registry: registry.into() }).inc();
     }
 
     fn encode(&self) -> String {
@@ -79,8 +107,8 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) {
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -91,21 +119,28 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) {
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint listening");
     while let Ok((stream, _)) = listener.accept().await {
         let metrics = metrics.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let handler = service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(req.uri().path(), &metrics)) }
+                let health = health.clone();
+                async move { Ok::<_, Infallible>(respond(req.uri().path(), &metrics, &health)) }
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await;
         });
     }
 }
 
-fn respond(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let probe = |r: Result<(), String>| match r {
+        Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
+    };
     let (status, content_type, body) = match path {
         "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode()),
-        "/healthz" | "/readyz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics or /healthz\n".to_string()),
+        "/healthz" => probe(health.liveness()),
+        "/readyz" => probe(health.readiness()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics, /healthz or /readyz\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -130,6 +165,19 @@ mod tests {
         assert!(text.contains("oim_operator_api_writes_total 2"), "{text}");
         assert!(text.contains(r#"oim_operator_reconciles_total{controller="oimservice",outcome="kube"} 1"#), "{text}");
         assert!(text.contains("oim_operator_reconcile_duration_seconds_count 2"), "{text}");
-        assert_eq!(respond("/nope", &m).status(), StatusCode::NOT_FOUND);
+        m.leader.set(1);
+        m.registry_failed("registry.example.com/oim/profiles");
+        let text = m.encode();
+        assert!(text.contains("oim_operator_leader 1"), "{text}");
+        assert!(
+            text.contains(r#"oim_operator_registry_errors_total{registry="registry.example.com/oim/profiles"} 1"#),
+            "{text}"
+        );
+        let health = Health::new(std::time::Duration::from_secs(60));
+        assert_eq!(respond("/readyz", &m, &health).status(), StatusCode::SERVICE_UNAVAILABLE);
+        health.set_ready();
+        assert_eq!(respond("/readyz", &m, &health).status(), StatusCode::OK);
+        assert_eq!(respond("/healthz", &m, &health).status(), StatusCode::OK);
+        assert_eq!(respond("/nope", &m, &health).status(), StatusCode::NOT_FOUND);
     }
 }

@@ -5,7 +5,8 @@
 //!   repaired, a resync writes nothing) and the caches it decides from;
 //! - `agent`: the node agent the operator keeps deployed;
 //! - `context` (Context, Error), `events`, `status` (conditions), `source` (per-service
-//!   registries), `metrics`, and `run` (the wiring).
+//!   registries), `metrics`, `health` (probes), `leader` (election and write fence), and `run`
+//!   (the wiring).
 
 pub mod agent;
 pub mod apply;
@@ -13,8 +14,12 @@ pub mod cache;
 pub mod children;
 pub mod context;
 pub mod decode;
+pub mod echo;
 pub mod events;
+pub mod health;
+pub mod leader;
 pub mod metrics;
+pub mod placement;
 pub mod run;
 pub mod service;
 pub mod source;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -18,9 +18,12 @@ use tracing::{info, warn};
 
 use crate::api::{OIMCache, OIMService};
 use crate::controller::agent::{self, AgentConfig};
+use crate::controller::apply::key;
 use crate::controller::children::{ChildCaches, ours};
 use crate::controller::context::{Backoff, Context, Error};
 use crate::controller::decode;
+use crate::controller::health::Health;
+use crate::controller::leader::Election;
 use crate::controller::metrics::{self, Metrics};
 use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
@@ -28,14 +31,13 @@ use crate::profile::engines::Engines;
 use crate::profile::select::PodUse;
 use crate::render::{Capabilities, FIELD_MANAGER, Platform};
 
-/// What about a Node can change a placement: oim labels, the inventory annotation, allocatable,
-/// taints, cordon and readiness. Heartbeats and other writers (kwok, the controller-manager) do
-/// not requeue every service.
+/// What about a Node can change a placement: labels (a service's nodeSelector or affinity may
+/// name any), the inventory annotation, allocatable, taints, cordon and readiness. Heartbeats and
+/// other status writers (kwok, the kubelet) neither requeue every service nor rebuild the view.
 fn placement_fingerprint(node: &Node) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    let labels: Vec<_> = node.labels().iter().filter(|(k, _)| k.starts_with("oim.opea.dev/")).collect();
-    labels.hash(&mut h);
+    node.labels().hash(&mut h);
     node.annotations().get(crate::hardware::inventory::INVENTORY_ANNOTATION).hash(&mut h);
     let status = node.status.as_ref();
     let allocatable: Vec<_> = status
@@ -71,22 +73,40 @@ pub struct Settings {
     pub metrics_bind: Option<std::net::SocketAddr>,
     /// The operator's own image (default downloader of OIMCache Jobs).
     pub own_image: String,
+    /// The leader election this replica takes part in (its client is fenced by it); None:
+    /// a single replica that always reconciles.
+    pub election: Option<Election>,
 }
+
+/// Why `run` returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or Ctrl-C.
+    Signal,
+    /// The leader lease was lost: the process ends and restarts as a standby.
+    LeaseLost,
+}
+
+/// A reconcile running longer than this is stuck (every read in it has a shorter deadline):
+/// `/healthz` fails so the kubelet restarts the operator.
+const STUCK_AFTER: Duration = Duration::from_secs(600);
 
 /// Reconciles in flight per controller. Unbounded, a cold start over 1,000 services opens a
 /// connection per reconcile and swamps a small API server.
 const CONCURRENCY: u16 = 8;
 
-/// Runs the controllers until SIGTERM: one OIMService controller per watched namespace (or one
-/// for all), sharing the node and pod caches, plus the node agent's keeper and the metrics.
-pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) {
+/// Runs the controllers until SIGTERM (or, with leader election, until the lease is lost): one
+/// OIMService and one OIMCache controller per watched namespace (or one pair for all), sharing
+/// the node, pod and child caches, plus the node agent's keeper and the metrics. A standby keeps
+/// its caches warm and starts the controllers when it becomes the leader.
+pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) -> Stopped {
+    tokio::spawn(bounded_shutdown(Duration::from_secs(10)));
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let node_stream = reflector::reflector(
         node_writer,
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .applied_objects();
+    );
     // Every pod in the cluster may hold accelerators; keep only what accounting reads.
     let pod_stream = reflector::reflector(
         pod_writer,
@@ -98,11 +118,9 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
     );
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(STUCK_AFTER));
     if let Some(addr) = settings.metrics_bind {
-        tokio::spawn(metrics::serve(addr, metrics.clone()));
-    }
-    if let Some(cfg) = settings.agent.clone() {
-        tokio::spawn(agent::keep(client.clone(), cfg, metrics.clone(), Duration::from_secs(60)));
+        tokio::spawn(metrics::serve(addr, metrics.clone(), health.clone()));
     }
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -116,51 +134,121 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         nodes,
         pods,
         recorder,
-        metrics,
+        metrics: metrics.clone(),
         platform: settings.platform,
         capabilities: settings.capabilities,
         own_image: settings.own_image.clone(),
         children: ChildCaches::watch(&client, &scopes, settings.capabilities),
         failures: Backoff::default(),
+        health: health.clone(),
+        placement: Default::default(),
+        echoes: Default::default(),
     });
-    // A node change (labels, inventory, allocatable, taints) may open or close placements for
-    // every service; it is fanned out to each namespace's controller. Pods feed the store only.
-    let mut senders = vec![];
-    let mut controllers = vec![];
-    for ns in &scopes {
-        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
-        senders.push(tx);
-        controllers.push(controller_for(&client, ns, rx, ctx.clone()).boxed());
-        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
-        senders.push(tx);
-        controllers.push(cache_controller_for(&client, ns, rx, ctx.clone()).boxed());
-    }
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new()));
-    tokio::spawn(node_stream.for_each(move |n| {
-        let seen = seen.clone();
-        let senders = senders.clone();
-        async move {
-            let Ok(node) = n else { return };
-            let fingerprint = placement_fingerprint(&node);
-            let changed = seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.name_any(), fingerprint)
-                != Some(fingerprint);
-            if changed {
-                for tx in &senders {
-                    let _ = tx.unbounded_send(());
-                }
-            }
-        }
+    tokio::spawn(report_ready(ctx.clone(), scopes.clone()));
+    let (senders, receivers) = node_channels(scopes.len());
+    tokio::spawn(fan_out_node_changes(node_stream, senders, ctx.clone()));
+    let pods_changed = ctx.clone();
+    tokio::spawn(pod_stream.for_each(move |_| {
+        pods_changed.placement.changed();
+        futures::future::ready(())
     }));
-    tokio::spawn(pod_stream.for_each(|_| async {}));
-    tokio::spawn(bounded_shutdown(Duration::from_secs(10)));
-    futures::future::join_all(controllers).await;
-    info!("operator stopped");
+    if let Some(election) = &settings.election {
+        tokio::select! {
+            leading = election.leading() => if !leading { return Stopped::LeaseLost },
+            _ = terminated() => return Stopped::Signal,
+        }
+    }
+    metrics.leader.set(1);
+    if let Some(cfg) = settings.agent.clone() {
+        tokio::spawn(agent::keep(client.clone(), cfg, metrics.clone(), Duration::from_secs(60)));
+    }
+    let mut controllers = vec![];
+    for (ns, (services, caches)) in scopes.iter().zip(receivers) {
+        controllers.push(controller_for(&client, ns, services, ctx.clone()).boxed());
+        controllers.push(cache_controller_for(&client, ns, caches, ctx.clone()).boxed());
+    }
+    let stopped = match &settings.election {
+        Some(election) => tokio::select! {
+            _ = futures::future::join_all(controllers) => Stopped::Signal,
+            _ = election.lost() => Stopped::LeaseLost,
+        },
+        None => {
+            futures::future::join_all(controllers).await;
+            Stopped::Signal
+        }
+    };
+    metrics.leader.set(0);
+    if let (Some(election), Stopped::Signal) = (&settings.election, &stopped) {
+        election.release().await;
+    }
+    info!(?stopped, "operator stopped");
+    stopped
 }
 
-/// After SIGTERM or Ctrl-C the controllers finish their running reconciles; a controller whose
-/// watches cannot list (an API server down, RBAC missing) must not keep the process alive past
-/// `grace`.
-async fn bounded_shutdown(grace: Duration) {
+type NodeChanges = futures::channel::mpsc::Receiver<()>;
+
+/// One channel of node changes per controller: (services, caches) per scope. Each holds one
+/// pending wake at most: changes arriving while one is pending (or on a standby) coalesce.
+fn node_channels(scopes: usize) -> (Vec<futures::channel::mpsc::Sender<()>>, Vec<(NodeChanges, NodeChanges)>) {
+    let mut senders = vec![];
+    let mut receivers = vec![];
+    for _ in 0..scopes {
+        let (tx_services, rx_services) = futures::channel::mpsc::channel::<()>(0);
+        let (tx_caches, rx_caches) = futures::channel::mpsc::channel::<()>(0);
+        senders.extend([tx_services, tx_caches]);
+        receivers.push((rx_services, rx_caches));
+    }
+    (senders, receivers)
+}
+
+/// A node change (labels, inventory, allocatable, taints) may open or close placements for
+/// every service; it is fanned out to each controller.
+async fn fan_out_node_changes(
+    events: impl futures::Stream<Item = Result<watcher::Event<Node>, watcher::Error>>,
+    mut senders: Vec<futures::channel::mpsc::Sender<()>>,
+    ctx: Arc<Context>,
+) {
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        let changed = match event {
+            Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                let fingerprint = placement_fingerprint(&node);
+                seen.insert(node.name_any(), fingerprint) != Some(fingerprint)
+            }
+            Ok(watcher::Event::Delete(node)) => seen.remove(&node.name_any()).is_some(),
+            // A relist may have dropped nodes deleted while the watch was down.
+            Ok(watcher::Event::InitDone) => true,
+            Ok(watcher::Event::Init) | Err(_) => false,
+        };
+        if changed {
+            ctx.placement.changed();
+            for tx in &mut senders {
+                // Full: a wake is already pending, which covers this change too.
+                let _ = tx.try_send(());
+            }
+        }
+    }
+}
+
+/// Ready once the node, pod and child caches have listed.
+async fn report_ready(ctx: Arc<Context>, scopes: Vec<Option<String>>) {
+    if ctx.nodes.wait_until_ready().await.is_err() || ctx.pods.wait_until_ready().await.is_err() {
+        return;
+    }
+    for ns in &scopes {
+        if let Some(c) = ctx.children.of(ns.as_deref().unwrap_or(""))
+            && !c.ready().await
+        {
+            return;
+        }
+    }
+    ctx.health.set_ready();
+    info!("caches synced; ready");
+}
+
+/// SIGTERM or Ctrl-C.
+async fn terminated() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -173,6 +261,13 @@ async fn bounded_shutdown(grace: Duration) {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// After SIGTERM or Ctrl-C the controllers finish their running reconciles; a controller whose
+/// watches cannot list (an API server down, RBAC missing) must not keep the process alive past
+/// `grace`.
+async fn bounded_shutdown(grace: Duration) {
+    terminated().await;
     tokio::time::sleep(grace).await;
     warn!(?grace, "controllers did not stop within the grace period; exiting");
     std::process::exit(0);
@@ -199,6 +294,7 @@ fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) 
 }
 
 async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _running = ctx.health.running(format!("OIMService {}", decode::id(&obj)));
     match decode::decode::<OIMService>(&obj) {
         Ok(svc) => reconcile(Arc::new(svc), ctx).await,
         Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMService>(), "oimservice", &why).await),
@@ -216,32 +312,63 @@ fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Acti
 fn controller_for(
     client: &Client,
     namespace: &Option<String>,
-    node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
+    node_changes: NodeChanges,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let (api, ar) = dynamic::<OIMService>(client, namespace);
-    let controller = Controller::new_with(api, watcher::Config::default(), ar.clone());
-    let services = controller.store();
+    // The services, minus the echoes of our own status writes.
+    let writer = reflector::store::Writer::new(ar.clone());
+    let services = writer.as_reader();
+    let echoes = ctx.clone();
+    let kind = ar.kind.clone();
+    let trigger = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff())
+        .touched_objects()
+        .try_filter(move |s| {
+            let key = key(&kind, s.metadata.namespace.as_deref().unwrap_or_default(), &s.name_any());
+            futures::future::ready(!echoes.echoes.is_echo(&key, s.metadata.resource_version.as_deref()))
+        });
+    let controller = Controller::for_stream_with(trigger, services.clone(), ar.clone());
     // A cache becoming Ready (or going away) wakes the services that mount it.
-    let users = move |cache: DynamicObject| {
-        let ns = cache.metadata.namespace.clone();
-        let name = cache.metadata.name.clone().unwrap_or_default();
-        services
-            .state()
-            .into_iter()
-            .filter(|s| s.metadata.namespace == ns && s.data["spec"]["storage"]["oimCache"]["name"] == name.as_str())
-            .map(|s| ObjectRef::from_obj_with(&*s, ar.clone()))
-            .collect::<Vec<_>>()
+    let users = {
+        let ar = ar.clone();
+        move |cache: DynamicObject| {
+            let ns = cache.metadata.namespace.clone();
+            let name = cache.metadata.name.clone().unwrap_or_default();
+            services
+                .state()
+                .into_iter()
+                .filter(|s| {
+                    s.metadata.namespace == ns && s.data["spec"]["storage"]["oimCache"]["name"] == name.as_str()
+                })
+                .map(|s| ObjectRef::from_obj_with(&*s, ar.clone()))
+                .collect::<Vec<_>>()
+        }
     };
     let (caches, cache_ar) = dynamic::<OIMCache>(client, namespace);
     let mut controller = controller.watches_with(caches, cache_ar, watcher::Config::default(), users);
-    // Every kind we may own wakes its owner when it changes (drift is repaired) or goes.
-    for ar in crate::controller::children::service_child_kinds(ctx.capabilities) {
+    // Every kind we may own wakes its owner when it changes (drift is repaired) or goes; not
+    // when the change is our own apply coming back.
+    for child in crate::controller::children::service_child_kinds(ctx.capabilities) {
         let api: Api<DynamicObject> = match namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &child),
+            None => Api::all_with(client.clone(), &child),
         };
-        controller = controller.owns_with(api, ar, ours());
+        let (owner, echoes) = (ar.clone(), ctx.clone());
+        let kind = child.kind.clone();
+        let mapper = move |obj: DynamicObject| {
+            let ns = obj.metadata.namespace.clone().unwrap_or_default();
+            let echo =
+                echoes.echoes.is_echo(&key(&kind, &ns, &obj.name_any()), obj.metadata.resource_version.as_deref());
+            let owners = obj.metadata.owner_references.clone().unwrap_or_default();
+            owners
+                .into_iter()
+                .filter(|o| {
+                    !echo && o.controller == Some(true) && o.kind == owner.kind && o.api_version == owner.api_version
+                })
+                .map(|o| ObjectRef::new_with(&o.name, owner.clone()).within(&ns))
+                .collect::<Vec<_>>()
+        };
+        controller = controller.watches_with(api, child, ours(), mapper);
     }
     controller
         .reconcile_all_on(node_changes)
@@ -256,6 +383,7 @@ fn controller_for(
 }
 
 async fn reconcile_cache_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _running = ctx.health.running(format!("OIMCache {}", decode::id(&obj)));
     match decode::decode::<OIMCache>(&obj) {
         Ok(cache) => super::cache::reconcile(Arc::new(cache), ctx).await,
         Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMCache>(), "oimcache", &why).await),
@@ -271,7 +399,7 @@ fn cache_error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -
 fn cache_controller_for(
     client: &Client,
     namespace: &Option<String>,
-    node_changes: futures::channel::mpsc::UnboundedReceiver<()>,
+    node_changes: NodeChanges,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let (api, ar) = dynamic::<OIMCache>(client, namespace);

@@ -28,19 +28,73 @@ pub enum SourceError {
     Kube(#[from] kube::Error),
 }
 
+/// Per-service catalogs kept at most (each holds bounded tag and digest caches); the least
+/// recently used is forgotten first.
+pub const MAX_SOURCES: usize = 64;
+
+/// Registry lookups in flight at most, across all reconciles; see [`Sources::lookup`].
+pub const REGISTRY_SLOTS: usize = 4;
+
+/// How long a reconcile waits for a registry slot before it gives up its reconcile slot.
+const REGISTRY_WAIT: Duration = Duration::from_secs(5);
+
 /// The default catalog plus one catalog per distinct per-service source, kept so their tag and
 /// digest caches survive between reconciles.
 pub struct Sources {
     default: Arc<Catalog>,
     allowed: Vec<String>,
     ttl: Duration,
-    by_source: Mutex<HashMap<String, Arc<Catalog>>>,
+    by_source: Mutex<Lru>,
+    registry_slots: tokio::sync::Semaphore,
+}
+
+/// Catalogs by source key, with their last use.
+#[derive(Default)]
+struct Lru(HashMap<String, (Arc<Catalog>, std::time::Instant)>);
+
+impl Lru {
+    fn get(&mut self, key: &str) -> Option<Arc<Catalog>> {
+        let (c, used) = self.0.get_mut(key)?;
+        *used = std::time::Instant::now();
+        Some(c.clone())
+    }
+
+    fn insert(&mut self, key: String, catalog: Arc<Catalog>) {
+        self.0.insert(key, (catalog, std::time::Instant::now()));
+        while self.0.len() > MAX_SOURCES {
+            let Some(oldest) = self.0.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) else { break };
+            self.0.remove(&oldest);
+        }
+    }
 }
 
 impl Sources {
     /// `default` serves services without a source; `allowed` is `--allowed-registries`.
     pub fn new(default: Catalog, allowed: Vec<String>, ttl: Duration) -> Sources {
-        Sources { default: Arc::new(default), allowed, ttl, by_source: Mutex::default() }
+        Sources {
+            default: Arc::new(default),
+            allowed,
+            ttl,
+            by_source: Mutex::default(),
+            registry_slots: tokio::sync::Semaphore::new(REGISTRY_SLOTS),
+        }
+    }
+
+    /// Runs registry `work` for `catalog` within the registry budget: at most [`REGISTRY_SLOTS`]
+    /// lookups at once, so slow registries (each request has its own deadline) cannot hold
+    /// every reconcile slot; services whose registry answers keep converging. When no slot
+    /// frees within a few seconds the lookup is not made and the caller retries later.
+    pub async fn lookup<T>(&self, catalog: &Catalog, work: impl std::future::Future<Output = T>) -> Result<T, String> {
+        if matches!(catalog, Catalog::Dir(_)) {
+            return Ok(work.await);
+        }
+        match tokio::time::timeout(REGISTRY_WAIT, self.registry_slots.acquire()).await {
+            Ok(Ok(_slot)) => Ok(work.await),
+            _ => Err(format!(
+                "{}: not asked: all {REGISTRY_SLOTS} registry lookups are busy with slow registries; retried shortly",
+                catalog.location()
+            )),
+        }
     }
 
     /// How often a resolved tag is looked at again; a Ready service is revisited this often so
@@ -74,7 +128,7 @@ impl Sources {
         let key =
             format!("{registry}|{insecure}|{namespace}/{}@{version}", src.credentials_secret.as_deref().unwrap_or(""));
         if let Some(c) = self.by_source.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(c.clone());
+            return Ok(c);
         }
         let catalog = OciCatalog::new(registry, auth, insecure, self.ttl)
             .map_err(|e| SourceError::Refused(format!("spec.profile.source: {e}")))?;

@@ -700,6 +700,14 @@ pub enum Catalog {
 }
 
 impl Catalog {
+    /// Where it reads from: `host[:port]/prefix`, or `catalog directory`.
+    pub fn location(&self) -> String {
+        match self {
+            Catalog::Dir(_) => "catalog directory".into(),
+            Catalog::Oci(o) => o.registry().to_string(),
+        }
+    }
+
     /// The profiles for `model` (exact Hugging Face id).
     pub async fn list(&self, model: &str) -> Result<Vec<ProfileSummary>, CatalogError> {
         match self {

@@ -256,7 +256,7 @@ pub fn optional_apis(installed: bool) {
     let dir = dir.to_str().unwrap();
     if installed {
         kubectl(&["apply", "--server-side", "-f", dir]);
-        kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]);
+        wait_established(dir);
     } else {
         kubectl(&["delete", "--ignore-not-found", "--wait", "-f", dir]);
     }
@@ -271,7 +271,22 @@ pub fn install_oim_crds() {
     let _crds = CRDS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
     kubectl(&["apply", "--server-side", "--force-conflicts", "--field-manager", "oim-tests", "-f", dir]);
-    kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]);
+    wait_established(dir);
+}
+
+/// `kubectl wait --for=condition=Established`, retried: on a CRD so new that it has no
+/// conditions yet, kubectl fails at once instead of waiting.
+fn wait_established(dir: &str) {
+    let mut last = String::new();
+    for _ in 0..60 {
+        let (ok, _, err) = tool("kubectl", &["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]);
+        if ok {
+            return;
+        }
+        last = err;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    panic!("CRDs in {dir} not Established: {last}");
 }
 
 /// A kubeconfig that authenticates as `namespace/service_account` with a fresh token, written

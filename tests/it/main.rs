@@ -12,6 +12,7 @@ mod environment;
 mod estimate;
 mod fixtures;
 mod install;
+mod leader;
 mod operator;
 mod ownership;
 mod pipeline;

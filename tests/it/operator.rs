@@ -32,6 +32,11 @@ impl Operator {
 
     /// An operator authenticating with `kubeconfig` (e.g. a ServiceAccount token's).
     pub(crate) fn with_kubeconfig(kubeconfig: &str, args: &[&str]) -> Operator {
+        Operator::spawn(kubeconfig, args, &[])
+    }
+
+    /// An operator with extra environment (e.g. its POD_NAME).
+    pub(crate) fn spawn(kubeconfig: &str, args: &[&str], env: &[(&str, &str)]) -> Operator {
         let mut defaults = vec![];
         if !args.contains(&"--metrics-bind") {
             defaults.extend(["--metrics-bind", "off"]);
@@ -45,11 +50,24 @@ impl Operator {
             .args(defaults)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start oim operator");
         Operator(child)
+    }
+}
+
+impl Operator {
+    /// Sends `signal` (e.g. `-STOP`).
+    pub(crate) fn signal(&self, signal: &str) {
+        let _ = Command::new("kill").args([signal, &self.0.id().to_string()]).status();
+    }
+
+    /// Its exit code once it has ended, else None.
+    pub(crate) fn exited(&mut self) -> Option<Option<i32>> {
+        self.0.try_wait().ok().flatten().map(|s| s.code())
     }
 }
 

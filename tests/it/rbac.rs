@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 
 /// Rules held but not exercised by the integration run, and why they stay.
 const NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[
-    ("coordination.k8s.io", "leases", "*", "leader election (the chart's second replica) is not implemented yet"),
     (
         "route.openshift.io",
         "routes/custom-host",

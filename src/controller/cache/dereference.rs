@@ -1,6 +1,7 @@
 //! Dereference: every read a cache's reconcile needs — the node snapshot, the model's
 //! profiles, the PVC, the download Job and its pods.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -21,7 +22,7 @@ pub struct World {
     /// The model's published profiles.
     pub profiles: Vec<ProfileSummary>,
     /// Nodes as selection sees them.
-    pub nodes: Vec<NodeView>,
+    pub nodes: Arc<[NodeView]>,
     /// The PVC of the cache's name, whoever made it.
     pub pvc: Option<PersistentVolumeClaim>,
     /// The download Job.
@@ -67,9 +68,11 @@ pub async fn read(cache: &OIMCache, ctx: &Context) -> Result<Read, Error> {
             )));
         }
     };
-    let profiles = match catalog.list(&cache.spec.model()).await {
+    let listed = ctx.sources.lookup(&catalog, catalog.list(&cache.spec.model())).await;
+    let profiles = match listed.and_then(|r| r.map_err(|e| e.to_string())) {
         Ok(p) => p,
         Err(e) => {
+            ctx.metrics.registry_failed(&catalog.location());
             return Ok(Read::Blocked(Report::problem(
                 cache,
                 CacheState::Pending,
@@ -98,11 +101,5 @@ pub async fn read(cache: &OIMCache, ctx: &Context) -> Result<Read, Error> {
         }
         None => vec![],
     };
-    Ok(Read::World(Box::new(World {
-        profiles,
-        nodes: ctx.nodes.state().iter().filter_map(|n| NodeView::from_node(n)).collect(),
-        pvc,
-        job,
-        pods,
-    })))
+    Ok(Read::World(Box::new(World { profiles, nodes: ctx.placement().nodes.clone(), pvc, job, pods })))
 }

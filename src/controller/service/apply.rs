@@ -109,6 +109,7 @@ async fn apply_one(ctx: &Context, ns: &str, p: &Planned) -> Result<bool, Error> 
         source,
     })?;
     info!(namespace = %ns, kind = %p.kind, name = %p.name, "applied");
+    ctx.echoes.wrote(k.clone(), live.resource_version.clone());
     ctx.children.record(k, mark(&live));
     Ok(true)
 }

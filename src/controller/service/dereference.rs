@@ -77,9 +77,9 @@ pub struct World {
     /// The model's published profiles, or why they could not be listed.
     pub listed: Result<Vec<ProfileSummary>, String>,
     /// Nodes as selection sees them.
-    pub nodes: Vec<NodeView>,
+    pub nodes: Arc<[NodeView]>,
     /// Pods holding devices.
-    pub pods: Vec<PodUse>,
+    pub pods: Arc<[PodUse]>,
     /// The OIMCache it mounts.
     pub cache: CacheRef,
     /// The stored selection, verified against the catalog (published profiles) or the model.
@@ -112,21 +112,19 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         Err(SourceError::Kube(e)) => return Err(Error::Read { what: "the profile source's Secret".into(), source: e }),
         Err(e) => return Ok(Read::Source(e)),
     };
-    let listed = catalog.list(&svc.spec.model.name).await.map_err(|e| e.to_string());
     let cache = cache(ctx, svc, &ns).await?;
-    let mut listed = listed;
-    let (stored, distrusted) = match stored(ctx, svc, &ns).await? {
-        Some(s) => match verify(&s, svc, &catalog).await {
-            Ok(()) => (Some(s), None),
-            Err(Distrust::Mismatch(why)) => (None, Some(why)),
-            // Not checkable now (registry trouble): neither trusted nor replaced; nothing new
-            // is selected until the registry answers, and what runs is left alone.
-            Err(Distrust::Unchecked(why)) => {
-                listed = Err(why);
-                (None, None)
-            }
-        },
-        None => (None, None),
+    let stored = stored(ctx, svc, &ns).await?;
+    let (mut listed, verdict) = registry(ctx, svc, &catalog, stored.as_ref()).await;
+    let (stored, distrusted) = match (stored, verdict) {
+        (Some(s), Some(Ok(()))) => (Some(s), None),
+        (Some(_), Some(Err(Distrust::Mismatch(why)))) => (None, Some(why)),
+        // Not checkable now (registry trouble): neither trusted nor replaced; nothing new
+        // is selected until the registry answers, and what runs is left alone.
+        (Some(_), Some(Err(Distrust::Unchecked(why)))) => {
+            listed = Err(why);
+            (None, None)
+        }
+        _ => (None, None),
     };
     let uid = svc.uid().unwrap_or_default();
     let deployment = ctx
@@ -134,16 +132,43 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         .of(&ns)
         .and_then(|c| c.deployment(&ns, &svc.name_any()))
         .filter(|d| crate::controller::children::controlled_by(&d.metadata, &uid));
+    let placement = ctx.placement();
     Ok(Read::World(Box::new(World {
         catalog,
         listed,
-        nodes: ctx.nodes.state().iter().filter_map(|n| NodeView::from_node(n)).collect(),
-        pods: ctx.pods.state().iter().filter_map(|p| PodUse::from_pod(p)).collect(),
+        nodes: placement.nodes.clone(),
+        pods: placement.pods.clone(),
         cache,
         stored,
         distrusted,
         deployment,
     })))
+}
+
+/// The registry's part of the read, within the registry budget: the model's profiles, and the
+/// verdict on the stored selection. Failures are counted per registry.
+async fn registry(
+    ctx: &Context,
+    svc: &OIMService,
+    catalog: &Catalog,
+    stored: Option<&Stored>,
+) -> (Result<Vec<ProfileSummary>, String>, Option<Result<(), Distrust>>) {
+    let work = async {
+        let listed = catalog.list(&svc.spec.model.name).await.map_err(|e| e.to_string());
+        let verdict = match stored {
+            Some(s) => Some(verify(s, svc, catalog).await),
+            None => None,
+        };
+        (listed, verdict)
+    };
+    let (listed, verdict) = match ctx.sources.lookup(catalog, work).await {
+        Ok(done) => done,
+        Err(busy) => (Err(busy.clone()), stored.map(|_| Err(Distrust::Unchecked(busy)))),
+    };
+    if listed.is_err() || matches!(verdict, Some(Err(Distrust::Unchecked(_)))) {
+        ctx.metrics.registry_failed(&catalog.location());
+    }
+    (listed, verdict)
 }
 
 async fn synced(ctx: &Context, ns: &str) -> bool {

@@ -239,10 +239,13 @@ pub async fn write(ctx: &Context, svc: &OIMService, status: &OIMServiceStatus) -
     let name = svc.name_any();
     let api: Api<OIMService> = Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
     let patch = serde_json::json!({"apiVersion": "oim.opea.dev/v1alpha1", "kind": "OIMService", "status": status});
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let ns = svc.namespace().unwrap_or_default();
+    let live = api
+        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map_err(|source| Error::StatusPatch { kind: "OIMService", name, source })?;
+        .map_err(|source| Error::StatusPatch { kind: "OIMService", name: name.clone(), source })?;
     ctx.metrics.writes.add();
+    ctx.echoes.wrote(crate::controller::apply::key("OIMService", &ns, &name), live.metadata.resource_version);
     Ok(true)
 }
 

@@ -56,8 +56,8 @@ fn world(nodes: Vec<NodeView>, stored: Option<Stored>, listed: Result<Vec<Profil
     World {
         catalog: Arc::new(Catalog::Dir(catalog())),
         listed,
-        nodes,
-        pods: vec![],
+        nodes: nodes.into(),
+        pods: Arc::new([]),
         cache: CacheRef::None,
         stored,
         distrusted: None,

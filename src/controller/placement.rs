@@ -1,0 +1,110 @@
+//! One shared view of the cluster's nodes and device-holding pods for selection.
+//!
+//! Every reconcile needs all nodes (inventory parsed) and every pod's device use. Built per
+//! reconcile that is O(nodes + pods) of parsing and copying each time: over 1,000 nodes and
+//! thousands of services it dominates CPU and memory. Instead the node and pod watches mark the
+//! view stale, and the next reconcile that asks rebuilds it once; all others share it (`Arc`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::Store;
+
+use crate::profile::select::{InventoryProblem, NodeView, PodUse};
+
+/// Nodes and pods as selection sees them, at one moment.
+#[derive(Debug, Default)]
+pub struct Placement {
+    /// Nodes with a usable inventory.
+    pub nodes: Arc<[NodeView]>,
+    /// Nodes whose inventory annotation does not parse: (node, why).
+    pub unparseable: Arc<[(String, String)]>,
+    /// Pods holding devices.
+    pub pods: Arc<[PodUse]>,
+}
+
+/// The shared view and whether it is stale.
+#[derive(Default)]
+pub struct Snapshots {
+    changes: AtomicU64,
+    built: Mutex<Option<(u64, Arc<Placement>)>>,
+}
+
+impl Snapshots {
+    /// A node or pod changed: the next reader rebuilds.
+    pub fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current view, rebuilt from the stores only when something changed since it was built.
+    pub fn get(&self, nodes: &Store<Node>, pods: &Store<Pod>) -> Arc<Placement> {
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        // Read the counter under the lock, before reading the stores: a change that lands while
+        // building bumps it again, so the next reader rebuilds.
+        let now = self.changes.load(Ordering::Acquire);
+        if let Some((at, view)) = built.as_ref()
+            && *at == now
+        {
+            return view.clone();
+        }
+        let view = Arc::new(build(&nodes.state(), &pods.state()));
+        *built = Some((now, view.clone()));
+        view
+    }
+}
+
+fn build(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Placement {
+    let mut usable = Vec::with_capacity(nodes.len());
+    let mut unparseable = vec![];
+    for node in nodes {
+        match NodeView::try_from_node(node) {
+            Ok(view) => usable.push(view),
+            Err(InventoryProblem::Unparseable(why)) => {
+                unparseable.push((node.metadata.name.clone().unwrap_or_default(), why));
+            }
+            Err(InventoryProblem::Missing) => {}
+        }
+    }
+    Placement {
+        nodes: usable.into(),
+        unparseable: unparseable.into(),
+        pods: pods.iter().filter_map(|p| PodUse::from_pod(p)).collect::<Vec<_>>().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    fn node(name: &str, inventory: Option<&str>) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        if let Some(text) = inventory {
+            n.metadata.annotations =
+                Some([(crate::hardware::inventory::INVENTORY_ANNOTATION.to_string(), text.to_string())].into());
+        }
+        n
+    }
+
+    #[test]
+    fn the_view_is_shared_until_a_change_and_names_unparseable_inventories() {
+        let (nodes, mut writer) = reflector::store::<Node>();
+        let (pods, _) = reflector::store::<Pod>();
+        writer.apply_watcher_event(&Event::Apply(node("broken", Some("{not json"))));
+        writer.apply_watcher_event(&Event::Apply(node("no-agent", None)));
+        let snapshots = Snapshots::default();
+        let first = snapshots.get(&nodes, &pods);
+        assert_eq!(first.unparseable.len(), 1);
+        assert_eq!(first.unparseable[0].0, "broken");
+        assert!(first.nodes.is_empty());
+        assert!(Arc::ptr_eq(&first, &snapshots.get(&nodes, &pods)), "no change: the same view is shared");
+        writer.apply_watcher_event(&Event::Delete(node("broken", Some("{not json"))));
+        snapshots.changed();
+        let second = snapshots.get(&nodes, &pods);
+        assert!(!Arc::ptr_eq(&first, &second), "a change rebuilds");
+        assert!(second.unparseable.is_empty());
+    }
+}

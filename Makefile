@@ -77,9 +77,10 @@ demo-down:
 bench:
 	bash tests/bench.sh
 
-## Run `oim bench` and inference-perf (installed once into ~/.cache) against the same simulator; fail over 10% apart.
+## Only the cross-check `make test` runs too: `oim bench` and inference-perf (installed once into
+## ~/.cache) on the same simulator at the same time; fails over 10% apart.
 crosscheck:
-	bash tests/crosscheck/run.sh
+	OIM_INFERENCE_PERF=$$(bash tests/crosscheck/install.sh) $(CARGO) test --locked --test it crosscheck -- --nocapture
 
 ## Rewrite the golden renders of the examples (review the diff before committing).
 golden:

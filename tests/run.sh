@@ -10,6 +10,10 @@ cargo test --locked --no-run
 # helm, crane, opm and the bundle validator for the install tests (cached after the first run).
 OIM_PACKAGING_BIN=$(bash tests/cluster/build-packaging.sh)
 export OIM_PACKAGING_BIN
+# inference-perf, the external load generator `oim bench` is cross-checked with (cached after the
+# first run: about 2 minutes and 800 MB in ~/.cache/oim-crosscheck).
+OIM_INFERENCE_PERF=$(bash tests/crosscheck/install.sh)
+export OIM_INFERENCE_PERF
 trap 'bash tests/cluster/down.sh' EXIT
 bash tests/cluster/up.sh
 # shellcheck disable=SC1091

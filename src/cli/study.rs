@@ -1,6 +1,7 @@
 //! `oim study plan|run|publish|report`: performance studies from the command line (see
 //! `crate::study`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use clap::{Args, Subcommand};
 use super::{RegistryArgs, exit};
 use crate::bench::parse_concurrencies;
 use crate::profile::engines::Engines;
+use crate::render::Platform;
+use crate::study::cluster::ClusterTarget;
 use crate::study::publish::Rules;
 use crate::study::{BenchPlan, StudyDir, plan, publish, report, run};
 
@@ -75,13 +78,26 @@ pub struct RunArgs {
     /// The study directory (from `oim study plan`).
     #[arg(value_name = "PLAN")]
     pub dir: PathBuf,
-    /// Start each candidate's engine on this machine (the only mode so far).
+    /// Start each candidate's engine on this machine instead of deploying it on the cluster.
     #[arg(long)]
     pub local: bool,
-    /// The engine command before the model; the candidate's args follow it.
+    /// --local: the engine command before the model; the candidate's args follow it.
     #[arg(long, value_name = "CMD", default_value = "vllm serve")]
     pub engine_command: String,
-    /// Seconds an engine may take to answer /health.
+    /// Cluster: the namespace candidates run in (default: the kubeconfig's).
+    #[arg(long, short = 'n', value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Cluster: only nodes with this label (repeatable), like an OIMService's nodeSelector.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub node_selector: Vec<String>,
+    /// Cluster: Secret with the Hugging Face token (key HF_TOKEN), for gated models.
+    #[arg(long, value_name = "SECRET")]
+    pub auth_secret: Option<String>,
+    /// Cluster: render for OpenShift (no fixed user ids).
+    #[arg(long)]
+    pub openshift: bool,
+    /// Seconds a candidate may take to answer /health (on a cluster: scheduling, image pull and
+    /// model download included).
     #[arg(long, value_name = "S", default_value_t = 900)]
     pub startup_timeout: u64,
     /// Seconds one benchmark request may take.
@@ -204,13 +220,44 @@ fn plan_cmd(a: PlanArgs) -> u8 {
     exit::OK
 }
 
-async fn run_cmd(a: RunArgs) -> u8 {
-    if !a.local {
-        eprintln!(
-            "oim study run: only --local is implemented: it starts each candidate's engine on this machine; deploying candidates on the cluster is not done yet"
-        );
-        return exit::BAD_INPUT;
+/// Parses `KEY=VALUE` node selector terms.
+fn node_selector(terms: &[String]) -> Result<BTreeMap<String, String>, String> {
+    terms
+        .iter()
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!(
+                "--node-selector {t:?}: expected KEY=VALUE, e.g. oim.opea.dev/accelerator.product=h100-sxm-80gb"
+            )),
+        })
+        .collect()
+}
+
+/// Where candidates run, from the flags.
+async fn target(a: &RunArgs) -> Result<run::Target, (u8, String)> {
+    if a.local {
+        let engine_command: Vec<String> = a.engine_command.split_whitespace().map(str::to_string).collect();
+        if engine_command.is_empty() {
+            return Err((exit::BAD_INPUT, "--engine-command is empty; e.g. --engine-command 'vllm serve'".into()));
+        }
+        return Ok(run::Target::Local { engine_command });
     }
+    let node_selector = node_selector(&a.node_selector).map_err(|e| (exit::BAD_INPUT, e))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        (exit::BAD_INPUT, format!("no cluster to deploy candidates on ({e}); set KUBECONFIG, or pass --local"))
+    })?;
+    let namespace = a.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    let platform = if a.openshift { Platform::Openshift } else { Platform::Kubernetes };
+    Ok(run::Target::Cluster(ClusterTarget {
+        client,
+        namespace,
+        node_selector,
+        auth_secret: a.auth_secret.clone(),
+        platform,
+    }))
+}
+
+async fn run_cmd(a: RunArgs) -> u8 {
     let s = match StudyDir::load(&a.dir) {
         Ok(s) => s,
         Err(e) => {
@@ -218,13 +265,19 @@ async fn run_cmd(a: RunArgs) -> u8 {
             return exit::BAD_INPUT;
         }
     };
-    let engine_command: Vec<String> = a.engine_command.split_whitespace().map(str::to_string).collect();
-    if engine_command.is_empty() {
-        eprintln!("oim study run: --engine-command is empty; e.g. --engine-command 'vllm serve'");
-        return exit::BAD_INPUT;
-    }
-    let opts = run::LocalRun {
-        engine_command,
+    let target = match target(&a).await {
+        Ok(t) => t,
+        Err((code, e)) => {
+            eprintln!("oim study run: {e}");
+            return code;
+        }
+    };
+    let what = match &target {
+        run::Target::Local { .. } => "stopping the engine".to_string(),
+        run::Target::Cluster(t) => format!("tearing down the candidate in {}", t.namespace),
+    };
+    let opts = run::RunOptions {
+        target,
         startup_timeout: Duration::from_secs(a.startup_timeout.max(1)),
         request_timeout: Duration::from_secs(a.request_timeout.max(1)),
         progress: true,
@@ -232,13 +285,13 @@ async fn run_cmd(a: RunArgs) -> u8 {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\noim study run: interrupted; stopping the engine");
+            eprintln!("\noim study run: interrupted; {what}");
             let _ = stop_tx.send(true);
         }
     });
-    println!("study {}: {} candidates", s.study.id, s.candidates.len());
+    println!("study {}: {} candidates ({})", s.study.id, s.candidates.len(), if a.local { "local" } else { "cluster" });
     let mut say = |line: String| println!("{line}");
-    let summary = match run::run_local(&s, &opts, stop_rx, &mut say).await {
+    let summary = match run::run(&s, &opts, stop_rx, &mut say).await {
         Ok(x) => x,
         Err(e) => {
             eprintln!("oim study run: {e}");

@@ -1,13 +1,16 @@
 //! Performance studies (the RFC's third pillar): for one model on one kind of accelerator,
-//! plan candidate profiles from the estimator (`plan`), benchmark each with `oim bench`
-//! (`run`), publish the best per KPI with the measured figures and the evidence attached
-//! (`publish`), and draw the latency–throughput frontier (`report`).
+//! plan candidate profiles from the estimator (`plan`), benchmark each with `oim bench` on this
+//! machine or deployed on a cluster (`run`, `cluster`, `forward`), publish the best per KPI with
+//! the measured figures and the evidence attached (`publish`), and draw the latency–throughput
+//! frontier (`report`).
 //!
 //! A study is a directory: `study.yaml` (what is studied and how it is measured),
 //! `candidates/<name>.yaml` (complete profiles), `results/<name>.json` (one per finished
 //! candidate, written atomically, so an interrupted run resumes where it stopped) and
 //! `logs/<name>.log` (the engine's output).
 
+pub mod cluster;
+pub mod forward;
 pub mod plan;
 pub mod publish;
 pub mod report;

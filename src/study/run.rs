@@ -1,8 +1,9 @@
-//! `oim study run --local`: for each candidate without a result, start the engine command on
-//! this machine with the candidate's args and env, wait for `/health`, run `oim bench` over the
-//! study's concurrency sweep, stop the engine and write the result atomically. Candidates with
-//! a result are skipped, so a run interrupted at any point resumes where it stopped; Ctrl-C
-//! stops the engine and leaves the candidate in progress unmeasured.
+//! `oim study run`: for each candidate without a result, deploy it — on this machine (`--local`:
+//! the engine command with the candidate's args and env) or on a cluster ([`super::cluster`]) —,
+//! wait until it answers `/health`, run `oim bench` over the study's concurrency sweep, tear it
+//! down and write the result atomically. Candidates with a result are skipped, so a run
+//! interrupted at any point resumes where it stopped; Ctrl-C tears the candidate in progress
+//! down and leaves it unmeasured.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,21 +12,44 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use super::cluster::{self, ClusterTarget};
 use super::{CandidateResult, StudyDir, StudyError, now_rfc3339, write_atomic};
 use crate::bench::{self, Api, BenchConfig};
 use crate::profile::schema::Profile;
 
-/// How a run starts engines.
-#[derive(Debug, Clone)]
-pub struct LocalRun {
-    /// The engine command before the model, e.g. `vllm serve`.
-    pub engine_command: Vec<String>,
-    /// How long an engine may take to answer `/health`.
+/// Where candidates run.
+#[derive(Clone)]
+pub enum Target {
+    /// Start the engine on this machine: the command before the model, e.g. `vllm serve`.
+    Local {
+        /// The engine command.
+        engine_command: Vec<String>,
+    },
+    /// Deploy on a cluster.
+    Cluster(ClusterTarget),
+}
+
+/// How a run deploys and measures candidates.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Where.
+    pub target: Target,
+    /// How long a candidate may take to answer `/health` (cluster: including scheduling and
+    /// the image pull).
     pub startup_timeout: Duration,
     /// Deadline of one benchmark request.
     pub request_timeout: Duration,
     /// Draw bench progress bars on a terminal.
     pub progress: bool,
+}
+
+impl RunOptions {
+    fn mode(&self) -> &'static str {
+        match self.target {
+            Target::Local { .. } => "local",
+            Target::Cluster(_) => "cluster",
+        }
+    }
 }
 
 /// What a run did.
@@ -42,15 +66,24 @@ pub struct RunSummary {
 }
 
 /// Runs every unfinished candidate; `say` receives one progress line per state change.
-pub async fn run_local(
+pub async fn run(
     s: &StudyDir,
-    opts: &LocalRun,
+    opts: &RunOptions,
     stop: watch::Receiver<bool>,
     say: &mut dyn FnMut(String),
 ) -> Result<RunSummary, StudyError> {
     for d in ["results", "logs"] {
         let p = s.dir.join(d);
         std::fs::create_dir_all(&p).map_err(|e| StudyError::new(&p, e.to_string()))?;
+    }
+    if let Target::Cluster(t) = &opts.target {
+        cluster::check(t)
+            .await
+            .map_err(|problem| StudyError { path: format!("namespace {}", t.namespace), problem })?;
+        let left = cluster::sweep(t, &s.study).await;
+        if !left.is_empty() {
+            say(format!("removed what an interrupted run left in {}: {}", t.namespace, left.join(", ")));
+        }
     }
     let mut summary = RunSummary::default();
     let total = s.candidates.len();
@@ -105,8 +138,8 @@ fn free_port() -> Result<u16, String> {
 
 /// The engine command line for a candidate (DESIGN §7 order: served name and port, then the
 /// profile's args).
-pub fn engine_argv(opts: &LocalRun, p: &Profile, port: u16) -> Vec<String> {
-    let mut argv = opts.engine_command.clone();
+pub fn engine_argv(engine_command: &[String], p: &Profile, port: u16) -> Vec<String> {
+    let mut argv = engine_command.to_vec();
     argv.push(p.weights().to_string());
     argv.extend(["--served-model-name".into(), p.model.clone(), "--host".into(), "127.0.0.1".into()]);
     argv.extend(["--port".into(), port.to_string()]);
@@ -114,32 +147,103 @@ pub fn engine_argv(opts: &LocalRun, p: &Profile, port: u16) -> Vec<String> {
     argv
 }
 
+/// A deployed candidate: an engine process here, or objects on the cluster.
+enum Deployed {
+    Local { engine: Engine, base: String, log: PathBuf },
+    Cluster(cluster::Deployed),
+}
+
+impl Deployed {
+    async fn start(
+        s: &StudyDir,
+        p: &Profile,
+        opts: &RunOptions,
+        say: &mut dyn FnMut(String),
+    ) -> Result<Deployed, String> {
+        match &opts.target {
+            Target::Local { engine_command } => {
+                let port = free_port()?;
+                let argv = engine_argv(engine_command, p, port);
+                let log = s.dir.join("logs").join(format!("{}.log", p.name));
+                say(format!("starting {}", argv.join(" ")));
+                let engine = Engine::start(&argv, p, &log)?;
+                Ok(Deployed::Local { engine, base: format!("http://127.0.0.1:{port}"), log })
+            }
+            Target::Cluster(t) => {
+                let d = cluster::deploy(t, &s.study, p).await?;
+                say(format!("applied {}", d.describe()));
+                Ok(Deployed::Cluster(d))
+            }
+        }
+    }
+
+    /// Waits until the engine answers `/health`; returns its base URL.
+    async fn ready(
+        &mut self,
+        client: &reqwest::Client,
+        timeout: Duration,
+        say: &mut dyn FnMut(String),
+    ) -> Result<String, String> {
+        let start = Instant::now();
+        match self {
+            Deployed::Local { engine, base, log } => {
+                wait_healthy(client, base, Some(engine), timeout, log).await?;
+                Ok(base.clone())
+            }
+            Deployed::Cluster(d) => {
+                let base = d.wait_ready(timeout, say).await?;
+                let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(5));
+                if let Err(e) = wait_healthy(client, &base, None, left, Path::new("")).await {
+                    let pod = d.pod.as_deref().unwrap_or("unknown");
+                    let forward =
+                        d.forward_error().map(|e| format!("; last port-forward error: {e}")).unwrap_or_default();
+                    return Err(format!("{e} (pod {pod}){forward}"));
+                }
+                Ok(base)
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        match self {
+            Deployed::Local { engine, .. } => engine.stop().await,
+            Deployed::Cluster(d) => d.teardown().await,
+        }
+    }
+
+    fn where_to_look(&self) -> String {
+        match self {
+            Deployed::Local { log, .. } => format!("see {}", log.display()),
+            Deployed::Cluster(d) => format!("see the logs of pod {}", d.pod.as_deref().unwrap_or("(none)")),
+        }
+    }
+}
+
 async fn run_one(
     s: &StudyDir,
     p: &Profile,
-    opts: &LocalRun,
+    opts: &RunOptions,
     mut stop: watch::Receiver<bool>,
     tag: &str,
     say: &mut dyn FnMut(String),
 ) -> Result<Option<CandidateResult>, String> {
-    let port = free_port()?;
-    let argv = engine_argv(opts, p, port);
-    let log_path = s.dir.join("logs").join(format!("{}.log", p.name));
-    say(format!("{tag}: starting {}", argv.join(" ")));
-    let mut engine = Engine::start(&argv, p, &log_path)?;
-    let base = format!("http://127.0.0.1:{port}");
+    let mut tell = |line: String| say(format!("{tag}: {line}"));
+    let mut deployed = Deployed::start(s, p, opts, &mut tell).await?;
     let client = bench::client(Duration::from_secs(5))?;
     let started = now_rfc3339();
     let ready = tokio::select! {
-        r = wait_healthy(&client, &base, &mut engine, opts.startup_timeout, &log_path) => r,
-        _ = stop.wait_for(|s| *s) => { engine.stop().await; return Ok(None); }
+        r = deployed.ready(&client, opts.startup_timeout, &mut tell) => r,
+        _ = stop.wait_for(|s| *s) => { deployed.stop().await; return Ok(None); }
     };
-    if let Err(e) = ready {
-        engine.stop().await;
-        return Err(e);
-    }
+    let base = match ready {
+        Ok(b) => b,
+        Err(e) => {
+            deployed.stop().await;
+            return Err(e);
+        }
+    };
     let engine_version = version(&client, &base).await.unwrap_or_else(|| p.engine.version.clone());
-    say(format!("{tag}: ready ({engine_version}); benchmarking at concurrency {:?}", s.study.bench.concurrencies));
+    tell(format!("ready ({engine_version}); benchmarking at concurrency {:?}", s.study.bench.concurrencies));
     let cfg = BenchConfig {
         url: base,
         model: p.model.clone(),
@@ -154,20 +258,22 @@ async fn run_one(
         progress: opts.progress,
     };
     let result = bench::run(&cfg, stop.clone()).await;
-    engine.stop().await;
+    let look = deployed.where_to_look();
+    tell("tearing down".into());
+    deployed.stop().await;
     let result = result?;
     if result.interrupted {
         return Ok(None);
     }
     if result.levels.iter().all(|l| l.completed == 0) {
-        return Err(format!("no request succeeded; see {}", log_path.display()));
+        return Err(format!("no request succeeded; {look}"));
     }
     Ok(Some(CandidateResult {
         candidate: p.name.clone(),
         engine_version,
         started,
         finished: now_rfc3339(),
-        mode: "local".into(),
+        mode: opts.mode().into(),
         bench: result,
     }))
 }
@@ -179,16 +285,17 @@ async fn version(client: &reqwest::Client, base: &str) -> Option<String> {
     Some(if v.starts_with(|c: char| c.is_ascii_digit()) { format!("vllm {v}") } else { v.to_string() })
 }
 
+/// Polls `/health` until it answers; a local engine that exits first fails at once.
 async fn wait_healthy(
     client: &reqwest::Client,
     base: &str,
-    engine: &mut Engine,
+    mut engine: Option<&mut Engine>,
     timeout: Duration,
     log: &Path,
 ) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        if let Some(status) = engine.exited() {
+        if let Some(status) = engine.as_mut().and_then(|e| e.exited()) {
             return Err(format!(
                 "the engine exited ({status}) before it was healthy; last lines of {}:\n{}",
                 log.display(),
@@ -205,7 +312,8 @@ async fn wait_healthy(
             return Ok(());
         }
         if start.elapsed() > timeout {
-            return Err(format!("not healthy after {}s; see {}", timeout.as_secs(), log.display()));
+            let see = if engine.is_some() { format!("; see {}", log.display()) } else { String::new() };
+            return Err(format!("{base}/health did not answer within {}s{see}", timeout.as_secs()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

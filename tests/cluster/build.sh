@@ -25,7 +25,20 @@ have_all() {
   [[ -f "$BIN/../optional-crds/routes.route.openshift.io.yaml" && -f "$BIN/../optional-crds/servicemonitors.monitoring.coreos.com.yaml" ]]
 }
 
+# kwok's PortForward CRD (so a test can port-forward to a simulated pod): copied from kwok's
+# module beside the tools. Not part of the stamp, so a cache built before it was added gets it
+# without a rebuild.
+kwok_crds() {
+  local dir="$BIN/../kwok-crds" src
+  [[ -s "$dir/kwok.x-k8s.io_portforwards.yaml" ]] && return 0
+  src=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir -p "$dir"
+  cp "$src/kustomize/crd/bases/kwok.x-k8s.io_portforwards.yaml" "$dir/"
+  chmod u+w "$dir/"*
+}
+
 if have_all; then
+  kwok_crds >&2
   echo "$BIN"
   exit 0
 fi
@@ -73,6 +86,7 @@ dpkg-deb -x "$tmp"/*.deb "$tmp/x"
 cp "$tmp/x/usr/bin/docker-registry" "$BIN/registry"
 rm -rf "$tmp"
 
+kwok_crds >&2
 echo "$STAMP" >"$BIN/.stamp"
 echo ">> tools built in $(( $(date +%s) - start ))s" >&2
 echo "$BIN"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts a real local Kubernetes control plane for tests and the demo, all on 127.0.0.1:
 # etcd, kube-apiserver (RBAC, default admission plugins incl. PodSecurity), kube-controller-manager
-# (host-path provisioner), kube-scheduler, kwok (simulated nodes), two OCI registries (anonymous and
-# htpasswd). Writes $STATE/admin.kubeconfig and $STATE/env. On failure prints log tails and cleans up.
+# (host-path provisioner), kube-scheduler, kwok (simulated nodes, their port-forwards), two OCI
+# registries (anonymous and htpasswd). Writes $STATE/admin.kubeconfig and $STATE/env. On failure prints log tails and cleans up.
 #
 #   OIM_CLUSTER_STATE  state directory (default /tmp/oim-cluster); one cluster per directory
 #   OIM_CLUSTER_PORT_BASE  first of 10 consecutive ports (default: first free block from 16000)
@@ -129,7 +129,7 @@ start kube-apiserver "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETC
   --service-account-issuer "https://127.0.0.1:$API_PORT" \
   --service-account-key-file "$S/pki/sa.pub" --service-account-signing-key-file "$S/pki/sa.key" \
   --service-cluster-ip-range 10.96.0.0/16 --authorization-mode Node,RBAC --allow-privileged=true \
-  --endpoint-reconciler-type none --storage-media-type application/vnd.kubernetes.protobuf \
+  --endpoint-reconciler-type none --kubelet-preferred-address-types InternalIP --storage-media-type application/vnd.kubernetes.protobuf \
   --audit-policy-file "$S/audit-policy.yaml" --audit-log-path "$S/log/audit.log" --audit-log-maxsize 500
 wait_for kube-apiserver 120 curl -fs --cacert "$S/pki/ca.crt" "https://127.0.0.1:$API_PORT/readyz"
 
@@ -156,10 +156,18 @@ wait_for kube-scheduler 60 curl -fsk "https://127.0.0.1:$SCHED_PORT/healthz"
 
 # --- kwok: makes every Node Ready and every bound Pod Running; Jobs complete at once, except
 # the ones our own stages (tests/cluster/kwok) make fail on purpose.
+# kwok also stands in for the kubelet's streaming API at 127.0.0.1:$KWOK_PORT (every node's
+# InternalIP and kubelet port): a pod port-forward through the API server reaches what a
+# kwok.x-k8s.io PortForward object names, e.g. a simulator a test started on 127.0.0.1.
+"$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" apply --server-side -f "$BIN/../kwok-crds" >"$S/log/kwok-crds.log" 2>&1 \
+  || fail "could not install kwok's PortForward CRD"
+"$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" wait --for=condition=Established --timeout=60s -f "$BIN/../kwok-crds" \
+  >>"$S/log/kwok-crds.log" 2>&1 || fail "kwok's PortForward CRD was not established"
 kwok_cfg=()
 for f in "$STAGES"/*.yaml "$HERE"/kwok/*.yaml; do kwok_cfg+=(--config "$f"); done
 start kwok env HOME="$S" "$BIN/kwok" --kubeconfig "$KUBECONFIG_FILE" --manage-all-nodes=true \
-  "${kwok_cfg[@]}" --cidr 10.244.0.0/16 --node-lease-duration-seconds 40 --server-address "127.0.0.1:$KWOK_PORT"
+  "${kwok_cfg[@]}" --cidr 10.244.0.0/16 --node-lease-duration-seconds 40 --server-address "127.0.0.1:$KWOK_PORT" \
+  --node-ip 127.0.0.1 --node-port "$KWOK_PORT" --enable-crds PortForward
 wait_for kwok 60 curl -fs "http://127.0.0.1:$KWOK_PORT/healthz"
 
 # --- OCI registries (Debian's docker-registry, run by hand): anonymous and basic auth.

@@ -12,10 +12,18 @@ const MODEL: &str = "sim/llama";
 
 /// Timing tests measure the machine too: these run one at a time, so that one test's load
 /// (the Ctrl-C test drives thousands of requests) does not skew another's latencies.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The study and cross-check tests take it too. A tokio mutex, so async tests can hold it across
+/// awaits (and a failed test does not poison it).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+/// For synchronous tests.
+pub(crate) fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.blocking_lock()
+}
+
+/// For async tests.
+pub(crate) async fn one_at_a_time_async() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
 }
 
 fn oim_bench(args: &[&str]) -> (i32, Value, String) {

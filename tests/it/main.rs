@@ -7,6 +7,7 @@ mod bounds;
 mod cache;
 mod cli;
 mod cluster;
+mod crosscheck;
 mod download;
 mod environment;
 mod estimate;

@@ -131,7 +131,12 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         }
         _ => (None, None),
     };
-    let deployment = deployment(ctx, svc, &ns).await?;
+    let uid = svc.uid().unwrap_or_default();
+    let deployment = ctx
+        .children
+        .of(&ns)
+        .and_then(|c| c.deployment(&ns, &svc.name_any()))
+        .filter(|d| crate::controller::children::controlled_by(&d.metadata, &uid));
     let placement = ctx.placement();
     Ok(Read::World(Box::new(World {
         catalog,
@@ -145,25 +150,6 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         deployment,
         arch: None,
     })))
-}
-
-/// Our running Deployment, from the cache; while its rollout is not done, read fresh. The cache
-/// is fed by its own watch: the event that woke this reconcile may come from the trigger watch
-/// before the cache has it (after an API server restart the cache's watch may still be backing
-/// off), and a status computed from the older copy would stay NotReady with nothing left to wake it.
-async fn deployment(ctx: &Context, svc: &OIMService, ns: &str) -> Result<Option<Arc<Deployment>>, Error> {
-    let uid = svc.uid().unwrap_or_default();
-    let name = svc.name_any();
-    let ours = |d: &Deployment| crate::controller::children::controlled_by(&d.metadata, &uid);
-    let cached = ctx.children.of(ns).and_then(|c| c.deployment(ns, &name)).filter(|d| ours(d));
-    if cached.as_deref().is_none_or(|d| crate::controller::service::status::Rollout::of(Some(d)).done) {
-        return Ok(cached);
-    }
-    let live = Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&name)
-        .await
-        .reading(|| format!("Deployment {ns}/{name}"))?;
-    Ok(live.filter(|d| ours(d)).map(Arc::new))
 }
 
 /// The registry's part of the read, within the registry budget: the model's profiles, and the

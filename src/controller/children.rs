@@ -128,16 +128,12 @@ impl Children {
         Some(store.get(&key).map(|o| o.metadata.clone()))
     }
 
-    /// Our children of `kind` in `namespace` controlled by the owner with `uid`.
-    pub fn owned_by(&self, kind: &str, namespace: &str, uid: &str) -> Vec<String> {
-        let Some((_, store)) = self.store(kind) else { return vec![] };
-        store
-            .state()
-            .iter()
-            .filter(|o| o.metadata.namespace.as_deref() == Some(namespace) && o.metadata.deletion_timestamp.is_none())
-            .filter(|o| controlled_by(&o.metadata, uid))
-            .filter_map(|o| o.metadata.name.clone())
-            .collect()
+    /// Our children of `kind` in `namespace` controlled by the owner with `uid`; None when that
+    /// kind's cache has not listed (the caller asks the API).
+    pub fn owned_by(&self, kind: &str, namespace: &str, uid: &str) -> Option<Vec<String>> {
+        let (_, store) = self.store(kind)?;
+        let metas: Vec<ObjectMeta> = store.state().iter().map(|o| o.metadata.clone()).collect();
+        Some(owned_names(&metas, namespace, uid))
     }
 
     /// The cached kinds, in a fixed order.
@@ -149,6 +145,16 @@ impl Children {
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
         self.deployments.get(&ObjectRef::new(name).within(namespace))
     }
+}
+
+/// The names among `metas` in `namespace`, controlled by `uid` and not being deleted.
+pub fn owned_names(metas: &[ObjectMeta], namespace: &str, uid: &str) -> Vec<String> {
+    metas
+        .iter()
+        .filter(|m| m.namespace.as_deref() == Some(namespace) && m.deletion_timestamp.is_none())
+        .filter(|m| controlled_by(m, uid))
+        .filter_map(|m| m.name.clone())
+        .collect()
 }
 
 /// Whether `meta` carries a controller owner reference to the object with `uid`.

@@ -6,7 +6,7 @@
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use tracing::info;
@@ -129,7 +129,11 @@ async fn prune(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<u
         .collect();
     let mut deleted = 0;
     for ar in children.kinds() {
-        for name in children.owned_by(&ar.kind, &ns, &uid) {
+        let owned = match children.owned_by(&ar.kind, &ns, &uid) {
+            Some(names) => names,
+            None => listed_owned(ctx, ar, &ns, &uid).await?,
+        };
+        for name in owned {
             if wanted.iter().any(|(k, n)| *k == ar.kind && *n == name) {
                 continue;
             }
@@ -150,6 +154,21 @@ async fn prune(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<u
         }
     }
     Ok(deleted)
+}
+
+/// Our children of a kind whose cache has not listed (an optional CRD installed late): asked of
+/// the API by our label. A kind whose API is gone has nothing to prune.
+async fn listed_owned(ctx: &Context, ar: &ApiResource, ns: &str, uid: &str) -> Result<Vec<String>, Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, ar);
+    let params = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    match api.list_metadata(&params).await {
+        Ok(list) => {
+            let metas: Vec<ObjectMeta> = list.items.into_iter().map(|o| o.metadata).collect();
+            Ok(crate::controller::children::owned_names(&metas, ns, uid))
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(vec![]),
+        Err(source) => Err(Error::Read { what: format!("{} in {ns}", ar.plural), source }),
+    }
 }
 
 /// With autoscaling on, the rendered Deployment leaves `replicas` out. Dropping a field we own

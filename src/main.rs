@@ -168,6 +168,9 @@ fn operator(args: OperatorArgs) -> ExitCode {
         let capabilities = oim::render::Capabilities {
             routes: has("route.openshift.io"),
             service_monitors: has("monitoring.coreos.com"),
+            gateway: has("gateway.networking.k8s.io"),
+            inference_pools: has("inference.networking.k8s.io"),
+            kserve: has("serving.kserve.io"),
         };
         let own = own_image(&client).await;
         let agent = if args.no_agent {

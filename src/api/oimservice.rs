@@ -48,7 +48,9 @@ pub const FORBIDDEN_ARG_RULE: &str = "self.all(a, !a.startsWith('-') || size((a.
     validation = Rule::new("!(has(self.replicas) && has(self.scale) && has(self.scale.enabled) && self.scale.enabled)")
         .message("spec.replicas and spec.scale.enabled=true are exclusive: the HorizontalPodAutoscaler owns the replica count; remove spec.replicas or disable scale"),
     validation = Rule::new("!has(self.args) || !self.args.exists(a, a == self.model.name)")
-        .message("spec.args must not repeat the model as a positional argument: the operator passes the model (or its cached path) itself; remove it from args")
+        .message("spec.args must not repeat the model as a positional argument: the operator passes the model (or its cached path) itself; remove it from args"),
+    validation = Rule::new("!(has(self.inferencePlatform) && self.inferencePlatform == 'kserve' && has(self.expose) && has(self.expose.router) && has(self.expose.router.inferencePool))")
+        .message("spec.expose.router.inferencePool needs spec.inferencePlatform: standalone: KServe owns the pods of an InferenceService; remove inferencePool or serve standalone")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OIMServiceSpec {
@@ -159,6 +161,22 @@ pub struct OIMServiceSpec {
     /// HTTP proxy for pulling weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySpec>,
+    /// What runs the engine: `standalone` (default) renders a Deployment and a Service;
+    /// `kserve` a KServe `InferenceService` (RawDeployment mode) with the same container,
+    /// resources and scaling, where the KServe API is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_platform: Option<InferencePlatform>,
+}
+
+/// What runs the engine (NIM's `inferencePlatform`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InferencePlatform {
+    /// A Deployment and a Service rendered by the operator.
+    #[default]
+    Standalone,
+    /// A KServe `serving.kserve.io/v1beta1` InferenceService in RawDeployment mode.
+    Kserve,
 }
 
 impl OIMServiceSpec {
@@ -351,6 +369,8 @@ pub struct HpaSpec {
 
 /// Exposure.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!(has(self.ingress) && has(self.ingress.enabled) && self.ingress.enabled && has(self.router) && has(self.router.ingress))")
+    .message("spec.expose.ingress and spec.expose.router.ingress both render the Ingress named after the service: use one (router.ingress is NIM's newer form); remove ingress or router.ingress"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExposeSpec {
     /// The Service in front of the pods.
@@ -362,6 +382,107 @@ pub struct ExposeSpec {
     /// An OpenShift Route to the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteExpose>,
+    /// NIM's router: an Ingress (`ingress`) or a Gateway API HTTPRoute (`gateway`) for the
+    /// host `<name>.<namespace>.<hostDomainName>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterSpec>,
+}
+
+/// NIM's router: one host, reached through an Ingress controller or a Gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!(has(self.ingress) && has(self.gateway))")
+        .message("spec.expose.router: set either ingress or gateway, not both; keep the one your cluster routes with"),
+    validation = Rule::new("!(has(self.ingress) || has(self.gateway)) || has(self.hostDomainName)")
+        .message("spec.expose.router.hostDomainName is required with router.ingress or router.gateway: the host is <name>.<namespace>.<hostDomainName>; set it, e.g. hostDomainName: example.com"),
+    validation = Rule::new("!has(self.inferencePool) || has(self.gateway)")
+        .message("spec.expose.router.inferencePool needs router.gateway: the HTTPRoute of that Gateway sends traffic to the pool; add router.gateway or remove inferencePool")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterSpec {
+    /// Domain of the routed host: the host is `<name>.<namespace>.<hostDomainName>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^(([a-z0-9][a-z0-9\-]*[a-z0-9])|[a-z0-9]+\.)*([a-z]+|xn\-\-[a-z0-9]+)\.?$"))]
+    pub host_domain_name: Option<String>,
+    /// Annotations on the Ingress or HTTPRoute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Route through an Ingress controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<RouterIngress>,
+    /// Route through a Gateway API Gateway (an HTTPRoute), where that API is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<RouterGateway>,
+    /// Route through a Gateway API Inference Extension InferencePool of this service's pods
+    /// (where that API is installed), picked per request by an endpoint picker you run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_pool: Option<InferencePoolExpose>,
+}
+
+/// The Ingress of a router.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterIngress {
+    /// IngressClass of the rendered Ingress.
+    #[schemars(length(min = 1, max = 253))]
+    pub ingress_class: String,
+    /// Secret with the TLS certificate and key for the host; the endpoint is https then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub tls_secret_name: Option<String>,
+}
+
+/// The Gateway a router's HTTPRoute attaches to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.grpcRoutesEnabled) || !self.grpcRoutesEnabled")
+    .message("spec.expose.router.gateway.grpcRoutesEnabled: vLLM serves HTTP only, there is no gRPC endpoint to route; remove it or set it to false"))]
+#[serde(rename_all = "camelCase")]
+pub struct RouterGateway {
+    /// Namespace of the Gateway.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name of the Gateway.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Render the HTTPRoute (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_routes_enabled: Option<bool>,
+    /// NIM's GRPCRoute switch; only false is accepted (vLLM has no gRPC endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_routes_enabled: Option<bool>,
+}
+
+/// An InferencePool (`inference.networking.k8s.io/v1`) of the service's pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferencePoolExpose {
+    /// The endpoint picker (EPP) Service the Gateway asks which pod serves a request.
+    pub endpoint_picker_ref: EndpointPickerRef,
+}
+
+/// The Service of an endpoint picker, in the service's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPickerRef {
+    /// Service name of the endpoint picker.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Its gRPC port (default 9002, the endpoint picker's own default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// What the Gateway does when the picker does not answer: `FailClose` (default) or `FailOpen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<FailureMode>,
+}
+
+/// An InferencePool's behaviour when its endpoint picker is unavailable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum FailureMode {
+    /// Send the request to any pod of the pool.
+    FailOpen,
+    /// Refuse the request.
+    FailClose,
 }
 
 /// Service settings.

@@ -25,8 +25,8 @@ pub fn ours() -> watcher::Config {
     watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
 }
 
-/// The kinds an OIMService may own, by their typed API metadata; Route and ServiceMonitor only
-/// where their APIs exist. PVCs are never among them: their retention is deliberate.
+/// The kinds an OIMService may own, by their typed API metadata; Route, ServiceMonitor,
+/// HTTPRoute, InferencePool and InferenceService only where their APIs exist. PVCs are never among them: their retention is deliberate.
 pub fn service_child_kinds(capabilities: Capabilities) -> Vec<ApiResource> {
     let mut kinds = vec![
         ApiResource::erase::<Deployment>(&()),
@@ -42,14 +42,31 @@ pub fn service_child_kinds(capabilities: Capabilities) -> Vec<ApiResource> {
     if capabilities.service_monitors {
         kinds.push(crate::render::service_monitor_resource());
     }
+    if capabilities.gateway {
+        kinds.push(crate::render::routing::http_route_resource());
+    }
+    if capabilities.inference_pools {
+        kinds.push(crate::render::routing::inference_pool_resource());
+    }
+    if capabilities.kserve {
+        kinds.push(crate::render::routing::inference_service_resource());
+    }
     kinds
 }
 
 type Meta = PartialObjectMeta<DynamicObject>;
 
-/// Kinds from CRDs of other projects (Route, ServiceMonitor), which may come and go.
+/// Kinds from CRDs of other projects (Route, ServiceMonitor, HTTPRoute, InferencePool,
+/// InferenceService), which may come and go.
 fn optional(ar: &ApiResource) -> bool {
-    matches!(ar.group.as_str(), "route.openshift.io" | "monitoring.coreos.com")
+    matches!(
+        ar.group.as_str(),
+        "route.openshift.io"
+            | "monitoring.coreos.com"
+            | "gateway.networking.k8s.io"
+            | "inference.networking.k8s.io"
+            | "serving.kserve.io"
+    )
 }
 
 /// Children in one watched scope: metadata per kind, and the Deployments (without their pod

@@ -77,10 +77,15 @@ pub struct Assigned {
     pub load_balancer: Option<String>,
     /// A Route's host, when the router picked it.
     pub route_host: Option<String>,
+    /// The URL a KServe InferenceService reports.
+    pub inference_service_url: Option<String>,
+    /// The HTTPRoute's parent Gateway has an HTTPS listener.
+    pub gateway_https: bool,
 }
 
-/// The URL users reach the service at from outside, derived from the Route, else the Ingress,
-/// else a LoadBalancer Service — never probed over the network.
+/// The URL users reach the service at from outside, derived from the Route, else the
+/// HTTPRoute's host, else the Ingress, else what KServe reports, else a LoadBalancer Service —
+/// never probed over the network.
 pub fn external_endpoint(r: &Rendered, assigned: &Assigned) -> Option<String> {
     if let Some(route) = &r.route {
         let host = route.data["spec"]["host"].as_str().map(str::to_string).or_else(|| assigned.route_host.clone());
@@ -89,12 +94,19 @@ pub fn external_endpoint(r: &Rendered, assigned: &Assigned) -> Option<String> {
             return Some(format!("{scheme}://{h}"));
         }
     }
+    if let Some(host) = r.http_route.as_ref().and_then(|h| h.data["spec"]["hostnames"][0].as_str()) {
+        // TLS is the Gateway's: https when it has an HTTPS listener.
+        return Some(format!("{}://{host}", if assigned.gateway_https { "https" } else { "http" }));
+    }
     if let Some(spec) = r.ingress.as_ref().and_then(|i| i.spec.as_ref()) {
         let host = spec.rules.iter().flatten().find_map(|rule| rule.host.clone());
         if let Some(h) = host {
             let tls = spec.tls.iter().flatten().any(|t| t.hosts.iter().flatten().any(|x| *x == h));
             return Some(format!("{}://{h}", if tls { "https" } else { "http" }));
         }
+    }
+    if let Some(url) = &assigned.inference_service_url {
+        return Some(url.clone());
     }
     let port = r.service.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p.first()).map_or(8000, |p| p.port);
     assigned.load_balancer.as_ref().map(|a| format!("http://{a}:{port}"))
@@ -134,7 +146,7 @@ mod tests {
             group: &group,
             weights: Weights::Hub,
             platform: if routes { Platform::Openshift } else { Platform::Kubernetes },
-            capabilities: Capabilities { routes, service_monitors: false },
+            capabilities: Capabilities { routes, gateway: true, inference_pools: true, ..Default::default() },
             engines: &Engines::builtin(),
             device_groups: vec![],
         })

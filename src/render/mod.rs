@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod checks;
+pub mod routing;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,12 @@ pub struct Capabilities {
     pub routes: bool,
     /// `monitoring.coreos.com/v1` ServiceMonitor.
     pub service_monitors: bool,
+    /// `gateway.networking.k8s.io/v1` HTTPRoute (Gateway API).
+    pub gateway: bool,
+    /// `inference.networking.k8s.io/v1` InferencePool (Gateway API Inference Extension).
+    pub inference_pools: bool,
+    /// `serving.kserve.io/v1beta1` InferenceService (KServe).
+    pub kserve: bool,
 }
 
 /// Where the weights come from.
@@ -166,6 +173,14 @@ pub struct Rendered {
     pub route: Option<DynamicObject>,
     /// ServiceMonitor when metrics are enabled and the API exists.
     pub service_monitor: Option<DynamicObject>,
+    /// Gateway API HTTPRoute of `expose.router.gateway` where the API exists.
+    pub http_route: Option<DynamicObject>,
+    /// Inference Extension InferencePool of `expose.router.inferencePool` where the API exists.
+    pub inference_pool: Option<DynamicObject>,
+    /// With `inferencePlatform: kserve`: the InferenceService applied instead of the
+    /// Deployment, Service and HPA (which are still built, for the status and the offline view
+    /// of the pod, but not applied).
+    pub inference_service: Option<DynamicObject>,
 }
 
 impl Rendered {
@@ -178,10 +193,15 @@ impl Rendered {
         if let Some(p) = &self.pvc {
             push(serde_json::to_value(with_kind(p)));
         }
-        push(serde_json::to_value(with_kind(&self.deployment)));
-        push(serde_json::to_value(with_kind(&self.service)));
-        if let Some(h) = &self.hpa {
-            push(serde_json::to_value(with_kind(h)));
+        match &self.inference_service {
+            Some(isvc) => push(serde_json::to_value(isvc)),
+            None => {
+                push(serde_json::to_value(with_kind(&self.deployment)));
+                push(serde_json::to_value(with_kind(&self.service)));
+                if let Some(h) = &self.hpa {
+                    push(serde_json::to_value(with_kind(h)));
+                }
+            }
         }
         if let Some(i) = &self.ingress {
             push(serde_json::to_value(with_kind(i)));
@@ -191,6 +211,9 @@ impl Rendered {
         }
         if let Some(m) = &self.service_monitor {
             push(serde_json::to_value(m));
+        }
+        for o in [&self.inference_pool, &self.http_route].into_iter().flatten() {
+            push(serde_json::to_value(o));
         }
         out
     }
@@ -263,6 +286,9 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
     let name = name_of(svc);
     let pvc = pvc(svc)?;
     let deployment = workload::deployment(input, pvc.as_ref())?;
+    let inference_service = routing::inference_service(input, &deployment)?;
+    let inference_pool = routing::inference_pool(input);
+    let http_route = routing::http_route(input, inference_pool.as_ref());
     Ok(Rendered {
         service_account: ServiceAccount {
             metadata: meta(svc, &name, "inference"),
@@ -277,6 +303,9 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
         ingress: ingress(svc),
         route: route(input),
         service_monitor: service_monitor(input),
+        http_route,
+        inference_pool,
+        inference_service,
     })
 }
 
@@ -386,9 +415,12 @@ fn hpa(svc: &OIMService) -> Option<HorizontalPodAutoscaler> {
     })
 }
 
+/// The Ingress of `expose.ingress`, else of `expose.router.ingress` (CEL allows one).
 fn ingress(svc: &OIMService) -> Option<Ingress> {
-    let i = svc.spec.expose.as_ref()?.ingress.as_ref().filter(|i| i.enabled == Some(true))?;
-    let port = svc.spec.expose.as_ref().and_then(|e| e.service.as_ref()).and_then(|s| s.port).unwrap_or(PORT);
+    let Some(i) = svc.spec.expose.as_ref()?.ingress.as_ref().filter(|i| i.enabled == Some(true)) else {
+        return routing::router_ingress(svc);
+    };
+    let (backend, port) = routing::backend(svc);
     let default = IngressSpec {
         rules: Some(vec![IngressRule {
             http: Some(HTTPIngressRuleValue {
@@ -397,7 +429,7 @@ fn ingress(svc: &OIMService) -> Option<Ingress> {
                     path_type: "Prefix".into(),
                     backend: IngressBackend {
                         service: Some(IngressServiceBackend {
-                            name: name_of(svc),
+                            name: backend,
                             port: Some(ServiceBackendPort { number: Some(port), ..Default::default() }),
                         }),
                         ..Default::default()

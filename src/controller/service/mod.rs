@@ -97,7 +97,16 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e),
     };
-    serving.external_endpoint = external_endpoint(&rendered, &assigned_address(ctx, &rendered).await?);
+    if rendered.inference_service.is_some() {
+        let kserve = kserve_state(ctx, svc).await?;
+        if let Some(address) = &kserve.address {
+            serving.cluster_endpoint = address.clone();
+        }
+        serving.kserve = Some(kserve);
+    }
+    let mut assigned = assigned_address(ctx, &rendered).await?;
+    assigned.inference_service_url = serving.kserve.as_ref().and_then(|k| k.url.clone());
+    serving.external_endpoint = external_endpoint(&rendered, &assigned);
     finish(ctx, svc, Outcome::Serving(Box::new(serving)), running, rolling).await
 }
 
@@ -214,10 +223,13 @@ fn build(
         engines: &ctx.engines,
         device_groups: vec![],
     };
+    if crate::render::routing::on_kserve(svc) && !ctx.capabilities.kserve {
+        let m = "spec.inferencePlatform is kserve, but the KServe API (serving.kserve.io/v1beta1 InferenceService) was not found when the operator started: install KServe and restart the operator, or set spec.inferencePlatform: standalone".into();
+        return Err(Blocked::new(Step::Platform, "KServeNotInstalled", m));
+    }
     let rendered = render(&input).map_err(|e| Blocked::new(Step::Render, "InvalidResources", e.to_string()))?;
     let ns = svc.namespace().unwrap_or_default();
-    let port =
-        rendered.service.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p.first()).map_or(8000, |p| p.port);
+    let (backend, port) = crate::render::routing::backend(svc);
     let serving = Serving {
         resources: rendered
             .deployment
@@ -226,13 +238,14 @@ fn build(
             .and_then(|s| s.template.spec.as_ref())
             .and_then(|p| p.containers.first())
             .and_then(|c| c.resources.clone()),
-        cluster_endpoint: format!("http://{}.{ns}.svc:{port}", svc.name_any()),
+        cluster_endpoint: format!("http://{backend}.{ns}.svc:{port}"),
         external_endpoint: None,
         cache,
         shared_rwo,
         update,
         auto: svc.spec.profile.as_ref().and_then(|p| p.update_policy) == Some(UpdatePolicy::Auto),
         apply_error: None,
+        kserve: None,
         chosen,
     };
     Ok((rendered, Box::new(serving)))
@@ -278,6 +291,29 @@ async fn finish(
     })
 }
 
+/// What the live InferenceService reports, with the available replicas of the predictor
+/// Deployment KServe made from it (`<name>-predictor`).
+async fn kserve_state(ctx: &Context, svc: &OIMService) -> Result<outcome::KServeState, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &crate::render::routing::inference_service_resource());
+    let isvc = api.get_opt(&name).await.map_err(|source| Error::Read {
+        what: format!("InferenceService {ns}/{name}"),
+        source,
+    })?;
+    let predictor = format!("{name}-predictor");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let available = deployments
+        .get_opt(&predictor)
+        .await
+        .map_err(|source| Error::Read { what: format!("Deployment {ns}/{predictor}"), source })?
+        .and_then(|d| d.status)
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    Ok(outcome::KServeState::of(isvc.map(|o| o.data).as_ref(), available))
+}
+
 /// What only the cluster knows about the exposure: a LoadBalancer Service's address and a
 /// Route's router-assigned host. Read only when such objects were rendered.
 async fn assigned_address(ctx: &Context, rendered: &Rendered) -> Result<Assigned, Error> {
@@ -296,6 +332,21 @@ async fn assigned_address(ctx: &Context, rendered: &Rendered) -> Result<Assigned
     {
         let lb = live.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).unwrap_or_default();
         out.load_balancer = lb.into_iter().find_map(|i| i.hostname.or(i.ip));
+    }
+    if let Some(parent) = rendered.http_route.as_ref().map(|h| &h.data["spec"]["parentRefs"][0]) {
+        let gw_ns = parent["namespace"].as_str().unwrap_or(&ns).to_string();
+        let gw_name = parent["name"].as_str().unwrap_or_default().to_string();
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &gw_ns, &crate::render::routing::gateway_resource());
+        // A Gateway in a namespace this operator may not read only loses the https hint.
+        let gateway = match api.get_opt(&gw_name).await {
+            Ok(g) => g,
+            Err(kube::Error::Api(s)) if s.code == 403 => None,
+            Err(source) => return Err(Error::Read { what: format!("Gateway {gw_ns}/{gw_name}"), source }),
+        };
+        out.gateway_https = gateway.is_some_and(|g| {
+            g.data["spec"]["listeners"].as_array().is_some_and(|l| l.iter().any(|l| l["protocol"] == "HTTPS"))
+        });
     }
     if let Some(route) = rendered.route.as_ref().filter(|r| r.data["spec"]["host"].is_null()) {
         let api: Api<kube::api::DynamicObject> =

@@ -27,6 +27,8 @@ pub enum Step {
     Render,
     /// An object of a child's name exists and is not ours.
     Conflict,
+    /// The spec asks for a platform whose API the cluster lacks (KServe).
+    Platform,
 }
 
 /// Why nothing (new) runs.
@@ -66,6 +68,7 @@ impl Blocked {
             Step::Conflict => Some(Duration::from_secs(60)),
             Step::Selection => Some(Duration::from_secs(300)),
             Step::SourceMissing | Step::Cache | Step::Registry | Step::ModelConfig => Some(Duration::from_secs(30)),
+            Step::Platform => Some(Duration::from_secs(60)),
         }
     }
 }
@@ -91,6 +94,63 @@ pub struct Serving {
     pub auto: bool,
     /// The API server refused a child: its message.
     pub apply_error: Option<String>,
+    /// With `inferencePlatform: kserve`: what the InferenceService reports.
+    pub kserve: Option<KServeState>,
+}
+
+/// What a KServe InferenceService reports: its Ready condition and addresses, and the
+/// replicas of the predictor Deployment KServe made from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KServeState {
+    /// Its Ready condition is True.
+    pub ready: bool,
+    /// The Ready condition's reason (or why there is none yet).
+    pub reason: String,
+    /// The Ready condition's message.
+    pub message: String,
+    /// `status.url`: the external URL KServe assigned, if any.
+    pub url: Option<String>,
+    /// `status.address.url`: the in-cluster URL.
+    pub address: Option<String>,
+    /// Available replicas of the predictor Deployment (0 when KServe made none yet).
+    pub available: i32,
+}
+
+impl KServeState {
+    /// From the live InferenceService (None: not there yet) and its predictor's available replicas.
+    pub fn of(isvc: Option<&serde_json::Value>, available: i32) -> KServeState {
+        let Some(isvc) = isvc else {
+            return KServeState {
+                reason: "InferenceServicePending".into(),
+                message: "the InferenceService is not created yet".into(),
+                available,
+                ..Default::default()
+            };
+        };
+        let status = &isvc["status"];
+        let ready = status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+        let text = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        let (ok, reason, message) = match ready {
+            Some(c) => (
+                c["status"] == "True",
+                text(&c["reason"]).unwrap_or_else(|| if c["status"] == "True" { "Ready".into() } else { "NotReady".into() }),
+                text(&c["message"]).unwrap_or_default(),
+            ),
+            None => (
+                false,
+                "InferenceServicePending".into(),
+                "KServe has not reported a Ready condition yet (is its controller running?)".into(),
+            ),
+        };
+        KServeState {
+            ready: ok,
+            reason,
+            message,
+            url: text(&status["url"]),
+            address: text(&status["address"]["url"]),
+            available,
+        }
+    }
 }
 
 /// What a reconcile came to.

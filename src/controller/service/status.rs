@@ -53,10 +53,34 @@ fn old_conditions(svc: &OIMService) -> &[Condition] {
 fn serving(svc: &OIMService, s: &Serving, rollout: Rollout) -> OIMServiceStatus {
     let c = &s.chosen;
     let accel = crate::render::accelerator_string(&c.profile, &c.group);
+    // On KServe the InferenceService's Ready condition says whether it serves; its predictor
+    // Deployment (KServe's) gives the replicas.
+    let rollout = match &s.kserve {
+        Some(k) => Rollout { available: k.available, done: k.ready },
+        None => rollout,
+    };
     let available_msg = if rollout.available > 0 {
         format!("{} replica(s) available on {accel}", rollout.available)
+    } else if s.kserve.as_ref().is_some_and(|k| k.ready) {
+        format!("InferenceService {} reports Ready", svc.name_any())
+    } else if s.kserve.is_some() {
+        format!("waiting for KServe's predictor Deployment: 0 replicas available (needs {accel} per replica)")
     } else {
         format!("waiting for the Deployment: 0 replicas available (needs {accel} per replica)")
+    };
+    let ready = match (&s.apply_error, &s.kserve, rollout.done) {
+        (Some(e), _, _) => Cond("Ready", false, "ApplyFailed", e.clone()),
+        (None, Some(_), true) => Cond("Ready", true, "Ready", format!("serving: InferenceService {}", svc.name_any())),
+        (None, Some(k), false) => Cond(
+            "Ready",
+            false,
+            if k.reason == "InferenceServicePending" { "InferenceServicePending" } else { "InferenceServiceNotReady" },
+            format!("InferenceService {} is not Ready: {} {}", svc.name_any(), k.reason, k.message).trim_end().to_string(),
+        ),
+        (None, None, true) => Cond("Ready", true, "Ready", "serving".into()),
+        (None, None, false) => {
+            Cond("Ready", false, "RolloutInProgress", "the rollout of this generation is not complete".into())
+        }
     };
     let conds = conditions(
         old_conditions(svc),
@@ -73,17 +97,15 @@ fn serving(svc: &OIMService, s: &Serving, rollout: Rollout) -> OIMServiceStatus 
             },
             Cond(
                 "Available",
-                rollout.available > 0,
-                if rollout.available > 0 { "MinimumReplicasAvailable" } else { "Unavailable" },
+                rollout.available > 0 || (s.kserve.is_some() && rollout.done),
+                if rollout.available > 0 || (s.kserve.is_some() && rollout.done) {
+                    "MinimumReplicasAvailable"
+                } else {
+                    "Unavailable"
+                },
                 available_msg,
             ),
-            match (&s.apply_error, rollout.done) {
-                (Some(e), _) => Cond("Ready", false, "ApplyFailed", e.clone()),
-                (None, true) => Cond("Ready", true, "Ready", "serving".into()),
-                (None, false) => {
-                    Cond("Ready", false, "RolloutInProgress", "the rollout of this generation is not complete".into())
-                }
-            },
+            ready,
             degraded(s),
             update_condition(s),
         ],

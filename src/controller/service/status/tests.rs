@@ -50,6 +50,7 @@ fn serving(apply_error: Option<&str>) -> Outcome {
         update: None,
         auto: false,
         apply_error: apply_error.map(str::to_string),
+        kserve: None,
     }))
 }
 

@@ -263,3 +263,52 @@ fn cache_model_name_is_org_slash_name_or_split_with_namespace() {
     doubled.spec.source.hf.namespace = Some("meta-llama".into());
     assert_rejected(doubled.validate_cel(), "give org/name");
 }
+
+#[test]
+fn router_takes_an_ingress_or_a_gateway_with_a_host_domain() {
+    let gateway = "expose:\n  router:\n    hostDomainName: example.com\n    gateway: {namespace: gw, name: inference}";
+    assert_accepted(svc_with("s", gateway).validate_cel());
+    let ingress = "expose:\n  router:\n    hostDomainName: example.com\n    ingress: {ingressClass: nginx, tlsSecretName: tls}";
+    assert_accepted(svc_with("s", ingress).validate_cel());
+    assert_accepted(svc_with("s", "expose:\n  router:\n    annotations: {a: b}").validate_cel());
+    assert_rejected(
+        svc_with(
+            "s",
+            "expose:\n  router:\n    hostDomainName: example.com\n    ingress: {ingressClass: nginx}\n    gateway: {namespace: gw, name: inference}",
+        )
+        .validate_cel(),
+        "set either ingress or gateway, not both",
+    );
+    assert_rejected(
+        svc_with("s", "expose:\n  router:\n    gateway: {namespace: gw, name: inference}").validate_cel(),
+        "spec.expose.router.hostDomainName is required",
+    );
+    assert_rejected(
+        svc_with("s", "expose:\n  router:\n    ingress: {ingressClass: nginx}").validate_cel(),
+        "set it, e.g. hostDomainName: example.com",
+    );
+}
+
+#[test]
+fn router_gateway_refuses_grpc_routes_and_a_pool_needs_a_gateway() {
+    let grpc = "expose:\n  router:\n    hostDomainName: example.com\n    gateway: {namespace: gw, name: inference, grpcRoutesEnabled: true}";
+    assert_rejected(svc_with("s", grpc).validate_cel(), "vLLM serves HTTP only");
+    let off = "expose:\n  router:\n    hostDomainName: example.com\n    gateway: {namespace: gw, name: inference, grpcRoutesEnabled: false}";
+    assert_accepted(svc_with("s", off).validate_cel());
+    let pool = "expose:\n  router:\n    hostDomainName: example.com\n    inferencePool:\n      endpointPickerRef: {name: epp}";
+    assert_rejected(svc_with("s", pool).validate_cel(), "inferencePool needs router.gateway");
+    let with_gateway = format!("{pool}\n    gateway: {{namespace: gw, name: inference}}");
+    assert_accepted(svc_with("s", &with_gateway).validate_cel());
+    assert_rejected(
+        svc_with("s", &format!("inferencePlatform: kserve\n{with_gateway}")).validate_cel(),
+        "needs spec.inferencePlatform: standalone",
+    );
+}
+
+#[test]
+fn the_old_ingress_and_the_router_ingress_are_exclusive() {
+    let both = "expose:\n  ingress: {enabled: true}\n  router:\n    hostDomainName: example.com\n    ingress: {ingressClass: nginx}";
+    assert_rejected(svc_with("s", both).validate_cel(), "both render the Ingress named after the service");
+    let old_off = "expose:\n  ingress: {enabled: false}\n  router:\n    hostDomainName: example.com\n    ingress: {ingressClass: nginx}";
+    assert_accepted(svc_with("s", old_off).validate_cel());
+}

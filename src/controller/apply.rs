@@ -68,6 +68,9 @@ fn known_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<DaemonSet>(&()),
         crate::render::route_resource(),
         crate::render::service_monitor_resource(),
+        crate::render::routing::http_route_resource(),
+        crate::render::routing::inference_pool_resource(),
+        crate::render::routing::inference_service_resource(),
     ]
 }
 
@@ -288,6 +291,9 @@ mod tests {
             ("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
             ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
             ("route.openshift.io/v1", "Route", "routes"),
+            ("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+            ("inference.networking.k8s.io/v1", "InferencePool", "inferencepools"),
+            ("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices"),
         ] {
             let obj = serde_json::json!({"apiVersion": api_version, "kind": kind});
             assert_eq!(resource_of(&obj).map(|r| r.plural), Some(plural.to_string()), "{kind}");

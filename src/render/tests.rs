@@ -305,3 +305,157 @@ fn autoscaling_hands_replicas_to_the_hpa_and_user_settings_merge() {
         "user args come last"
     );
 }
+
+fn rendered(extra: &str) -> Rendered {
+    let svc = service(&format!("{LLAMA8B_LATENCY}{extra}"));
+    let profile = seed("llama-3.1-8b/vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml");
+    render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap()
+}
+
+fn kinds(r: &Rendered) -> Vec<String> {
+    r.objects().iter().map(|o| o["kind"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn router_gateway_renders_an_http_route_for_the_nim_host_to_the_service() {
+    let r = rendered(
+        "  expose:\n    service: {port: 9000}\n    router:\n      hostDomainName: example.com\n      annotations: {gateway.example/tier: gold}\n      gateway: {namespace: gateways, name: inference}\n",
+    );
+    let route = r.http_route.as_ref().expect("an HTTPRoute");
+    assert_eq!(route.types.as_ref().unwrap().api_version, "gateway.networking.k8s.io/v1");
+    let spec = &route.data["spec"];
+    assert_eq!(spec["hostnames"], serde_json::json!(["llama31-8b-latency.team-a.example.com"]));
+    assert_eq!(spec["parentRefs"][0]["namespace"], "gateways");
+    assert_eq!(spec["parentRefs"][0]["name"], "inference");
+    let backend = &spec["rules"][0]["backendRefs"][0];
+    assert_eq!((backend["kind"].as_str(), backend["name"].as_str()), (Some("Service"), Some("llama31-8b-latency")));
+    assert_eq!(backend["port"], 9000, "the Service port, not the container's");
+    assert_eq!(route.metadata.annotations.as_ref().unwrap()["gateway.example/tier"], "gold");
+    assert_eq!(route.metadata.owner_references.as_ref().unwrap()[0].kind, "OIMService");
+    assert!(r.ingress.is_none() && r.inference_pool.is_none());
+    assert!(kinds(&r).contains(&"HTTPRoute".to_string()));
+    // httpRoutesEnabled: false renders none, like NIM.
+    let off = rendered(
+        "  expose:\n    router:\n      hostDomainName: example.com\n      gateway: {namespace: gateways, name: inference, httpRoutesEnabled: false}\n",
+    );
+    assert!(off.http_route.is_none());
+}
+
+#[test]
+fn an_inference_pool_selects_the_service_pods_and_the_route_sends_traffic_to_it() {
+    let r = rendered(
+        "  expose:\n    router:\n      hostDomainName: example.com\n      gateway: {namespace: gateways, name: inference}\n      inferencePool:\n        endpointPickerRef: {name: vllm-epp, failureMode: FailOpen}\n",
+    );
+    let pool = r.inference_pool.as_ref().expect("an InferencePool");
+    assert_eq!(pool.types.as_ref().unwrap().api_version, "inference.networking.k8s.io/v1");
+    let pod_labels = r.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    for (k, v) in pool.data["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(pod_labels.get(k).map(String::as_str), v.as_str(), "the pool selects the engine pods by {k}");
+    }
+    assert_eq!(pool.data["spec"]["targetPorts"], serde_json::json!([{"number": 8000}]));
+    let epp = &pool.data["spec"]["endpointPickerRef"];
+    assert_eq!((epp["name"].as_str(), epp["port"]["number"].as_i64()), (Some("vllm-epp"), Some(9002)));
+    assert_eq!(epp["failureMode"], "FailOpen");
+    let backend = &r.http_route.as_ref().unwrap().data["spec"]["rules"][0]["backendRefs"][0];
+    assert_eq!(backend["group"], "inference.networking.k8s.io");
+    assert_eq!((backend["kind"].as_str(), backend["name"].as_str()), (Some("InferencePool"), Some("llama31-8b-latency")));
+}
+
+#[test]
+fn without_the_gateway_apis_no_route_or_pool_is_rendered() {
+    let svc = service(&format!(
+        "{LLAMA8B_LATENCY}  expose:\n    router:\n      hostDomainName: example.com\n      gateway: {{namespace: gw, name: inference}}\n      inferencePool:\n        endpointPickerRef: {{name: epp}}\n"
+    ));
+    let profile = seed("llama-3.1-8b/vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml");
+    let engines = Engines::builtin();
+    let group = group_of("h100-sxm-80gb", 8);
+    let input = |capabilities| Input {
+        service: &svc,
+        profile: &profile,
+        digest: "sha256:abc",
+        source: "test",
+        selection: Default::default(),
+        group: &group,
+        weights: Weights::Hub,
+        platform: Platform::Kubernetes,
+        capabilities,
+        engines: &engines,
+        device_groups: vec![],
+    };
+    let none = render(&input(Capabilities::default())).unwrap();
+    assert!(none.http_route.is_none() && none.inference_pool.is_none());
+    // Gateway API without the Inference Extension: the route goes to the Service.
+    let gateway_only = render(&input(Capabilities { gateway: true, ..Default::default() })).unwrap();
+    assert!(gateway_only.inference_pool.is_none());
+    assert_eq!(gateway_only.http_route.unwrap().data["spec"]["rules"][0]["backendRefs"][0]["kind"], "Service");
+}
+
+#[test]
+fn router_ingress_renders_the_nim_host_with_class_and_tls() {
+    let r = rendered(
+        "  expose:\n    router:\n      hostDomainName: apps.example.com\n      annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: \"600\"}\n      ingress: {ingressClass: nginx, tlsSecretName: llama-tls}\n",
+    );
+    let ing = r.ingress.as_ref().expect("an Ingress");
+    let spec = ing.spec.as_ref().unwrap();
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+    let host = "llama31-8b-latency.team-a.apps.example.com";
+    assert_eq!(spec.rules.as_ref().unwrap()[0].host.as_deref(), Some(host));
+    let tls = &spec.tls.as_ref().unwrap()[0];
+    assert_eq!((tls.hosts.as_ref().unwrap()[0].as_str(), tls.secret_name.as_deref()), (host, Some("llama-tls")));
+    assert_eq!(ing.metadata.annotations.as_ref().unwrap()["nginx.ingress.kubernetes.io/proxy-read-timeout"], "600");
+    assert!(r.http_route.is_none());
+}
+
+#[test]
+fn kserve_renders_an_inference_service_with_the_same_container_instead_of_the_deployment() {
+    let r = rendered(
+        "  inferencePlatform: kserve\n  replicas: 2\n  runtimeClassName: nvidia\n  expose:\n    router:\n      hostDomainName: example.com\n      gateway: {namespace: gw, name: inference}\n",
+    );
+    let k = kinds(&r);
+    assert!(k.contains(&"InferenceService".to_string()), "{k:?}");
+    for absent in ["Deployment", "Service", "HorizontalPodAutoscaler"] {
+        assert!(!k.contains(&absent.to_string()), "KServe makes the {absent}: {k:?}");
+    }
+    let isvc = r.inference_service.as_ref().unwrap();
+    assert_eq!(isvc.types.as_ref().unwrap().api_version, "serving.kserve.io/v1beta1");
+    let annotations = isvc.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["serving.kserve.io/deploymentMode"], "RawDeployment");
+    assert_eq!(annotations["serving.kserve.io/autoscalerClass"], "none", "fixed replicas: no HPA");
+    let predictor = &isvc.data["spec"]["predictor"];
+    assert_eq!((predictor["minReplicas"].as_i64(), predictor["maxReplicas"].as_i64()), (Some(2), Some(2)));
+    assert_eq!(predictor["runtimeClassName"], "nvidia");
+    assert_eq!(predictor["deploymentStrategy"]["rollingUpdate"]["maxSurge"], 0);
+    // The container is the Deployment's, under the name KServe looks for.
+    let mut expected = serde_json::to_value(engine(&r.deployment)).unwrap();
+    expected["name"] = "kserve-container".into();
+    assert_eq!(predictor["containers"][0], expected, "image, args, env, exact resources, probes and security");
+    assert_eq!(predictor["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "1");
+    let pod = serde_json::to_value(r.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap()).unwrap();
+    for field in ["volumes", "nodeSelector", "tolerations", "securityContext", "serviceAccountName"] {
+        assert_eq!(predictor[field], pod[field], "{field}");
+    }
+    // Routes go to KServe's predictor Service.
+    let backend = &r.http_route.as_ref().unwrap().data["spec"]["rules"][0]["backendRefs"][0];
+    assert_eq!((backend["name"].as_str(), backend["port"].as_i64()), (Some("llama31-8b-latency-predictor"), Some(80)));
+}
+
+#[test]
+fn kserve_autoscaling_carries_bounds_behavior_and_resource_metrics_and_refuses_the_rest() {
+    let scaled = rendered(
+        "  inferencePlatform: kserve\n  scale:\n    enabled: true\n    hpa:\n      minReplicas: 1\n      maxReplicas: 3\n      metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 80}}}]\n      behavior: {scaleDown: {stabilizationWindowSeconds: 600}}\n",
+    );
+    let isvc = scaled.inference_service.unwrap();
+    assert_eq!(isvc.metadata.annotations.as_ref().unwrap()["serving.kserve.io/autoscalerClass"], "hpa");
+    let p = &isvc.data["spec"]["predictor"];
+    assert_eq!((p["minReplicas"].as_i64(), p["maxReplicas"].as_i64()), (Some(1), Some(3)));
+    assert_eq!(p["autoScaling"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
+    assert_eq!(p["autoScaling"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 600);
+    let svc = service(&format!(
+        "{LLAMA8B_LATENCY}  inferencePlatform: kserve\n  scale:\n    enabled: true\n    hpa:\n      maxReplicas: 3\n      metrics: [{{type: Object, object: {{metric: {{name: gpu_cache_usage_perc}}, describedObject: {{kind: Service, name: llm, apiVersion: v1}}, target: {{type: Value, value: \"1\"}}}}}}]\n"
+    ));
+    let profile = seed("llama-3.1-8b/vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml");
+    let err =
+        render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("spec.scale.hpa.metrics[0]: type Object") && text.contains("standalone"), "{text}");
+}

@@ -37,8 +37,28 @@ kwok_crds() {
   chmod u+w "$dir/"*
 }
 
+# The Gateway API, Inference Extension and KServe CRDs (NIM's router and platform): copied from
+# their modules beside the tools, keyed by their own versions and outside the stamp, so a cache
+# built before they were added gets them without rebuilding the control plane.
+platform_crds() {
+  local dir="$BIN/../platform-crds" key="$GATEWAY_API_VERSION $INFERENCE_EXTENSION_VERSION $KSERVE_VERSION" gw gie ks
+  [[ -f "$dir/.versions" && "$(cat "$dir/.versions")" == "$key" ]] && return 0
+  mod() { go mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p'; }
+  gw=$(mod "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")
+  gie=$(mod "sigs.k8s.io/gateway-api-inference-extension@$INFERENCE_EXTENSION_VERSION")
+  ks=$(mod "github.com/kserve/kserve@$KSERVE_VERSION")
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp "$gw/config/crd/standard/gateway.networking.k8s.io_gateways.yaml" \
+    "$gw/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml" \
+    "$gie/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" \
+    "$ks/config/crd/full/serving.kserve.io_inferenceservices.yaml" "$dir/"
+  chmod u+w "$dir/"*
+  echo "$key" >"$dir/.versions"
+}
+
 if have_all; then
   kwok_crds >&2
+  platform_crds >&2
   echo "$BIN"
   exit 0
 fi
@@ -87,6 +107,7 @@ cp "$tmp/x/usr/bin/docker-registry" "$BIN/registry"
 rm -rf "$tmp"
 
 kwok_crds >&2
+platform_crds >&2
 echo "$STAMP" >"$BIN/.stamp"
 echo ">> tools built in $(( $(date +%s) - start ))s" >&2
 echo "$BIN"

@@ -7,6 +7,11 @@ DOCKER_REGISTRY_DEB=docker-registry
 # Optional APIs the renderer targets, from their Go modules' published CRD manifests.
 OPENSHIFT_API_VERSION=v0.0.0-20260511191110-9b69e5fa27e9
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
+# NIM's router and platform: Gateway API (standard channel HTTPRoute, Gateway), the Inference
+# Extension's GA InferencePool (inference.networking.k8s.io/v1) and KServe's InferenceService.
+GATEWAY_API_VERSION=v1.6.3
+INFERENCE_EXTENSION_VERSION=v1.3.0
+KSERVE_VERSION=v0.16.0
 # Packaging tools (tests/cluster/build-packaging.sh): the chart, the image, the OLM bundle and catalog.
 HELM_VERSION=v3.22.0
 CRANE_VERSION=v0.22.1

@@ -262,6 +262,20 @@ pub fn optional_apis(installed: bool) {
     }
 }
 
+/// Installs (or removes) the Gateway API (Gateway, HTTPRoute), Inference Extension
+/// (InferencePool) and KServe (InferenceService) CRDs of NIM's router and platform. Callers hold
+/// [`serial`]: an operator reads which APIs exist when it starts.
+pub fn platform_apis(installed: bool) {
+    let dir = env().bin.join("../platform-crds");
+    let dir = dir.to_str().unwrap();
+    if installed {
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", dir]);
+        wait_established(dir);
+    } else {
+        kubectl(&["delete", "--ignore-not-found", "--wait", "-f", dir]);
+    }
+}
+
 /// Held while the oim CRDs are applied, and by the chart test while its upgrade briefly changes
 /// them (another apply meanwhile would conflict with Helm's field ownership).
 pub static CRDS: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -22,6 +22,7 @@ mod pipeline;
 mod profiles;
 mod rbac;
 mod render;
+mod routing;
 mod sim;
 mod sources;
 mod study;

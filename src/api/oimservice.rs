@@ -129,12 +129,12 @@ pub struct OIMServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub scheduler_name: Option<String>,
-    /// User id the engine runs as (NIM compatible; `securityContext.runAsUser` wins).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// User id the engine runs as (NIM's `userID`; `securityContext.runAsUser` wins).
+    #[serde(default, rename = "userID", skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub user_id: Option<i64>,
-    /// Group id the engine runs as (NIM compatible; `securityContext.runAsGroup` wins).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Group id the engine runs as (NIM's `groupID`; `securityContext.runAsGroup` wins).
+    #[serde(default, rename = "groupID", skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub group_id: Option<i64>,
     /// Pod security overrides.

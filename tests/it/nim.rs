@@ -167,9 +167,17 @@ async fn a_converted_nimservice_is_accepted_by_the_api_server_as_written_and_ren
     let stored: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(stored["spec"], obj["spec"], "the API server pruned or changed a converted field");
 
-    // Rendered offline, standalone and on KServe: the objects pass server-side dry-run.
+    // Rendered offline for a node in the zone the NIMService asks for, standalone and on KServe:
+    // the objects pass server-side dry-run.
+    let node =
+        cluster::KwokNode::create(&client, "nim-convert", &cluster::inventory_of("h100-sxm-80gb", 8), None).await;
+    cluster::kubectl(&["label", "node", &node.name, "topology.kubernetes.io/zone=zone-a", "--overwrite"]);
+    let live = cluster::kubectl(&["get", "node", &node.name, "-o", "json"]);
     let dir = std::env::temp_dir().join(cluster::unique("nim-convert"));
     std::fs::create_dir_all(&dir).unwrap();
+    let inventory = dir.join("nodes.json");
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [serde_json::from_str::<Value>(&live).unwrap()]});
+    std::fs::write(&inventory, list.to_string()).unwrap();
     for platform in ["standalone", "kserve"] {
         obj["spec"]["inferencePlatform"] = json!(platform);
         let file = dir.join(format!("{platform}.yaml"));
@@ -179,7 +187,7 @@ async fn a_converted_nimservice_is_accepted_by_the_api_server_as_written_and_ren
             "-f",
             file.to_str().unwrap(),
             "--inventory",
-            "examples/inventories/test-cluster.yaml",
+            inventory.to_str().unwrap(),
             "--catalog",
             "profiles",
         ]);
@@ -227,4 +235,5 @@ async fn a_converted_nimservice_is_accepted_by_the_api_server_as_written_and_ren
     cluster::platform_apis(false);
     cluster::optional_apis(false);
     ns.cleanup().await;
+    node.delete(&client).await;
 }

@@ -268,7 +268,8 @@ fn cache_model_name_is_org_slash_name_or_split_with_namespace() {
 fn router_takes_an_ingress_or_a_gateway_with_a_host_domain() {
     let gateway = "expose:\n  router:\n    hostDomainName: example.com\n    gateway: {namespace: gw, name: inference}";
     assert_accepted(svc_with("s", gateway).validate_cel());
-    let ingress = "expose:\n  router:\n    hostDomainName: example.com\n    ingress: {ingressClass: nginx, tlsSecretName: tls}";
+    let ingress =
+        "expose:\n  router:\n    hostDomainName: example.com\n    ingress: {ingressClass: nginx, tlsSecretName: tls}";
     assert_accepted(svc_with("s", ingress).validate_cel());
     assert_accepted(svc_with("s", "expose:\n  router:\n    annotations: {a: b}").validate_cel());
     assert_rejected(
@@ -295,7 +296,8 @@ fn router_gateway_refuses_grpc_routes_and_a_pool_needs_a_gateway() {
     assert_rejected(svc_with("s", grpc).validate_cel(), "vLLM serves HTTP only");
     let off = "expose:\n  router:\n    hostDomainName: example.com\n    gateway: {namespace: gw, name: inference, grpcRoutesEnabled: false}";
     assert_accepted(svc_with("s", off).validate_cel());
-    let pool = "expose:\n  router:\n    hostDomainName: example.com\n    inferencePool:\n      endpointPickerRef: {name: epp}";
+    let pool =
+        "expose:\n  router:\n    hostDomainName: example.com\n    inferencePool:\n      endpointPickerRef: {name: epp}";
     assert_rejected(svc_with("s", pool).validate_cel(), "inferencePool needs router.gateway");
     let with_gateway = format!("{pool}\n    gateway: {{namespace: gw, name: inference}}");
     assert_accepted(svc_with("s", &with_gateway).validate_cel());

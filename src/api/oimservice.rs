@@ -402,7 +402,10 @@ pub struct ExposeSpec {
 pub struct RouterSpec {
     /// Domain of the routed host: the host is `<name>.<namespace>.<hostDomainName>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^(([a-z0-9][a-z0-9\-]*[a-z0-9])|[a-z0-9]+\.)*([a-z]+|xn\-\-[a-z0-9]+)\.?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^(([a-z0-9][a-z0-9\-]*[a-z0-9])|[a-z0-9]+\.)*([a-z]+|xn\-\-[a-z0-9]+)\.?$")
+    )]
     pub host_domain_name: Option<String>,
     /// Annotations on the Ingress or HTTPRoute.
     #[serde(default, skip_serializing_if = "Option::is_none")]

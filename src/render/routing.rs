@@ -26,7 +26,10 @@ const EPP_PORT: i32 = 9002;
 
 /// Gateway API `gateway.networking.k8s.io/v1` HTTPRoute.
 pub fn http_route_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"), "httproutes")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    )
 }
 
 /// Gateway API `gateway.networking.k8s.io/v1` Gateway (read only: its listeners say https).

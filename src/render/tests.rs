@@ -358,7 +358,10 @@ fn an_inference_pool_selects_the_service_pods_and_the_route_sends_traffic_to_it(
     assert_eq!(epp["failureMode"], "FailOpen");
     let backend = &r.http_route.as_ref().unwrap().data["spec"]["rules"][0]["backendRefs"][0];
     assert_eq!(backend["group"], "inference.networking.k8s.io");
-    assert_eq!((backend["kind"].as_str(), backend["name"].as_str()), (Some("InferencePool"), Some("llama31-8b-latency")));
+    assert_eq!(
+        (backend["kind"].as_str(), backend["name"].as_str()),
+        (Some("InferencePool"), Some("llama31-8b-latency"))
+    );
 }
 
 #[test]

@@ -132,7 +132,10 @@ fn the_table_covers_every_nimservice_field_and_converts_the_full_fixture_into_a_
     for d in ["spec.command", "spec.initContainers", "spec.expose.service.grpcPort", "spec.storage.pvc.annotations"] {
         assert!(dropped.contains(&d.to_string()), "{d} has no counterpart: {dropped:?}");
     }
-    assert_eq!(obj["spec"]["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"], 5);
+    assert_eq!(
+        obj["spec"]["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"],
+        5
+    );
     assert!(obj["spec"]["affinity"]["nodeAffinity"].is_object(), "podAffinity joins, never replaces, affinity");
     // Field for field: the typed OIMService reads every converted field and writes it back.
     let svc: oim::api::OIMService = serde_json::from_value(obj.clone()).unwrap();
@@ -158,11 +161,8 @@ async fn a_converted_nimservice_is_accepted_by_the_api_server_as_written_and_ren
     let (mut obj, _) = converted();
     obj["metadata"]["namespace"] = json!(ns.name);
     // The API server keeps every field: nothing is pruned or rewritten.
-    let (ok, out, err) = cluster::tool_stdin(
-        "kubectl",
-        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
-        &obj.to_string(),
-    );
+    let (ok, out, err) =
+        cluster::tool_stdin("kubectl", &["create", "--dry-run=server", "-o", "json", "-f", "-"], &obj.to_string());
     assert!(ok, "{err}");
     let stored: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(stored["spec"], obj["spec"], "the API server pruned or changed a converted field");
@@ -202,16 +202,23 @@ async fn a_converted_nimservice_is_accepted_by_the_api_server_as_written_and_ren
                 kind("InferenceService").expect("an InferenceService")["spec"]["predictor"].clone()
             }
         };
-        for (field, want) in [
-            ("runtimeClassName", "nvidia"),
-            ("schedulerName", "gpu-binpack"),
-            ("priorityClassName", "inference-high"),
-        ] {
+        for (field, want) in
+            [("runtimeClassName", "nvidia"), ("schedulerName", "gpu-binpack"), ("priorityClassName", "inference-high")]
+        {
             assert_eq!(pod[field], want, "{platform}: {field}");
         }
-        assert_eq!((pod["securityContext"]["runAsUser"].as_i64(), pod["securityContext"]["runAsGroup"].as_i64()), (Some(1000), Some(2000)));
+        assert_eq!(
+            (pod["securityContext"]["runAsUser"].as_i64(), pod["securityContext"]["runAsGroup"].as_i64()),
+            (Some(1000), Some(2000))
+        );
         assert_eq!(pod["nodeSelector"]["topology.kubernetes.io/zone"], "zone-a");
-        assert!(pod["tolerations"].as_array().unwrap().iter().any(|t| t["key"] == "dedicated" && t["tolerationSeconds"] == 3600));
+        assert!(
+            pod["tolerations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["key"] == "dedicated" && t["tolerationSeconds"] == 3600)
+        );
         assert!(pod["affinity"]["podAffinity"].is_object() && pod["affinity"]["nodeAffinity"].is_object());
         let c = &pod["containers"][0];
         assert_eq!(c["image"], "docker.io/vllm/vllm-openai:v0.11.0");

@@ -167,10 +167,7 @@ async fn kserve_platform_renders_an_inference_service_and_the_status_follows_its
     gone(&isvcs, "llm", "the InferenceService removed").await;
     cluster::wait_for(&deployments, "llm", Duration::from_secs(60), |_| true).await;
     let back = cluster::wait_for(&svcs, "llm", Duration::from_secs(90), ready).await;
-    assert_eq!(
-        back.status.unwrap().model.unwrap().cluster_endpoint,
-        Some(format!("http://llm.{}.svc:8000", ns.name))
-    );
+    assert_eq!(back.status.unwrap().model.unwrap().cluster_endpoint, Some(format!("http://llm.{}.svc:8000", ns.name)));
     ns.cleanup().await;
     cluster::platform_apis(false);
     node.delete(&client).await;

@@ -298,10 +298,10 @@ async fn kserve_state(ctx: &Context, svc: &OIMService) -> Result<outcome::KServe
     let name = svc.name_any();
     let api: Api<kube::api::DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &ns, &crate::render::routing::inference_service_resource());
-    let isvc = api.get_opt(&name).await.map_err(|source| Error::Read {
-        what: format!("InferenceService {ns}/{name}"),
-        source,
-    })?;
+    let isvc = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::Read { what: format!("InferenceService {ns}/{name}"), source })?;
     let predictor = format!("{name}-predictor");
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let available = deployments

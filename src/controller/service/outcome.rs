@@ -133,7 +133,8 @@ impl KServeState {
         let (ok, reason, message) = match ready {
             Some(c) => (
                 c["status"] == "True",
-                text(&c["reason"]).unwrap_or_else(|| if c["status"] == "True" { "Ready".into() } else { "NotReady".into() }),
+                text(&c["reason"])
+                    .unwrap_or_else(|| if c["status"] == "True" { "Ready".into() } else { "NotReady".into() }),
                 text(&c["message"]).unwrap_or_default(),
             ),
             None => (

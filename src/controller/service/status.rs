@@ -75,7 +75,9 @@ fn serving(svc: &OIMService, s: &Serving, rollout: Rollout) -> OIMServiceStatus 
             "Ready",
             false,
             if k.reason == "InferenceServicePending" { "InferenceServicePending" } else { "InferenceServiceNotReady" },
-            format!("InferenceService {} is not Ready: {} {}", svc.name_any(), k.reason, k.message).trim_end().to_string(),
+            format!("InferenceService {} is not Ready: {} {}", svc.name_any(), k.reason, k.message)
+                .trim_end()
+                .to_string(),
         ),
         (None, None, true) => Cond("Ready", true, "Ready", "serving".into()),
         (None, None, false) => {

@@ -159,6 +159,24 @@ async fn the_api_server_enforces_every_cel_rule_with_the_message_that_says_the_f
         (svc("positional", json!({"args": ["some/model", "--enforce-eager"]})), "must start with a flag"),
         (svc("engine", json!({"profile": {"engine": "tgi"}})), "only 'vllm' is supported"),
         (svc("size", json!({"storage": {"pvc": {"create": true, "size": "lots"}}})), "must be a quantity"),
+        (
+            svc(
+                "router-both",
+                json!({"expose": {"router": {"hostDomainName": "example.com", "ingress": {"ingressClass": "nginx"}, "gateway": {"namespace": "gw", "name": "g"}}}}),
+            ),
+            "set either ingress or gateway, not both",
+        ),
+        (
+            svc("router-host", json!({"expose": {"router": {"gateway": {"namespace": "gw", "name": "g"}}}})),
+            "hostDomainName is required",
+        ),
+        (
+            svc(
+                "router-pool",
+                json!({"inferencePlatform": "kserve", "expose": {"router": {"hostDomainName": "example.com", "gateway": {"namespace": "gw", "name": "g"}, "inferencePool": {"endpointPickerRef": {"name": "epp"}}}}}),
+            ),
+            "needs spec.inferencePlatform: standalone",
+        ),
     ];
     for (obj, message) in cases {
         let err = dry_run_create(&svcs, &obj).await.unwrap_or_else(|| panic!("{:?} was admitted", obj.metadata.name));

@@ -57,8 +57,7 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
         Read::World(w) => w,
     };
     if let Some(why) = &world.distrusted {
-        let note =
-            format!("the stored selection in ConfigMap {}-profile was ignored: {why}; selecting again", svc.name_any());
+        let note = format!("the selection stored on Deployment {} was ignored: {why}; selecting again", svc.name_any());
         publish(ctx, &svc.object_ref(&()), true, "StoredSelectionRejected", &note).await;
     }
     if select::needs_model_facts(svc, &world, &ctx.engines) {
@@ -164,8 +163,12 @@ async fn resolve(
     if let Some(note) = followed {
         publish(ctx, &svc.object_ref(&()), false, "ProfileUpdated", &note).await;
     }
-    let note = format!("{}: {}", profile.name, selected.reason);
-    publish(ctx, &svc.object_ref(&()), false, "ProfileSelected", &note).await;
+    // A first choice is in the status; an Event (one more write per service) only when a
+    // choice replaces the one that ran.
+    if world.deployment.is_some() {
+        let note = format!("{}: {}", profile.name, selected.reason);
+        publish(ctx, &svc.object_ref(&()), false, "ProfileSelected", &note).await;
+    }
     Ok(Chosen {
         digest: selected.profile.digest.clone(),
         source: selected.profile.source.clone(),

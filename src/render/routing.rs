@@ -227,9 +227,9 @@ pub fn inference_service(input: &Input, deployment: &Deployment) -> Result<Optio
         predictor["deploymentStrategy"] = serde_json::to_value(strategy).expect("typed objects serialize");
     }
     let mut obj = dynamic(input, &inference_service_resource(), "inference", json!({"predictor": predictor}));
-    // The pod template's labels and annotations go on the InferenceService, which KServe
-    // copies to its pods: the selector labels keep the ServiceMonitor and tests finding them.
     let annotations = obj.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    // The Deployment's annotations carry the stored selection; the InferenceService keeps it.
+    annotations.extend(deployment.metadata.annotations.clone().unwrap_or_default());
     annotations.insert(KSERVE_DEPLOYMENT_MODE.into(), "RawDeployment".into());
     annotations.insert(KSERVE_AUTOSCALER_CLASS.into(), autoscaler.into());
     Ok(Some(obj))

@@ -154,7 +154,7 @@ mod tests {
     }
 
     #[test]
-    fn the_external_endpoint_comes_from_the_route_then_the_ingress_then_the_load_balancer() {
+    fn the_external_endpoint_comes_from_the_route_the_http_route_the_ingress_kserve_then_the_load_balancer() {
         let none = Assigned::default();
         assert_eq!(
             external_endpoint(&rendered("{}", false), &none),
@@ -171,6 +171,17 @@ mod tests {
         let assigned = Assigned { route_host: Some("llm-team.apps.ocp".into()), ..Default::default() };
         let route = "{route: {enabled: true}}";
         assert_eq!(external_endpoint(&rendered(route, true), &assigned).as_deref(), Some("https://llm-team.apps.ocp"));
+        let gateway = "{router: {hostDomainName: example.com, gateway: {namespace: gw, name: inference}}}";
+        assert_eq!(external_endpoint(&rendered(gateway, false), &none).as_deref(), Some("http://llm.team.example.com"));
+        let tls = Assigned { gateway_https: true, ..Default::default() };
+        assert_eq!(
+            external_endpoint(&rendered(gateway, false), &tls).as_deref(),
+            Some("https://llm.team.example.com"),
+            "the Gateway has an HTTPS listener"
+        );
+        let kserve =
+            Assigned { inference_service_url: Some("http://llm-team.kserve.lan".into()), ..Default::default() };
+        assert_eq!(external_endpoint(&rendered("{}", false), &kserve).as_deref(), Some("http://llm-team.kserve.lan"));
         let lb = Assigned { load_balancer: Some("203.0.113.7".into()), ..Default::default() };
         let svc = "{service: {type: LoadBalancer, port: 9000}}";
         assert_eq!(external_endpoint(&rendered(svc, false), &lb).as_deref(), Some("http://203.0.113.7:9000"));

@@ -162,3 +162,36 @@ pub enum Outcome {
     /// Serving (or rolling out) a chosen profile.
     Serving(Box<Serving>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kserve_state_follows_the_ready_condition_and_the_urls_of_the_inference_service() {
+        let none = KServeState::of(None, 0);
+        assert!(!none.ready);
+        assert_eq!(none.reason, "InferenceServicePending");
+        let unreported = KServeState::of(Some(&json!({"status": {}})), 0);
+        assert_eq!(unreported.reason, "InferenceServicePending");
+        assert!(unreported.message.contains("is its controller running"), "{}", unreported.message);
+        let ready = json!({"status": {
+            "url": "http://llm-team.example.com",
+            "address": {"url": "http://llm-predictor.team.svc.cluster.local"},
+            "conditions": [{"type": "PredictorReady", "status": "False"}, {"type": "Ready", "status": "True"}],
+        }});
+        let k = KServeState::of(Some(&ready), 2);
+        assert!(k.ready);
+        assert_eq!((k.reason.as_str(), k.available), ("Ready", 2));
+        assert_eq!(k.url.as_deref(), Some("http://llm-team.example.com"));
+        assert_eq!(k.address.as_deref(), Some("http://llm-predictor.team.svc.cluster.local"));
+        let broken = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False", "reason": "PredictorNotReady", "message": "pods crash"},
+        ]}});
+        let k = KServeState::of(Some(&broken), 0);
+        assert!(!k.ready);
+        assert_eq!((k.reason.as_str(), k.message.as_str()), ("PredictorNotReady", "pods crash"));
+        assert_eq!(k.url, None);
+    }
+}

@@ -4,6 +4,7 @@ use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
 
 use super::*;
 use crate::api::RejectedProfile;
+use crate::controller::service::outcome::KServeState;
 use crate::controller::service::select::Chosen;
 use crate::hardware::devices;
 use crate::hardware::inventory::{AcceleratorGroup, Inventory};
@@ -168,4 +169,27 @@ fn spec_errors_and_conflicts_fail_and_say_so() {
         Some(ServiceState::Failed)
     );
     assert_eq!(render.retry(), None, "waits for a spec change");
+}
+
+#[test]
+fn on_kserve_ready_follows_the_inference_service_and_names_its_reason() {
+    let outcome = |k: KServeState| match serving(None) {
+        Outcome::Serving(mut s) => {
+            s.kserve = Some(k);
+            Outcome::Serving(s)
+        }
+        other => other,
+    };
+    let waiting =
+        KServeState { reason: "PredictorNotReady".into(), message: "pods crash".into(), ..Default::default() };
+    // No Deployment of ours runs on KServe: the rollout says nothing.
+    let st = build(&service(), &outcome(waiting), Rollout::default(), false);
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InferenceServiceNotReady"));
+    assert!(ready.message.contains("PredictorNotReady pods crash"), "{}", ready.message);
+    assert_eq!(st.state, Some(ServiceState::NotReady));
+    let up = KServeState { ready: true, reason: "Ready".into(), available: 2, ..Default::default() };
+    let st = build(&service(), &outcome(up), Rollout::default(), false);
+    assert_eq!(st.state, Some(ServiceState::Ready));
+    assert_eq!(st.available_replicas, Some(2), "the replicas of KServe's predictor Deployment");
 }

@@ -173,17 +173,59 @@ pub fn verdict(live: Option<&ObjectMeta>, owner: Option<&Owner>, hash: &str, rec
 }
 
 /// Whether a field manager other than ours holds content fields (`spec`, `data`, ...: anything
-/// but metadata and status) through the object itself — not through a status or scale
-/// subresource, which controllers and autoscalers write.
+/// but metadata and status) or one of our own labels or annotations through the object itself —
+/// not through a status or scale subresource, which controllers and autoscalers write.
 fn edited_by_others(live: &ObjectMeta) -> bool {
     live.managed_fields.iter().flatten().any(|m| {
         let ours = m.manager.as_deref().is_some_and(|n| n.starts_with(FIELD_MANAGER));
         let subresource = m.subresource.as_deref().is_some_and(|s| !s.is_empty());
         let content = m.fields_v1.as_ref().and_then(|f| f.0.as_object()).is_some_and(|f| {
             f.keys().any(|k| k != "f:metadata" && k != "f:status" && k != "f:apiVersion" && k != "f:kind")
+                || holds_our_metadata(f.get("f:metadata"))
         });
         !ours && !subresource && content
     })
+}
+
+/// Whether a managedFields `f:metadata` tree holds a label or annotation key of ours.
+fn holds_our_metadata(metadata: Option<&Value>) -> bool {
+    ["f:labels", "f:annotations"].iter().any(|set| {
+        metadata
+            .and_then(|m| m.get(set))
+            .and_then(Value::as_object)
+            .is_some_and(|keys| keys.keys().any(|k| k.strip_prefix("f:").is_some_and(is_ours)))
+    })
+}
+
+/// The managedFields as far as [`verdict`] reads them: who wrote, through which subresource, and
+/// which top-level fields (and which of our labels and annotations) each holds. The caches keep
+/// only this: a manager's full field set is as large as the object.
+pub fn slim_managed_fields(meta: &mut ObjectMeta) {
+    for m in meta.managed_fields.iter_mut().flatten() {
+        m.time = None;
+        let Some(fields) = m.fields_v1.as_mut().and_then(|f| f.0.as_object_mut()) else { continue };
+        for (key, value) in fields.iter_mut() {
+            *value = if key == "f:metadata" { our_metadata(value) } else { Value::Object(Default::default()) };
+        }
+    }
+}
+
+fn our_metadata(metadata: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for set in ["f:labels", "f:annotations"] {
+        let keys: serde_json::Map<String, Value> = metadata
+            .get(set)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.strip_prefix("f:").is_some_and(is_ours))
+            .map(|(k, _)| (k.clone(), Value::Object(Default::default())))
+            .collect();
+        if !keys.is_empty() {
+            out.insert(set.to_string(), Value::Object(keys));
+        }
+    }
+    Value::Object(out)
 }
 
 /// Adds the hash annotation and namespace to a rendered object; returns the hash.
@@ -288,6 +330,23 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(verdict(Some(&edited), Some(&me), "h", None), Verdict::Apply, "edited while we were not looking");
+        let mut slimmed = edited.clone();
+        slim_managed_fields(&mut slimmed);
+        assert_eq!(verdict(Some(&slimmed), Some(&me), "h", None), Verdict::Apply, "as the cache keeps it");
+        let mut annotated = ours.clone();
+        annotated.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl-annotate".into()),
+            operation: Some("Update".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({"f:metadata": {"f:annotations": {
+                "f:oim.opea.dev/profile": {}, "f:team": {}
+            }}}))),
+            ..Default::default()
+        }]);
+        slim_managed_fields(&mut annotated);
+        assert_eq!(verdict(Some(&annotated), Some(&me), "h", None), Verdict::Apply, "our annotation edited meanwhile");
+        annotated.managed_fields.as_mut().unwrap()[0].fields_v1 =
+            Some(FieldsV1(serde_json::json!({"f:metadata": {"f:annotations": {"f:team": {}}}})));
+        assert_eq!(verdict(Some(&annotated), Some(&me), "h", None), Verdict::Unchanged, "someone's own annotation");
         let foreign = live(None, "h", 1);
         assert_eq!(verdict(Some(&foreign), Some(&me), "h", None), Verdict::Foreign, "not created by us");
         let other_owner = live(Some("u2"), "h", 1);

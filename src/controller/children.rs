@@ -3,14 +3,14 @@
 //! what we would apply", "did someone change it since" and "what do we own that is no longer
 //! rendered" without a GET per child per reconcile.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::channel::mpsc;
 use futures::{FutureExt, SinkExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
@@ -20,6 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::api::OIMService;
+use crate::controller::apply::slim_managed_fields;
 use crate::controller::decode;
 use crate::controller::watch::watch_backoff;
 use crate::render::{Capabilities, FIELD_MANAGER};
@@ -30,13 +31,14 @@ pub fn ours() -> watcher::Config {
 }
 
 /// The kinds an OIMService may own, by their typed API metadata; Route, ServiceMonitor,
-/// HTTPRoute, InferencePool and InferenceService only where their APIs exist. PVCs are never among them: their retention is deliberate.
+/// HTTPRoute, InferencePool and InferenceService only where their APIs exist. PVCs are never
+/// among them: their retention is deliberate. The ServiceAccount and profile ConfigMap that
+/// earlier versions made per service are not watched any more: they carry the service's owner
+/// reference and go with it.
 pub fn service_child_kinds(capabilities: Capabilities) -> Vec<ApiResource> {
     let mut kinds = vec![
         ApiResource::erase::<Deployment>(&()),
         ApiResource::erase::<Service>(&()),
-        ApiResource::erase::<ServiceAccount>(&()),
-        ApiResource::erase::<ConfigMap>(&()),
         ApiResource::erase::<HorizontalPodAutoscaler>(&()),
         ApiResource::erase::<Ingress>(&()),
     ];
@@ -120,43 +122,117 @@ impl Wakes {
     }
 }
 
+/// Which cached children each owner controls, by owner UID, kept beside the cache: finding a
+/// service's children walks no other object (every reconcile asks, and walking the cache made a
+/// cold start over N services cost N² steps).
+#[derive(Default)]
+struct Owners {
+    current: OwnerIndex,
+    /// Built during a relist, replacing `current` when it is complete (as the store does).
+    relisting: Option<OwnerIndex>,
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct OwnerIndex {
+    by_owner: HashMap<String, BTreeSet<Key>>,
+    owner_of: HashMap<Key, String>,
+}
+
+impl OwnerIndex {
+    fn key(meta: &ObjectMeta) -> Key {
+        (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(uid) = self.owner_of.remove(key)
+            && let Some(set) = self.by_owner.get_mut(&uid)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_owner.remove(&uid);
+            }
+        }
+    }
+
+    /// Files the object under its controller (its owner reference may have changed).
+    fn upsert(&mut self, meta: &ObjectMeta) {
+        let key = OwnerIndex::key(meta);
+        self.remove(&key);
+        if let Some(o) = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)) {
+            self.by_owner.entry(o.uid.clone()).or_default().insert(key.clone());
+            self.owner_of.insert(key, o.uid.clone());
+        }
+    }
+}
+
+impl Owners {
+    fn observe<K: kube::Resource>(&mut self, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Init => self.relisting = Some(OwnerIndex::default()),
+            watcher::Event::InitApply(o) => self.relisting.as_mut().unwrap_or(&mut self.current).upsert(o.meta()),
+            watcher::Event::InitDone => {
+                if let Some(fresh) = self.relisting.take() {
+                    self.current = fresh;
+                }
+            }
+            watcher::Event::Apply(o) => self.current.upsert(o.meta()),
+            watcher::Event::Delete(o) => self.current.remove(&OwnerIndex::key(o.meta())),
+        }
+    }
+
+    fn of(&self, uid: &str) -> Vec<Key> {
+        self.current.by_owner.get(uid).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
 /// One cached kind: metadata only, or (Deployments) the object without its pod template, which
-/// the status reads.
-enum Cache {
+/// the status reads; and who owns what in it.
+struct Cache {
+    store: CacheStore,
+    owners: Arc<Mutex<Owners>>,
+}
+
+enum CacheStore {
     Meta(Store<Meta>),
     Deployments(Store<Deployment>),
 }
 
 impl Cache {
     fn store_ready(&self) -> bool {
-        let ready = match self {
-            Cache::Meta(s) => s.wait_until_ready().now_or_never(),
-            Cache::Deployments(s) => s.wait_until_ready().now_or_never(),
+        let ready = match &self.store {
+            CacheStore::Meta(s) => s.wait_until_ready().now_or_never(),
+            CacheStore::Deployments(s) => s.wait_until_ready().now_or_never(),
         };
         ready.is_some_and(|r| r.is_ok())
     }
 
     async fn listed(&self) -> bool {
-        match self {
-            Cache::Meta(s) => s.wait_until_ready().await.is_ok(),
-            Cache::Deployments(s) => s.wait_until_ready().await.is_ok(),
+        match &self.store {
+            CacheStore::Meta(s) => s.wait_until_ready().await.is_ok(),
+            CacheStore::Deployments(s) => s.wait_until_ready().await.is_ok(),
         }
     }
 
     fn meta(&self, ar: &ApiResource, namespace: &str, name: &str) -> Option<ObjectMeta> {
-        match self {
-            Cache::Meta(s) => {
+        match &self.store {
+            CacheStore::Meta(s) => {
                 s.get(&ObjectRef::new_with(name, ar.clone()).within(namespace)).map(|o| o.metadata.clone())
             }
-            Cache::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)).map(|d| d.metadata.clone()),
+            CacheStore::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)).map(|d| d.metadata.clone()),
         }
     }
 
-    fn metas(&self) -> Vec<ObjectMeta> {
-        match self {
-            Cache::Meta(s) => s.state().iter().map(|o| o.metadata.clone()).collect(),
-            Cache::Deployments(s) => s.state().iter().map(|d| d.metadata.clone()).collect(),
-        }
+    /// Names of the children in `namespace` controlled by `uid` and not being deleted.
+    fn owned(&self, ar: &ApiResource, namespace: &str, uid: &str) -> Vec<String> {
+        let candidates = self.owners.lock().unwrap_or_else(|e| e.into_inner()).of(uid);
+        let metas: Vec<ObjectMeta> = candidates
+            .into_iter()
+            .filter(|(ns, _)| ns == namespace)
+            .filter_map(|(ns, name)| self.meta(ar, &ns, &name))
+            .collect();
+        owned_names(&metas, namespace, uid)
     }
 }
 
@@ -175,26 +251,29 @@ fn cache_and_wake<K>(
     writer: reflector::store::Writer<K>,
     kind: String,
     wakes: Arc<Wakes>,
+    owners: Arc<Mutex<Owners>>,
     slim: fn(&mut K),
 ) where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    let changes =
-        reflector::reflector(writer, watcher(api, ours()).backoff(watch_backoff()).modify(slim)).touched_objects();
+    let events = reflector::reflector(writer, watcher(api, ours()).backoff(watch_backoff()).modify(slim));
     tokio::spawn(async move {
-        futures::pin_mut!(changes);
-        while let Some(change) = changes.next().await {
-            if let Ok(obj) = change {
-                wakes.send(Touched::of(&kind, obj.meta())).await;
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { continue };
+            owners.lock().unwrap_or_else(|e| e.into_inner()).observe(&event);
+            if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o) = &event {
+                wakes.send(Touched::of(&kind, o.meta())).await;
             }
         }
     });
 }
 
-/// Only what the status reads: generation, status and replicas.
+/// Only what the status and the apply verdict read: metadata (managedFields slimmed), status
+/// and replicas.
 fn slim(d: &mut Deployment) {
-    d.metadata.managed_fields = None;
+    slim_managed_fields(&mut d.metadata);
     if let Some(spec) = d.spec.as_mut() {
         spec.template = Default::default();
     }
@@ -207,14 +286,15 @@ impl Children {
         let kinds = service_child_kinds(capabilities)
             .into_iter()
             .map(|ar| {
-                let cache = if ar.kind == "Deployment" {
+                let owners = Arc::new(Mutex::new(Owners::default()));
+                let store = if ar.kind == "Deployment" {
                     let api: Api<Deployment> = match namespace {
                         Some(ns) => Api::namespaced(client.clone(), ns),
                         None => Api::all(client.clone()),
                     };
                     let (store, writer) = reflector::store();
-                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), slim);
-                    Cache::Deployments(store)
+                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), owners.clone(), slim);
+                    CacheStore::Deployments(store)
                 } else {
                     let api: Api<Meta> = match namespace {
                         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -222,10 +302,12 @@ impl Children {
                     };
                     let writer = reflector::store::Writer::<Meta>::new(ar.clone());
                     let store = writer.as_reader();
-                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), |_| {});
-                    Cache::Meta(store)
+                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), owners.clone(), |m| {
+                        slim_managed_fields(&mut m.metadata)
+                    });
+                    CacheStore::Meta(store)
                 };
-                (ar, cache)
+                (ar, Cache { store, owners })
             })
             .collect();
         Children { kinds, wakes }
@@ -265,8 +347,8 @@ impl Children {
     /// Our children of `kind` in `namespace` controlled by the owner with `uid`; None when that
     /// kind's cache has not listed (the caller asks the API).
     pub fn owned_by(&self, kind: &str, namespace: &str, uid: &str) -> Option<Vec<String>> {
-        let (_, cache) = self.cache(kind)?;
-        Some(owned_names(&cache.metas(), namespace, uid))
+        let (ar, cache) = self.cache(kind)?;
+        Some(cache.owned(ar, namespace, uid))
     }
 
     /// The cached kinds, in a fixed order.
@@ -276,17 +358,17 @@ impl Children {
 
     /// Our Deployment of that name, without its pod template.
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
-        self.kinds.iter().find_map(|(_, c)| match c {
-            Cache::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)),
-            Cache::Meta(_) => None,
+        self.kinds.iter().find_map(|(_, c)| match &c.store {
+            CacheStore::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)),
+            CacheStore::Meta(_) => None,
         })
     }
 }
 
 /// The names among `metas` in `namespace`, controlled by `uid` and not being deleted.
-pub fn owned_names(metas: &[ObjectMeta], namespace: &str, uid: &str) -> Vec<String> {
+pub fn owned_names<'a>(metas: impl IntoIterator<Item = &'a ObjectMeta>, namespace: &str, uid: &str) -> Vec<String> {
     metas
-        .iter()
+        .into_iter()
         .filter(|m| m.namespace.as_deref() == Some(namespace) && m.deletion_timestamp.is_none())
         .filter(|m| controlled_by(m, uid))
         .filter_map(|m| m.name.clone())
@@ -337,5 +419,48 @@ impl ChildCaches {
     /// Forgets a deleted child.
     pub fn forget(&self, key: &str) {
         self.applied.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn child(name: &str, owner: Option<&str>) -> Deployment {
+        let mut m = Deployment::default();
+        m.metadata.name = Some(name.into());
+        m.metadata.namespace = Some("team".into());
+        m.metadata.owner_references =
+            owner.map(|uid| vec![OwnerReference { uid: uid.into(), controller: Some(true), ..Default::default() }]);
+        m
+    }
+
+    fn names(owners: &Owners, uid: &str) -> Vec<String> {
+        owners.of(uid).into_iter().map(|(_, n)| n).collect()
+    }
+
+    #[test]
+    fn a_service_finds_its_children_through_relists_owner_changes_and_deletions() {
+        let mut owners = Owners::default();
+        owners.observe(&watcher::Event::<Deployment>::Init);
+        owners.observe(&watcher::Event::InitApply(child("llm", Some("u1"))));
+        owners.observe(&watcher::Event::InitApply(child("chat", Some("u2"))));
+        owners.observe(&watcher::Event::InitApply(child("loose", None)));
+        assert!(names(&owners, "u1").is_empty(), "a relist counts once it is complete");
+        owners.observe(&watcher::Event::<Deployment>::InitDone);
+        assert_eq!(names(&owners, "u1"), ["llm"]);
+        owners.observe(&watcher::Event::Apply(child("llm-hpa", Some("u1"))));
+        assert_eq!(names(&owners, "u1"), ["llm", "llm-hpa"]);
+        owners.observe(&watcher::Event::Apply(child("chat", Some("u1"))));
+        assert_eq!(names(&owners, "u1"), ["chat", "llm", "llm-hpa"], "its owner reference moved");
+        assert!(names(&owners, "u2").is_empty());
+        owners.observe(&watcher::Event::Delete(child("llm-hpa", Some("u1"))));
+        assert_eq!(names(&owners, "u1"), ["chat", "llm"]);
+        // A relist after the watch broke drops what was deleted meanwhile.
+        owners.observe(&watcher::Event::<Deployment>::Init);
+        owners.observe(&watcher::Event::InitApply(child("llm", Some("u1"))));
+        owners.observe(&watcher::Event::<Deployment>::InitDone);
+        assert_eq!(names(&owners, "u1"), ["llm"]);
     }
 }

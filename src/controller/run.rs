@@ -60,6 +60,14 @@ fn placement_fingerprint(node: &Node) -> u64 {
     h.finish()
 }
 
+/// What placement reads of a Node: its image list and managedFields, often most of it, go.
+fn slim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+    }
+}
+
 /// How the operator runs, from its flags.
 pub struct Settings {
     /// Namespaces whose OIMServices are reconciled; empty: all.
@@ -111,7 +119,9 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     let (pods, pod_writer) = reflector::store::<Pod>();
     let node_stream = reflector::reflector(
         node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).backoff(watch_backoff()),
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .backoff(watch_backoff())
+            .modify(slim_node),
     );
     // Every pod in the cluster may hold accelerators; keep only what accounting reads.
     let pod_stream = reflector::reflector(
@@ -332,12 +342,14 @@ fn controller_for(
     let services = writer.as_reader();
     let echoes = ctx.clone();
     let kind = ar.kind.clone();
-    let trigger = reflector::reflector(writer, watcher(api, watcher::Config::default()).backoff(watch_backoff()))
-        .touched_objects()
-        .try_filter(move |s| {
-            let key = key(&kind, s.metadata.namespace.as_deref().unwrap_or_default(), &s.name_any());
-            futures::future::ready(!echoes.echoes.is_echo(&key, s.metadata.resource_version.as_deref()))
-        });
+    // Nobody reads a service's managedFields; at 10,000 services they would be most of the cache.
+    let watch = watcher(api, watcher::Config::default())
+        .backoff(watch_backoff())
+        .modify(|s: &mut DynamicObject| s.metadata.managed_fields = None);
+    let trigger = reflector::reflector(writer, watch).touched_objects().try_filter(move |s| {
+        let key = key(&kind, s.metadata.namespace.as_deref().unwrap_or_default(), &s.name_any());
+        futures::future::ready(!echoes.echoes.is_echo(&key, s.metadata.resource_version.as_deref()))
+    });
     let controller = Controller::for_stream_with(trigger, services.clone(), ar.clone());
     // A cache becoming Ready (or going away) wakes the services that mount it.
     let users = {

@@ -168,6 +168,7 @@ fn operator(args: OperatorArgs) -> ExitCode {
         let capabilities = oim::render::Capabilities {
             routes: has("route.openshift.io"),
             service_monitors: has("monitoring.coreos.com"),
+            leader_worker_sets: has(oim::render::lws::LWS_GROUP),
         };
         let own = own_image(&client).await;
         let agent = if args.no_agent {

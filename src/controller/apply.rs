@@ -68,6 +68,7 @@ fn known_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<DaemonSet>(&()),
         crate::render::route_resource(),
         crate::render::service_monitor_resource(),
+        crate::render::leader_worker_set_resource(),
     ]
 }
 
@@ -288,6 +289,7 @@ mod tests {
             ("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
             ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
             ("route.openshift.io/v1", "Route", "routes"),
+            ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),
         ] {
             let obj = serde_json::json!({"apiVersion": api_version, "kind": kind});
             assert_eq!(resource_of(&obj).map(|r| r.plural), Some(plural.to_string()), "{kind}");

@@ -1,5 +1,5 @@
 //! Caches of the children the operator labels as its own — metadata only, plus the Deployments'
-//! status — and what we last applied to each. They answer "is this ours", "does it already carry
+//! and LeaderWorkerSets' status — and what we last applied to each. They answer "is this ours", "does it already carry
 //! what we would apply", "did someone change it since" and "what do we own that is no longer
 //! rendered" without a GET per child per reconcile.
 
@@ -42,6 +42,9 @@ pub fn service_child_kinds(capabilities: Capabilities) -> Vec<ApiResource> {
     if capabilities.service_monitors {
         kinds.push(crate::render::service_monitor_resource());
     }
+    if capabilities.leader_worker_sets {
+        kinds.push(crate::render::leader_worker_set_resource());
+    }
     kinds
 }
 
@@ -49,7 +52,7 @@ type Meta = PartialObjectMeta<DynamicObject>;
 
 /// Kinds from CRDs of other projects (Route, ServiceMonitor), which may come and go.
 fn optional(ar: &ApiResource) -> bool {
-    matches!(ar.group.as_str(), "route.openshift.io" | "monitoring.coreos.com")
+    matches!(ar.group.as_str(), "route.openshift.io" | "monitoring.coreos.com" | crate::render::lws::LWS_GROUP)
 }
 
 /// Children in one watched scope: metadata per kind, and the Deployments (without their pod
@@ -57,6 +60,8 @@ fn optional(ar: &ApiResource) -> bool {
 pub struct Children {
     kinds: Vec<(ApiResource, Store<Meta>)>,
     deployments: Store<Deployment>,
+    /// LeaderWorkerSets without their templates, where the API exists.
+    groups: Option<Store<DynamicObject>>,
 }
 
 fn metadata_cache(api: Api<Meta>, ar: &ApiResource) -> Store<Meta> {
@@ -65,6 +70,14 @@ fn metadata_cache(api: Api<Meta>, ar: &ApiResource) -> Store<Meta> {
     let stream = reflector::reflector(writer, watcher(api, ours()).default_backoff()).touched_objects();
     tokio::spawn(stream.for_each(|_| async {}));
     store
+}
+
+/// Only what the status reads of a LeaderWorkerSet: generation, status and replicas.
+fn slim_group(o: &mut DynamicObject) {
+    o.metadata.managed_fields = None;
+    if let Some(spec) = o.data.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        spec.retain(|k, _| k == "replicas");
+    }
 }
 
 /// Only what the status reads: generation, status and replicas.
@@ -97,7 +110,20 @@ impl Children {
         let stream =
             reflector::reflector(writer, watcher(api, ours()).default_backoff().modify(slim)).touched_objects();
         tokio::spawn(stream.for_each(|_| async {}));
-        Children { kinds, deployments }
+        let groups = capabilities.leader_worker_sets.then(|| {
+            let ar = crate::render::leader_worker_set_resource();
+            let api: Api<DynamicObject> = match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            let writer = reflector::store::Writer::<DynamicObject>::new(ar);
+            let store = writer.as_reader();
+            let stream = reflector::reflector(writer, watcher(api, ours()).default_backoff().modify(slim_group))
+                .touched_objects();
+            tokio::spawn(stream.for_each(|_| async {}));
+            store
+        });
+        Children { kinds, deployments, groups }
     }
 
     /// Whether every cache of a built-in kind has its first full listing. Route and
@@ -139,6 +165,14 @@ impl Children {
     /// The cached kinds, in a fixed order.
     pub fn kinds(&self) -> impl Iterator<Item = &ApiResource> {
         self.kinds.iter().map(|(ar, _)| ar)
+    }
+
+    /// Our LeaderWorkerSet of that name, without its templates; None when the API is absent or
+    /// its cache has not listed yet.
+    pub fn group(&self, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let store = self.groups.as_ref()?;
+        let ar = crate::render::leader_worker_set_resource();
+        store.get(&ObjectRef::new_with(name, ar).within(namespace))
     }
 
     /// Our Deployment of that name, without its pod template.

@@ -1,4 +1,5 @@
-//! Apply: the rendered set is applied — the Deployment first, the rest together — and every
+//! Apply: the rendered set is applied — the workload (Deployment or LeaderWorkerSet) first, the
+//! rest together — and every
 //! object this service owns that is no longer rendered is deleted (never a PVC: its retention
 //! is deliberate). Objects of our names that we did not create are a conflict: nothing is
 //! written then.
@@ -30,7 +31,7 @@ struct Planned {
 pub struct Applied {
     /// Objects written or deleted.
     pub writes: usize,
-    /// The Deployment was among them.
+    /// The workload (Deployment or LeaderWorkerSet) was among them.
     pub deployment: bool,
 }
 
@@ -59,11 +60,15 @@ pub async fn apply(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Resu
         return Ok(Err(Blocked::new(Step::Conflict, "ConflictingObject", message)));
     }
     let mut wrote = 0;
-    // The Deployment first: it is what users wait for.
-    let (first, rest): (Vec<_>, Vec<_>) = planned.into_iter().partition(|p| p.kind == "Deployment");
+    // The workload first: it is what users wait for.
+    let (first, rest): (Vec<_>, Vec<_>) =
+        planned.into_iter().partition(|p| p.kind == "Deployment" || p.kind == "LeaderWorkerSet");
     let deployment = first.iter().any(|p| p.verdict == Verdict::Apply);
     for p in &first {
-        if p.verdict == Verdict::Apply && svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true) {
+        if p.kind == "Deployment"
+            && p.verdict == Verdict::Apply
+            && svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true)
+        {
             hand_replicas_to_hpa(ctx, &ns, &p.name).await?;
         }
     }

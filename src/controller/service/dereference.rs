@@ -90,9 +90,27 @@ pub struct World {
     pub distrusted: Option<String>,
     /// Our running Deployment (only if we created it for this service).
     pub deployment: Option<Arc<Deployment>>,
+    /// Our running LeaderWorkerSet (only if we created it for this service).
+    pub group: Option<Arc<kube::api::DynamicObject>>,
+    /// The cluster serves the LeaderWorkerSet API: profiles spanning nodes can run.
+    pub leader_worker_sets: bool,
     /// The model's own architecture from the hub, when selection needs it (set by the
     /// pipeline after [`crate::controller::service::select::needs_model_facts`]).
     pub arch: Option<Arc<crate::profile::estimate::Arch>>,
+}
+
+impl World {
+    /// What our running workload shows, None when nothing runs: the LeaderWorkerSet when the
+    /// stored profile spans nodes (or no Deployment runs), else the Deployment.
+    pub fn running(&self) -> Option<crate::controller::service::status::Rollout> {
+        use crate::controller::service::status::Rollout;
+        let multi = self.stored.as_ref().is_some_and(|s| s.profile.multi_node());
+        match (&self.deployment, &self.group) {
+            (_, Some(g)) if multi || self.deployment.is_none() => Some(Rollout::of_group(g)),
+            (Some(d), _) => Some(Rollout::of(Some(d))),
+            (None, _) => None,
+        }
+    }
 }
 
 /// What dereferencing found.
@@ -137,6 +155,11 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         .of(&ns)
         .and_then(|c| c.deployment(&ns, &svc.name_any()))
         .filter(|d| crate::controller::children::controlled_by(&d.metadata, &uid));
+    let group = ctx
+        .children
+        .of(&ns)
+        .and_then(|c| c.group(&ns, &svc.name_any()))
+        .filter(|g| crate::controller::children::controlled_by(&g.metadata, &uid));
     let placement = ctx.placement();
     Ok(Read::World(Box::new(World {
         catalog,
@@ -148,6 +171,8 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         stored,
         distrusted,
         deployment,
+        group,
+        leader_worker_sets: ctx.capabilities.leader_worker_sets,
         arch: None,
     })))
 }

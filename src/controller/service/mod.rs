@@ -65,12 +65,12 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
         match model_facts(ctx, svc, &world).await? {
             Ok(arch) => world.arch = Some(arch),
             Err(b) => {
-                let running = world.deployment.clone();
-                return finish(ctx, svc, Outcome::Blocked(b), running.as_deref(), false).await;
+                let running = world.running();
+                return finish(ctx, svc, Outcome::Blocked(b), running, false).await;
             }
         }
     }
-    let running = world.deployment.as_deref();
+    let running = world.running();
     let (chosen, update) = match select::decide(svc, &world, &ctx.engines) {
         Decision::Blocked(b) => return finish(ctx, svc, Outcome::Blocked(b), running, false).await,
         Decision::Keep { chosen, update } => (*chosen, update),
@@ -219,13 +219,7 @@ fn build(
     let port =
         rendered.service.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p.first()).map_or(8000, |p| p.port);
     let serving = Serving {
-        resources: rendered
-            .deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.containers.first())
-            .and_then(|c| c.resources.clone()),
+        resources: rendered.engine_resources(),
         cluster_endpoint: format!("http://{}.{ns}.svc:{port}", svc.name_any()),
         external_endpoint: None,
         cache,
@@ -247,10 +241,10 @@ async fn finish(
     ctx: &Context,
     svc: &OIMService,
     outcome: Outcome,
-    running: Option<&k8s_openapi::api::apps::v1::Deployment>,
+    running: Option<Rollout>,
     rolling: bool,
 ) -> Result<Action, Error> {
-    let mut rollout = Rollout::of(running);
+    let mut rollout = running.unwrap_or_default();
     rollout.done &= !rolling;
     let rollout_done = rollout.done;
     let st = status::build(svc, &outcome, rollout, running.is_some());

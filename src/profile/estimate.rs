@@ -166,8 +166,7 @@ pub fn size_multi_node(
     single: &str,
 ) -> Result<Sizing, String> {
     let need = a.max_context.min(MIN_CONTEXT);
-    let Some(tensor) =
-        [8u32, 4, 2, 1].into_iter().find(|t| *t <= devices_per_node && a.q_heads.is_multiple_of(*t))
+    let Some(tensor) = [8u32, 4, 2, 1].into_iter().find(|t| *t <= devices_per_node && a.q_heads.is_multiple_of(*t))
     else {
         return Err(single.to_string());
     };
@@ -415,6 +414,26 @@ mod tests {
         // Qwen2.5-7B has 28 heads: TP8 never divides them.
         let qwen = arch("Qwen/Qwen2.5-7B-Instruct").unwrap();
         assert!(size(qwen, Precision::Bf16, 8192, 8).is_err());
+    }
+
+    #[test]
+    fn llama_405b_in_bf16_spans_two_h100_nodes_with_tensor_inside_and_pipeline_across() {
+        let a = arch("meta-llama/Llama-3.1-405B-Instruct").unwrap();
+        let single = size(a, Precision::Bf16, 81559, 8).unwrap_err();
+        assert!(single.contains("do not fit 8x 79.6 GiB"), "{single}");
+        let s = size_multi_node(a, Precision::Bf16, 81559, 8, &single).unwrap();
+        assert_eq!((s.tensor, s.pipeline), (8, 2), "{}", s.why);
+        assert!(s.max_model_len >= 8192);
+        // Each of the 16 devices holds 1/16 of the 756 GiB of weights.
+        let f = fit_pipeline(a, Precision::Bf16, 81559, 8, 2);
+        assert!(
+            (f.kv_budget_per_device / GIB
+                - (81559.0 / 1024.0 * 0.9 - a.weight_bytes(Precision::Bf16) / GIB / 16.0 - 4.0))
+                .abs()
+                < 0.01
+        );
+        // A node of 8x MI300X holds it alone.
+        assert_eq!(size(a, Precision::Bf16, 196608, 8).unwrap().tensor, 8);
     }
 
     #[test]

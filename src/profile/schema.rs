@@ -301,7 +301,11 @@ impl Profile {
             return err("nodes", format!("is {}", self.nodes), &format!("use 1 to {MAX_NODES} nodes per replica"));
         }
         if self.nodes > 1 && a.vendor == Vendor::Cpu {
-            return err("nodes", format!("is {} for vendor cpu", self.nodes), "CPU profiles run on one node: use nodes: 1");
+            return err(
+                "nodes",
+                format!("is {} for vendor cpu", self.nodes),
+                "CPU profiles run on one node: use nodes: 1",
+            );
         }
         let p = self.parallelism;
         let devices = a.count.checked_mul(self.nodes);

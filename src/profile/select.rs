@@ -686,7 +686,14 @@ fn place(p: &ProfileSummary, groups: &[Group], replicas: u32) -> Result<usize, S
 
 /// Why no group holds `replicas` groups of `nodes` pods with `per_pod` devices each:
 /// "needs 2 nodes with 8 free h100-sxm-80gb each; 1 has (8 on a, 3 on b)".
-fn group_shortfall(per_pod: u32, nodes: u32, replicas: u32, product: &str, candidates: &[usize], groups: &[Group]) -> String {
+fn group_shortfall(
+    per_pod: u32,
+    nodes: u32,
+    replicas: u32,
+    product: &str,
+    candidates: &[usize],
+    groups: &[Group],
+) -> String {
     let best = candidates.iter().map(|&i| groups[i].nodes_with(per_pod)).max().unwrap_or(0);
     let free: Vec<String> =
         candidates.iter().flat_map(|&i| groups[i].nodes.iter().map(|(n, f)| format!("{f} on {n}"))).collect();
@@ -695,8 +702,7 @@ fn group_shortfall(per_pod: u32, nodes: u32, replicas: u32, product: &str, candi
         _ => product.to_string(),
     };
     let total = nodes.saturating_mul(replicas);
-    let replicas_note =
-        if replicas > 1 { format!(" ({total} nodes for {replicas} replicas)") } else { String::new() };
+    let replicas_note = if replicas > 1 { format!(" ({total} nodes for {replicas} replicas)") } else { String::new() };
     format!(
         "InsufficientFreeAccelerators: needs {nodes} nodes with {per_pod} free {product} each{replicas_note}; {best} {} (free: {})",
         if best == 1 { "has" } else { "have" },
@@ -1046,9 +1052,9 @@ fn explain(p: &ProfileSummary, kpi: Kpi, g: &Group) -> String {
     let est = if p.estimated { " estimated" } else { "" };
     let figure = match kpi {
         Kpi::Latency => p.ttft_ms_p50.map(|t| format!(",{est} ttft p50 {t} ms")),
-        Kpi::Throughput => {
-            p.throughput_tokens_per_sec.map(|t| format!(",{est} {:.0} tok/s per device", t / f64::from(p.total_devices().max(1))))
-        }
+        Kpi::Throughput => p
+            .throughput_tokens_per_sec
+            .map(|t| format!(",{est} {:.0} tok/s per device", t / f64::from(p.total_devices().max(1)))),
         Kpi::Quantization => Some(format!(", {} weights", enum_str(&p.precision))),
     };
     let kpi_note = if p.kpi == kpi {

@@ -216,7 +216,10 @@ impl Rendered {
             return pod.containers.first()?.resources.clone();
         }
         let l = self.leader_worker_set.as_ref()?;
-        serde_json::from_value(l.data["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]["resources"].clone()).ok()
+        serde_json::from_value(
+            l.data["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]["resources"].clone(),
+        )
+        .ok()
     }
 }
 

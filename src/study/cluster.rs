@@ -234,9 +234,10 @@ pub async fn deploy(t: &ClusterTarget, study: &Study, p: &Profile) -> Result<Dep
     let applied = async {
         apply(c, ns, &r.service_account, &labels).await?;
         apply(c, ns, &r.profile_config_map, &labels).await?;
-        let deployment = r.deployment.as_ref().ok_or_else(|| {
-            format!("{} spans {} nodes; a study measures one node at a time", p.name, p.nodes)
-        })?;
+        let deployment = r
+            .deployment
+            .as_ref()
+            .ok_or_else(|| format!("{} spans {} nodes; a study measures one node at a time", p.name, p.nodes))?;
         apply(c, ns, deployment, &labels).await?;
         apply(c, ns, &r.service, &labels).await
     }

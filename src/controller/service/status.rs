@@ -48,9 +48,9 @@ impl Rollout {
         let status = &g.data["status"];
         let available = int(&status["readyReplicas"]).unwrap_or(0);
         let wanted = int(&g.data["spec"]["replicas"]).or_else(|| int(&status["replicas"])).unwrap_or(1);
-        let observed = status["observedGeneration"].as_i64().or_else(|| {
-            status["conditions"].as_array()?.iter().filter_map(|c| c["observedGeneration"].as_i64()).max()
-        });
+        let observed = status["observedGeneration"]
+            .as_i64()
+            .or_else(|| status["conditions"].as_array()?.iter().filter_map(|c| c["observedGeneration"].as_i64()).max());
         let done = observed >= g.metadata.generation
             && int(&status["updatedReplicas"]).unwrap_or(0) >= wanted
             && available > 0;

@@ -37,8 +37,24 @@ kwok_crds() {
   chmod u+w "$dir/"*
 }
 
+# LeaderWorkerSet (multi-node serving): its CRD and its controller, built from its Go module
+# (no replace directives) into a directory keyed by its version. Outside the stamp, so adding
+# or moving it never rebuilds the control plane.
+lws() {
+  local dir="$BIN/../lws/$LWS_VERSION" src
+  [[ -s "$dir/leaderworkerset.x-k8s.io_leaderworkersets.yaml" && -x "$dir/lws-controller" ]] && return 0
+  echo ">> building the LeaderWorkerSet controller $LWS_VERSION" >&2
+  src=$(go mod download -json "sigs.k8s.io/lws@$LWS_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir -p "$dir"
+  ( cd "$src" && go build -trimpath -ldflags="-s -w" -o "$dir/lws-controller" ./cmd ) >&2
+  cp "$src/config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml" \
+    "$src/config/crd/bases/disaggregatedset.x-k8s.io_disaggregatedsets.yaml" "$dir/"
+  chmod u+w "$dir/"*
+}
+
 if have_all; then
   kwok_crds >&2
+  lws >&2
   echo "$BIN"
   exit 0
 fi
@@ -87,6 +103,7 @@ cp "$tmp/x/usr/bin/docker-registry" "$BIN/registry"
 rm -rf "$tmp"
 
 kwok_crds >&2
+lws >&2
 echo "$STAMP" >"$BIN/.stamp"
 echo ">> tools built in $(( $(date +%s) - start ))s" >&2
 echo "$BIN"

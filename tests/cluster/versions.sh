@@ -7,6 +7,8 @@ DOCKER_REGISTRY_DEB=docker-registry
 # Optional APIs the renderer targets, from their Go modules' published CRD manifests.
 OPENSHIFT_API_VERSION=v0.0.0-20260511191110-9b69e5fa27e9
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
+# LeaderWorkerSet: its CRD, and its controller run as a process (multi-node serving).
+LWS_VERSION=v0.9.0
 # Packaging tools (tests/cluster/build-packaging.sh): the chart, the image, the OLM bundle and catalog.
 HELM_VERSION=v3.22.0
 CRANE_VERSION=v0.22.1

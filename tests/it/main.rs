@@ -16,6 +16,7 @@ mod faults;
 mod fixtures;
 mod install;
 mod leader;
+mod multinode;
 mod operator;
 mod ownership;
 mod pipeline;

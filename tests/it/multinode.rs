@@ -1,0 +1,133 @@
+//! Multi-node serving on the local control plane: a model no node can hold runs as a
+//! LeaderWorkerSet group across nodes (its controller runs as a process, `tests/cluster/lws.sh`,
+//! so the group's pods are really scheduled on kwok nodes); without the LeaderWorkerSet API the
+//! group is refused with that reason, and a node that holds the model alone gets a Deployment.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use oim::api::OIMService;
+
+use crate::cluster::{self, KwokNode, TestNs};
+use crate::operator::{Operator, condition, ready, service};
+
+const LLAMA405B: &str = "meta-llama/Llama-3.1-405B-Instruct";
+
+/// The LeaderWorkerSet controller for one test; stopped (its webhooks and CRDs removed) on drop,
+/// so other tests see a cluster without the API again.
+struct Lws;
+
+impl Lws {
+    fn run(action: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/lws.sh");
+        let out = std::process::Command::new("bash").args([script, action]).output().expect("run lws.sh");
+        assert!(out.status.success(), "lws.sh {action}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn start() -> Lws {
+        Lws::run("start");
+        Lws
+    }
+}
+
+impl Drop for Lws {
+    fn drop(&mut self) {
+        Lws::run("stop");
+    }
+}
+
+fn lws_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("leaderworkerset.x-k8s.io", "v1", "LeaderWorkerSet");
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk_with_plural(&gvk, "leaderworkersets"))
+}
+
+fn gpus(pod: &serde_json::Value, resource: &str) -> Option<String> {
+    pod["spec"]["containers"][0]["resources"]["limits"][resource].as_str().map(str::to_string)
+}
+
+#[tokio::test]
+async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_node_holds_it_alone() {
+    let _serial = cluster::serial().await;
+    let client = cluster::client().await;
+    cluster::install_oim_crds();
+    Lws::run("stop"); // whatever an earlier run left: start without the API
+    let ns = TestNs::new(&client, "mn", &[]).await;
+    let h100 = cluster::inventory_of("h100-sxm-80gb", 8);
+    let nodes = [
+        KwokNode::create(&client, "mn-h100", &h100, None).await,
+        KwokNode::create(&client, "mn-h100", &h100, None).await,
+        KwokNode::create(&client, "mn-mi300x", &cluster::inventory_of("mi300x", 8), None).await,
+    ];
+    let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+
+    // No LeaderWorkerSet API: the group two H100 nodes would need is refused, and says why.
+    let operator = Operator::start(&ns.name);
+    svcs.create(&PostParams::default(), &service("big", LLAMA405B, "throughput", "mn-h100")).await.unwrap();
+    let refused = cluster::wait_for(&svcs, "big", Duration::from_secs(90), |s| {
+        condition(s, "ProfileSelected").is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let message = &condition(&refused, "ProfileSelected").unwrap().message;
+    assert!(message.contains("LeaderWorkerSetMissing: spans 2 nodes"), "{message}");
+    assert!(message.contains("install LeaderWorkerSet"), "{message}");
+    // The same model on one 8x MI300X node: a single-node profile, a Deployment of 8 AMD GPUs.
+    svcs.create(&PostParams::default(), &service("one-node", LLAMA405B, "throughput", "mn-mi300x")).await.unwrap();
+    let d = cluster::wait_for(&deployments, "one-node", Duration::from_secs(90), |_| true).await;
+    let pod = serde_json::to_value(&d.spec.unwrap().template).unwrap();
+    assert_eq!(gpus(&pod, "amd.com/gpu").as_deref(), Some("8"));
+    let one = cluster::wait_for(&svcs, "one-node", Duration::from_secs(90), ready).await;
+    let profile = one.status.as_ref().unwrap().profile.as_ref().unwrap();
+    assert_eq!(profile.name, "generated-vllm-amd-mi300x-x8-bf16");
+    assert_eq!(profile.pipeline_parallelism, Some(1));
+    drop(operator);
+
+    // With LeaderWorkerSet (its controller running): one group of two pods, 8 H100s each.
+    let _lws = Lws::start();
+    let _operator = Operator::start(&ns.name);
+    let groups = lws_api(&client, &ns.name);
+    let lws = cluster::wait_for(&groups, "big", Duration::from_secs(90), |_| true).await;
+    let template = &lws.data["spec"]["leaderWorkerTemplate"];
+    assert_eq!(template["size"].as_i64(), Some(2));
+    for role in ["leaderTemplate", "workerTemplate"] {
+        assert_eq!(gpus(&template[role], "nvidia.com/gpu").as_deref(), Some("8"), "{role}");
+    }
+    let args = template["leaderTemplate"]["spec"]["containers"][0]["args"].to_string();
+    for flag in
+        ["--tensor-parallel-size\",\"8", "--pipeline-parallel-size\",\"2", "--distributed-executor-backend\",\"ray"]
+    {
+        assert!(args.contains(flag), "{flag} in {args}");
+    }
+    // The LeaderWorkerSet controller made the leader and the worker; the scheduler put them on
+    // the two H100 nodes, one each.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let by_group = ListParams::default().labels("leaderworkerset.sigs.k8s.io/name=big");
+    let placed = cluster::wait_until("the group's two pods scheduled", Duration::from_secs(90), || async {
+        let list = pods.list(&by_group).await.ok()?;
+        let on: Vec<String> = list.items.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+        (on.len() == 2).then_some(on)
+    })
+    .await;
+    let mut expected = vec![nodes[0].name.clone(), nodes[1].name.clone()];
+    let mut placed = placed;
+    placed.sort();
+    expected.sort();
+    assert_eq!(placed, expected, "one pod on each H100 node");
+    // Status reports the group: Ready once its leader and worker are.
+    let up = cluster::wait_for(&svcs, "big", Duration::from_secs(120), ready).await;
+    let st = up.status.as_ref().unwrap();
+    assert_eq!(st.accelerator.as_deref(), Some("2 nodes x 8x h100-sxm-80gb"));
+    assert_eq!(st.available_replicas, Some(1));
+    let available = &condition(&up, "Available").unwrap().message;
+    assert!(available.starts_with("1/1 LeaderWorkerSet group(s) ready (2 pods each"), "{available}");
+    assert_eq!(st.profile.as_ref().unwrap().name, "generated-vllm-nvidia-h100-sxm-80gb-x8-n2-bf16");
+    assert!(deployments.get_opt("big").await.unwrap().is_none(), "a group is not a Deployment");
+
+    ns.cleanup().await;
+    for n in nodes {
+        n.delete(&client).await;
+    }
+}

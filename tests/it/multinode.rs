@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use oim::api::OIMService;
 
 use crate::cluster::{self, KwokNode, TestNs};
@@ -125,6 +125,24 @@ async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_n
     assert!(available.starts_with("1/1 LeaderWorkerSet group(s) ready (2 pods each"), "{available}");
     assert_eq!(st.profile.as_ref().unwrap().name, "generated-vllm-nvidia-h100-sxm-80gb-x8-n2-bf16");
     assert!(deployments.get_opt("big").await.unwrap().is_none(), "a group is not a Deployment");
+
+    // Moved to the MI300X node (freed first): one node holds it, so the group is removed and a
+    // Deployment takes its place.
+    svcs.delete("one-node", &Default::default()).await.unwrap();
+    cluster::wait_until("the MI300X service's pod gone", Duration::from_secs(60), || async {
+        let left = pods.list(&ListParams::default().labels("app.kubernetes.io/instance=one-node")).await.ok()?;
+        left.items.is_empty().then_some(())
+    })
+    .await;
+    let to_mi300x = serde_json::json!({"spec": {"nodeSelector": {cluster::SCENARIO_LABEL: "mn-mi300x"}}});
+    svcs.patch("big", &PatchParams::default(), &Patch::Merge(&to_mi300x)).await.unwrap();
+    cluster::wait_for(&deployments, "big", Duration::from_secs(90), |_| true).await;
+    cluster::wait_until("the LeaderWorkerSet removed", Duration::from_secs(60), || async {
+        groups.get_opt("big").await.ok().flatten().is_none().then_some(())
+    })
+    .await;
+    let moved = cluster::wait_for(&svcs, "big", Duration::from_secs(90), ready).await;
+    assert_eq!(moved.status.unwrap().accelerator.as_deref(), Some("8x mi300x"));
 
     ns.cleanup().await;
     for n in nodes {

@@ -55,18 +55,20 @@ async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_n
     cluster::install_oim_crds();
     Lws::run("stop"); // whatever an earlier run left: start without the API
     let ns = TestNs::new(&client, "mn", &[]).await;
+    // Scenario labels of this run only: nodes a failed earlier run left behind are not chosen.
+    let (on_h100, on_mi300x) = (cluster::unique("mn-h100"), cluster::unique("mn-mi300x"));
     let h100 = cluster::inventory_of("h100-sxm-80gb", 8);
     let nodes = [
-        KwokNode::create(&client, "mn-h100", &h100, None).await,
-        KwokNode::create(&client, "mn-h100", &h100, None).await,
-        KwokNode::create(&client, "mn-mi300x", &cluster::inventory_of("mi300x", 8), None).await,
+        KwokNode::create(&client, &on_h100, &h100, None).await,
+        KwokNode::create(&client, &on_h100, &h100, None).await,
+        KwokNode::create(&client, &on_mi300x, &cluster::inventory_of("mi300x", 8), None).await,
     ];
     let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
 
     // No LeaderWorkerSet API: the group two H100 nodes would need is refused, and says why.
     let operator = Operator::start(&ns.name);
-    svcs.create(&PostParams::default(), &service("big", LLAMA405B, "throughput", "mn-h100")).await.unwrap();
+    svcs.create(&PostParams::default(), &service("big", LLAMA405B, "throughput", &on_h100)).await.unwrap();
     let refused = cluster::wait_for(&svcs, "big", Duration::from_secs(90), |s| {
         condition(s, "ProfileSelected").is_some_and(|c| c.status == "False")
     })
@@ -75,7 +77,7 @@ async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_n
     assert!(message.contains("LeaderWorkerSetMissing: spans 2 nodes"), "{message}");
     assert!(message.contains("install LeaderWorkerSet"), "{message}");
     // The same model on one 8x MI300X node: a single-node profile, a Deployment of 8 AMD GPUs.
-    svcs.create(&PostParams::default(), &service("one-node", LLAMA405B, "throughput", "mn-mi300x")).await.unwrap();
+    svcs.create(&PostParams::default(), &service("one-node", LLAMA405B, "throughput", &on_mi300x)).await.unwrap();
     let d = cluster::wait_for(&deployments, "one-node", Duration::from_secs(90), |_| true).await;
     let pod = serde_json::to_value(&d.spec.unwrap().template).unwrap();
     assert_eq!(gpus(&pod, "amd.com/gpu").as_deref(), Some("8"));
@@ -85,8 +87,17 @@ async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_n
     assert_eq!(profile.pipeline_parallelism, Some(1));
     drop(operator);
 
-    // With LeaderWorkerSet (its controller running): one group of two pods, 8 H100s each.
+    // With LeaderWorkerSet (its controller running): what `oim render` prints offline for two
+    // 8x H100 nodes is accepted by the API server (and LeaderWorkerSet's webhooks).
     let _lws = Lws::start();
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden/llama31-405b-h100-pair.yaml");
+    let (ok, out, err) = cluster::tool(
+        "kubectl",
+        &["apply", "--dry-run=server", "--server-side", "--field-manager", "oim-operator", "-f", golden],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("leaderworkerset.leaderworkerset.x-k8s.io/llama31-405b"), "{out}");
+    // The operator: one group of two pods, 8 H100s each.
     let _operator = Operator::start(&ns.name);
     let groups = lws_api(&client, &ns.name);
     let lws = cluster::wait_for(&groups, "big", Duration::from_secs(90), |_| true).await;
@@ -134,7 +145,7 @@ async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_n
         left.items.is_empty().then_some(())
     })
     .await;
-    let to_mi300x = serde_json::json!({"spec": {"nodeSelector": {cluster::SCENARIO_LABEL: "mn-mi300x"}}});
+    let to_mi300x = serde_json::json!({"spec": {"nodeSelector": {cluster::SCENARIO_LABEL: on_mi300x}}});
     svcs.patch("big", &PatchParams::default(), &Patch::Merge(&to_mi300x)).await.unwrap();
     cluster::wait_for(&deployments, "big", Duration::from_secs(90), |_| true).await;
     cluster::wait_until("the LeaderWorkerSet removed", Duration::from_secs(60), || async {

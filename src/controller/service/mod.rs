@@ -195,7 +195,7 @@ fn build(
             let pvc =
                 c.status.as_ref().and_then(|s| s.pvc.clone()).unwrap_or_else(|| crate::render::cache::pvc_name(c));
             let message = format!("weights from OIMCache {} (PVC {pvc}, {path})", c.name_any());
-            let shared = crate::render::cache::rwo_shared(c, svc.spec.max_replicas());
+            let shared = crate::render::cache::rwo_shared(c, svc.spec.max_replicas(), chosen.profile.nodes);
             (Weights::Cache { pvc, path }, Some(message), shared)
         }
         _ => (Weights::Hub, None, None),

@@ -152,7 +152,11 @@ async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_n
         groups.get_opt("big").await.ok().flatten().is_none().then_some(())
     })
     .await;
-    let moved = cluster::wait_for(&svcs, "big", Duration::from_secs(90), ready).await;
+    // Ready for this generation (the status written before the move still says Ready).
+    let moved = cluster::wait_for(&svcs, "big", Duration::from_secs(90), |s| {
+        ready(s) && s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation
+    })
+    .await;
     assert_eq!(moved.status.unwrap().accelerator.as_deref(), Some("8x mi300x"));
 
     ns.cleanup().await;

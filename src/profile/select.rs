@@ -883,13 +883,17 @@ pub fn select_with(
         }
         return finish(req, arch, &groups, feasible, rejected, unusable, reason, "pinned by profile.name");
     }
-    if feasible.is_empty() && req.allow_generated {
+    // Generate when no published profile fits on one node: a generated single-node profile
+    // still wins over a published one spanning nodes (which then ranks with the candidates).
+    if feasible.iter().all(|(p, _, _)| p.nodes > 1) && req.allow_generated {
         let generated = generate(req, arch, &groups, replicas, engines);
         rejected.extend(generated.failed);
         if !generated.candidates.is_empty() {
+            let none_published =
+                if feasible.is_empty() { "no published profile fits" } else { "no published profile fits on one node" };
             let mut explanations = BTreeMap::new();
             let mut documents = BTreeMap::new();
-            let mut candidates = vec![];
+            let mut candidates = feasible;
             for c in generated.candidates {
                 let summary = ProfileSummary::of(&c.profile, String::new(), "generated".into());
                 explanations.insert(c.profile.name.clone(), c.explanation);
@@ -897,9 +901,9 @@ pub fn select_with(
                 candidates.push((Cow::Owned(summary), true, c.group));
             }
             let mut sel = finish(req, arch, &groups, candidates, rejected, unusable, None, "");
-            if let Some(s) = sel.selected.as_mut() {
+            if let Some(s) = sel.selected.as_mut().filter(|s| s.generated) {
                 s.reason = format!(
-                    "no published profile fits; generated from {} ({}); {}",
+                    "{none_published}; generated from {} ({}); {}",
                     arch.map_or("the built-in table", |a| a.source.as_str()),
                     explain(&s.profile, req.kpi, &s.group),
                     explanations.remove(&s.profile.name).unwrap_or_default()

@@ -748,3 +748,22 @@ fn the_estimator_spans_two_h100_nodes_for_405b_in_bf16_and_one_mi300x_node_holds
     let doc = s.selected.unwrap().document.unwrap();
     assert_eq!((doc.nodes, doc.accelerator.count, doc.parallelism.pipeline), (1, 8, 1));
 }
+
+#[test]
+fn a_generated_single_node_profile_wins_over_a_published_one_spanning_nodes() {
+    let nodes = vec![
+        live("h100-a", "h100-sxm-80gb", 8, 8),
+        live("h100-b", "h100-sxm-80gb", 8, 8),
+        live("mi300x", "mi300x", 8, 8),
+    ];
+    let req = request(LLAMA405B, Kpi::Throughput);
+    let s = select(&req, &[two_node_405b()], &nodes, &[], &Engines::builtin());
+    let chosen = s.selected.unwrap();
+    assert_eq!(chosen.profile.name, "generated-vllm-amd-mi300x-x8-bf16");
+    assert!(chosen.reason.starts_with("no published profile fits on one node; generated"), "{}", chosen.reason);
+    let published = s.rejected.iter().find(|r| r.name == two_node_405b().name).unwrap();
+    assert!(published.reason.starts_with("feasible, but spans 2 nodes"), "{}", published.reason);
+    // Without the MI300X node, the published group wins over a generated one.
+    let s = select(&req, &[two_node_405b()], &nodes[..2], &[], &Engines::builtin());
+    assert_eq!(s.selected.unwrap().profile.name, two_node_405b().name);
+}

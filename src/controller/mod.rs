@@ -25,6 +25,7 @@ pub mod run;
 pub mod service;
 pub mod source;
 pub mod status;
+pub mod watch;
 
 pub use context::{Context, Error};
 pub use run::{Settings, run};

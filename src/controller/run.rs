@@ -12,7 +12,6 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::utils::Backoff as WatchBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -28,6 +27,7 @@ use crate::controller::leader::Election;
 use crate::controller::metrics::{self, Metrics};
 use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
+use crate::controller::watch::watch_backoff;
 use crate::profile::engines::Engines;
 use crate::profile::select::PodUse;
 use crate::render::{Capabilities, FIELD_MANAGER, Platform};
@@ -108,12 +108,14 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     let (pods, pod_writer) = reflector::store::<Pod>();
     let node_stream = reflector::reflector(
         node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).backoff(watch_backoff()),
     );
     // Every pod in the cluster may hold accelerators; keep only what accounting reads.
     let pod_stream = reflector::reflector(
         pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().modify(PodUse::slim),
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .backoff(watch_backoff())
+            .modify(PodUse::slim),
     )
     .touched_objects();
     let recorder = Recorder::new(
@@ -313,38 +315,6 @@ fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(delay)
 }
 
-/// The backoff of a controller's trigger watches: 100 ms doubling to 5 s, back to 100 ms after
-/// any event. kube pauses *all* of a controller's triggers after an error of any one of them;
-/// after an API server restart each watch fails once (its resource version expired), one after
-/// the other, and kube's default (0.8 s doubling to 30 s, reset only after 2 quiet minutes) left
-/// services blind to their Deployments for minutes (the API server fault test saw 4).
-struct TriggerBackoff(Duration);
-
-impl TriggerBackoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-}
-
-impl Iterator for TriggerBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(TriggerBackoff::MAX);
-        Some(now)
-    }
-}
-
-impl WatchBackoff for TriggerBackoff {
-    fn reset(&mut self) {
-        self.0 = TriggerBackoff::FIRST;
-    }
-}
-
-fn trigger_backoff() -> TriggerBackoff {
-    TriggerBackoff(TriggerBackoff::FIRST)
-}
-
 fn controller_for(
     client: &Client,
     namespace: &Option<String>,
@@ -357,7 +327,7 @@ fn controller_for(
     let services = writer.as_reader();
     let echoes = ctx.clone();
     let kind = ar.kind.clone();
-    let trigger = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff())
+    let trigger = reflector::reflector(writer, watcher(api, watcher::Config::default()).backoff(watch_backoff()))
         .touched_objects()
         .try_filter(move |s| {
             let key = key(&kind, s.metadata.namespace.as_deref().unwrap_or_default(), &s.name_any());
@@ -384,32 +354,19 @@ fn controller_for(
     let mut controller = controller.watches_with(caches, cache_ar, watcher::Config::default(), users);
     // Every kind we may own wakes its owner when it changes (drift is repaired) or goes; not
     // when the change is our own apply coming back.
-    for child in crate::controller::children::service_child_kinds(ctx.capabilities) {
-        let api: Api<DynamicObject> = match namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &child),
-            None => Api::all_with(client.clone(), &child),
-        };
-        let (owner, echoes) = (ar.clone(), ctx.clone());
-        let kind = child.kind.clone();
-        let mapper = move |obj: DynamicObject| {
-            let ns = obj.metadata.namespace.clone().unwrap_or_default();
-            let echo =
-                echoes.echoes.is_echo(&key(&kind, &ns, &obj.name_any()), obj.metadata.resource_version.as_deref());
-            let owners = obj.metadata.owner_references.clone().unwrap_or_default();
-            owners
-                .into_iter()
-                .filter(|o| {
-                    !echo && o.controller == Some(true) && o.kind == owner.kind && o.api_version == owner.api_version
-                })
-                .map(|o| ObjectRef::new_with(&o.name, owner.clone()).within(&ns))
-                .collect::<Vec<_>>()
-        };
-        controller = controller.watches_with(api, child, ours(), mapper);
+    if let Some(children) = ctx.children.scope(namespace) {
+        let echoes = ctx.clone();
+        let wakes = children.subscribe().filter_map(move |t| {
+            let echo = echoes.echoes.is_echo(&key(&t.kind, &t.namespace, &t.name), t.resource_version.as_deref());
+            let owner = t.owner.filter(|_| !echo).map(|o| ObjectRef::new_with(&o, ar.clone()).within(&t.namespace));
+            futures::future::ready(owner)
+        });
+        controller = controller.reconcile_on(wakes);
     }
     controller
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .trigger_backoff(trigger_backoff())
+        .trigger_backoff(watch_backoff())
         .shutdown_on_signal()
         .run(reconcile_object, error_policy, ctx)
         .for_each(|res| async move {
@@ -444,7 +401,7 @@ fn cache_controller_for(
         .owns(scoped::<PartialObjectMeta<k8s_openapi::api::batch::v1::Job>>(client, namespace), ours())
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .trigger_backoff(trigger_backoff())
+        .trigger_backoff(watch_backoff())
         .shutdown_on_signal()
         .run(reconcile_cache_object, cache_error_policy, ctx)
         .for_each(|res| async move {

@@ -434,7 +434,6 @@ pub fn pod_template(
     role: Role,
 ) -> Result<PodTemplateSpec, RenderError> {
     let svc = input.service;
-    let name = name_of(svc);
     let storage = svc.spec.storage.as_ref();
     let shm = storage
         .and_then(|s| s.shared_memory_size_limit.clone())
@@ -581,7 +580,9 @@ pub fn pod_template(
             ..Default::default()
         }),
         spec: Some(PodSpec {
-            service_account_name: Some(name.clone()),
+            // The namespace's default ServiceAccount, its token not mounted: vLLM never
+            // talks to the API server, and an account per service was one more write
+            // per service for nothing.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             containers: vec![container],

@@ -62,6 +62,8 @@ async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_n
         KwokNode::create(&client, &on_h100, &h100, None).await,
         KwokNode::create(&client, &on_h100, &h100, None).await,
         KwokNode::create(&client, &on_mi300x, &cluster::inventory_of("mi300x", 8), None).await,
+        KwokNode::create(&client, &on_h100, &h100, None).await,
+        KwokNode::create(&client, &on_h100, &h100, None).await,
     ];
     let svcs: Api<OIMService> = Api::namespaced(client.clone(), &ns.name);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
@@ -122,11 +124,9 @@ async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_n
         (on.len() == 2).then_some(on)
     })
     .await;
-    let mut expected = vec![nodes[0].name.clone(), nodes[1].name.clone()];
-    let mut placed = placed;
-    placed.sort();
-    expected.sort();
-    assert_eq!(placed, expected, "one pod on each H100 node");
+    let h100_nodes = [&nodes[0].name, &nodes[1].name, &nodes[3].name, &nodes[4].name];
+    assert_ne!(placed[0], placed[1], "one pod per node");
+    assert!(placed.iter().all(|n| h100_nodes.contains(&n)), "{placed:?} on the H100 nodes");
     // Status reports the group: Ready once its leader and worker are.
     let up = cluster::wait_for(&svcs, "big", Duration::from_secs(120), ready).await;
     let st = up.status.as_ref().unwrap();
@@ -136,6 +136,35 @@ async fn llama_405b_spans_two_h100_nodes_as_a_leader_worker_set_and_one_mi300x_n
     assert!(available.starts_with("1/1 LeaderWorkerSet group(s) ready (2 pods each"), "{available}");
     assert_eq!(st.profile.as_ref().unwrap().name, "generated-vllm-nvidia-h100-sxm-80gb-x8-n2-bf16");
     assert!(deployments.get_opt("big").await.unwrap().is_none(), "a group is not a Deployment");
+
+    // Two replicas are two groups on four nodes; then autoscaling takes the count over from
+    // there (handed to another field manager first, so no group is dropped).
+    svcs.patch("big", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"replicas": 2}})))
+        .await
+        .unwrap();
+    let two = cluster::wait_for(&svcs, "big", Duration::from_secs(120), |s| {
+        ready(s) && s.status.as_ref().and_then(|st| st.available_replicas) == Some(2)
+    })
+    .await;
+    let available = &condition(&two, "Available").unwrap().message;
+    assert!(available.starts_with("2/2 LeaderWorkerSet group(s) ready"), "{available}");
+    let scale = serde_json::json!({"spec": {"replicas": null, "scale": {"enabled": true, "hpa": {"minReplicas": 1, "maxReplicas": 2}}}});
+    svcs.patch("big", &PatchParams::default(), &Patch::Merge(&scale)).await.unwrap();
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(client.clone(), &ns.name);
+    let hpa = cluster::wait_for(&hpas, "big", Duration::from_secs(60), |_| true).await;
+    assert_eq!(hpa.spec.unwrap().scale_target_ref.kind, "LeaderWorkerSet");
+    let handed = cluster::wait_for(&groups, "big", Duration::from_secs(60), |g| {
+        g.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.manager.as_deref() == Some("oim-operator-replicas-handoff"))
+    })
+    .await;
+    assert_eq!(handed.data["spec"]["replicas"].as_i64(), Some(2), "no group dropped when autoscaling took over");
+    let scale_off = serde_json::json!({"spec": {"replicas": 1, "scale": null}});
+    svcs.patch("big", &PatchParams::default(), &Patch::Merge(&scale_off)).await.unwrap();
 
     // Moved to the MI300X node (freed first): one node holds it, so the group is removed and a
     // Deployment takes its place.

@@ -22,10 +22,13 @@ stop() {
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 60); do [[ -r /proc/$pid/stat ]] || break; sleep 0.25; done
     rm -f "$D/pid"
+    # No longer down.sh's to stop: its pid may be reused.
+    sed -i "/^$pid lws-controller\$/d" "$S/pids"
   fi
   K delete --ignore-not-found mutatingwebhookconfiguration oim-test-lws >/dev/null
   K delete --ignore-not-found validatingwebhookconfiguration oim-test-lws >/dev/null
-  K delete --ignore-not-found --wait -f "$LWS/leaderworkerset.x-k8s.io_leaderworkersets.yaml" >/dev/null
+  K delete --ignore-not-found --wait -f "$LWS/leaderworkerset.x-k8s.io_leaderworkersets.yaml" \
+    -f "$LWS/disaggregatedset.x-k8s.io_disaggregatedsets.yaml" >/dev/null
 }
 
 # LeaderWorkerSet's webhooks (the paths of its config/webhook/manifests.yaml), pointed at

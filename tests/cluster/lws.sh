@@ -60,6 +60,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 start() {
   [[ -x "$LWS/lws-controller" ]] || bash "$HERE/build.sh" >/dev/null
+  [[ -x "$LWS/lws-controller" ]] || { echo "lws.sh: no LeaderWorkerSet controller in $LWS; run tests/cluster/build.sh and read why it was not built" >&2; exit 1; }
   stop
   mkdir -p "$D/certs"
   cp "$S/pki/apiserver.crt" "$D/certs/tls.crt"

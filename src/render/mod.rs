@@ -363,6 +363,20 @@ fn pvc(svc: &OIMService) -> Result<Option<PersistentVolumeClaim>, RenderError> {
     }))
 }
 
+/// Why the service's own weights PVC cannot serve a group spanning `nodes` nodes: every pod of
+/// the group mounts it, each on its own node, and a ReadWriteOnce volume attaches to one node.
+pub fn pvc_shared_by_group(svc: &OIMService, nodes: u32) -> Option<String> {
+    let p = svc.spec.storage.as_ref()?.pvc.as_ref()?;
+    let mode = p.volume_access_mode.unwrap_or(VolumeAccessMode::ReadWriteOnce);
+    (nodes > 1 && matches!(mode, VolumeAccessMode::ReadWriteOnce | VolumeAccessMode::ReadWriteOncePod)).then(|| {
+        format!(
+            "PVC {} is {} but each replica spans {nodes} nodes: pods on other nodes cannot mount it; use volumeAccessMode ReadWriteMany, or no spec.storage.pvc (each pod downloads the weights)",
+            pvc_name(svc).unwrap_or_default(),
+            enum_str(&mode)
+        )
+    })
+}
+
 /// The weights PVC a service uses (created or existing), if any.
 pub fn pvc_name(svc: &OIMService) -> Option<String> {
     let p = svc.spec.storage.as_ref()?.pvc.as_ref()?;

@@ -411,3 +411,21 @@ fn autoscaling_a_group_targets_the_leader_worker_set_and_leaves_replicas_to_the_
     );
     assert!(r.leader_worker_set.unwrap().data["spec"].get("replicas").is_none());
 }
+
+#[test]
+fn a_read_write_once_pvc_of_a_service_spanning_nodes_is_reported() {
+    let mut svc = service(LLAMA405B);
+    assert_eq!(pvc_shared_by_group(&svc, 2), None, "no PVC: each pod downloads");
+    svc.spec.storage =
+        Some(serde_json::from_value(serde_json::json!({"pvc": {"create": true, "size": "1Ti"}})).unwrap());
+    assert_eq!(pvc_shared_by_group(&svc, 1), None, "one node mounts it");
+    let why = pvc_shared_by_group(&svc, 2).unwrap();
+    assert!(why.starts_with("PVC llama31-405b-weights is ReadWriteOnce but each replica spans 2 nodes"), "{why}");
+    svc.spec.storage = Some(
+        serde_json::from_value(
+            serde_json::json!({"pvc": {"create": true, "size": "1Ti", "volumeAccessMode": "ReadWriteMany"}}),
+        )
+        .unwrap(),
+    );
+    assert_eq!(pvc_shared_by_group(&svc, 2), None);
+}

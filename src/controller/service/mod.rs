@@ -201,7 +201,7 @@ fn build(
             let shared = crate::render::cache::rwo_shared(c, svc.spec.max_replicas(), chosen.profile.nodes);
             (Weights::Cache { pvc, path }, Some(message), shared)
         }
-        _ => (Weights::Hub, None, None),
+        _ => (Weights::Hub, None, crate::render::pvc_shared_by_group(svc, chosen.profile.nodes)),
     };
     let key = selection_key(svc);
     let input = Input {

@@ -18,6 +18,7 @@ pub mod echo;
 pub mod events;
 pub mod health;
 pub mod leader;
+pub mod limit;
 pub mod metrics;
 pub mod model;
 pub mod placement;

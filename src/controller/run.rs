@@ -76,6 +76,8 @@ pub struct Settings {
     pub own_image: String,
     /// The hub model facts are read from.
     pub hf_endpoint: String,
+    /// The limit the operator's client was built with (reported in the metrics).
+    pub api_limit: crate::controller::limit::ApiLimit,
     /// The leader election this replica takes part in (its client is fenced by it); None:
     /// a single replica that always reconciles.
     pub election: Option<Election>,
@@ -94,9 +96,10 @@ pub enum Stopped {
 /// `/healthz` fails so the kubelet restarts the operator.
 const STUCK_AFTER: Duration = Duration::from_secs(600);
 
-/// Reconciles in flight per controller. Unbounded, a cold start over 1,000 services opens a
-/// connection per reconcile and swamps a small API server.
-const CONCURRENCY: u16 = 8;
+/// Reconciles in flight per controller: as many as the client may have requests in flight at
+/// most. How many of them write at once follows the API server (`controller::limit`); this
+/// only bounds memory.
+const CONCURRENCY: u16 = crate::controller::limit::MAX as u16;
 
 /// Runs the controllers until SIGTERM (or, with leader election, until the lease is lost): one
 /// OIMService and one OIMCache controller per watched namespace (or one pair for all), sharing
@@ -149,6 +152,7 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         health: health.clone(),
         placement: Default::default(),
         echoes: Default::default(),
+        api_limit: settings.api_limit.clone(),
     });
     tokio::spawn(report_ready(ctx.clone(), scopes.clone()));
     let (senders, receivers) = node_channels(scopes.len());
@@ -301,6 +305,7 @@ fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) 
 
 async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _running = ctx.health.running(format!("OIMService {}", decode::id(&obj)));
+    ctx.metrics.api_limit.set(ctx.api_limit.current() as i64);
     match decode::decode::<OIMService>(&obj) {
         Ok(svc) => reconcile(Arc::new(svc), ctx).await,
         Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMService>(), "oimservice", &why).await),

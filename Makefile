@@ -88,3 +88,4 @@ golden:
 	./target/debug/oim render -f examples/llama31-8b-latency.yaml --inventory examples/inventories/test-cluster.yaml --catalog profiles > tests/fixtures/golden/llama31-8b-latency.yaml
 	./target/debug/oim render -f examples/llama31-8b-latency.yaml --inventory examples/inventories/test-cluster.yaml --catalog profiles --platform openshift > tests/fixtures/golden/llama31-8b-latency-openshift.yaml
 	./target/debug/oim render -f examples/llama31-70b-throughput.yaml -f examples/llama31-70b-cache.yaml --inventory examples/inventories/test-cluster.yaml --catalog profiles > tests/fixtures/golden/llama31-70b-throughput.yaml
+	./target/debug/oim render -f examples/llama31-405b.yaml --inventory examples/inventories/h100-pair.yaml --catalog profiles > tests/fixtures/golden/llama31-405b-h100-pair.yaml

@@ -49,6 +49,7 @@ fn main() {
                 vendor: d.vendor,
                 product: d.slug.clone(),
                 count,
+                nodes: 1,
                 min_memory_mib: None,
                 tensor_parallelism: count,
                 pipeline_parallelism: 1,

@@ -172,6 +172,7 @@ fn operator(args: OperatorArgs) -> ExitCode {
             gateway: has("gateway.networking.k8s.io"),
             inference_pools: has("inference.networking.k8s.io"),
             kserve: has("serving.kserve.io"),
+            leader_worker_sets: has(oim::render::lws::LWS_GROUP),
         };
         let own = own_image(&client).await;
         let agent = if args.no_agent {

@@ -235,6 +235,7 @@ async fn render_service(env: &Env, svc: &OIMService, caches: &[OIMCache]) -> Res
             gateway: true,
             inference_pools: true,
             kserve: true,
+            leader_worker_sets: true,
         },
         engines: &env.engines,
         device_groups: vec![],

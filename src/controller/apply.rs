@@ -71,6 +71,7 @@ fn known_kinds() -> Vec<ApiResource> {
         crate::render::routing::http_route_resource(),
         crate::render::routing::inference_pool_resource(),
         crate::render::routing::inference_service_resource(),
+        crate::render::leader_worker_set_resource(),
     ]
 }
 
@@ -381,6 +382,7 @@ mod tests {
             ("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
             ("inference.networking.k8s.io/v1", "InferencePool", "inferencepools"),
             ("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices"),
+            ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),
         ] {
             let obj = serde_json::json!({"apiVersion": api_version, "kind": kind});
             assert_eq!(resource_of(&obj).map(|r| r.plural), Some(plural.to_string()), "{kind}");

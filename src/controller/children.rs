@@ -1,5 +1,5 @@
 //! Caches of the children the operator labels as its own — metadata only, plus the Deployments'
-//! status — and what we last applied to each. They answer "is this ours", "does it already carry
+//! and LeaderWorkerSets' status — and what we last applied to each. They answer "is this ours", "does it already carry
 //! what we would apply", "did someone change it since" and "what do we own that is no longer
 //! rendered" without a GET per child per reconcile.
 
@@ -57,6 +57,9 @@ pub fn service_child_kinds(capabilities: Capabilities) -> Vec<ApiResource> {
     if capabilities.kserve {
         kinds.push(crate::render::routing::inference_service_resource());
     }
+    if capabilities.leader_worker_sets {
+        kinds.push(crate::render::leader_worker_set_resource());
+    }
     kinds
 }
 
@@ -72,6 +75,7 @@ fn optional(ar: &ApiResource) -> bool {
             | "gateway.networking.k8s.io"
             | "inference.networking.k8s.io"
             | "serving.kserve.io"
+            | crate::render::lws::LWS_GROUP
     )
 }
 
@@ -187,8 +191,8 @@ impl Owners {
     }
 }
 
-/// One cached kind: metadata only, or (Deployments) the object without its pod template, which
-/// the status reads; and who owns what in it.
+/// One cached kind: metadata only, or (Deployments, LeaderWorkerSets) the object without its pod
+/// templates, which the status reads; and who owns what in it.
 struct Cache {
     store: CacheStore,
     owners: Arc<Mutex<Owners>>,
@@ -197,6 +201,7 @@ struct Cache {
 enum CacheStore {
     Meta(Store<Meta>),
     Deployments(Store<Deployment>),
+    Groups(Store<DynamicObject>),
 }
 
 impl Cache {
@@ -204,6 +209,7 @@ impl Cache {
         let ready = match &self.store {
             CacheStore::Meta(s) => s.wait_until_ready().now_or_never(),
             CacheStore::Deployments(s) => s.wait_until_ready().now_or_never(),
+            CacheStore::Groups(s) => s.wait_until_ready().now_or_never(),
         };
         ready.is_some_and(|r| r.is_ok())
     }
@@ -212,6 +218,7 @@ impl Cache {
         match &self.store {
             CacheStore::Meta(s) => s.wait_until_ready().await.is_ok(),
             CacheStore::Deployments(s) => s.wait_until_ready().await.is_ok(),
+            CacheStore::Groups(s) => s.wait_until_ready().await.is_ok(),
         }
     }
 
@@ -221,6 +228,9 @@ impl Cache {
                 s.get(&ObjectRef::new_with(name, ar.clone()).within(namespace)).map(|o| o.metadata.clone())
             }
             CacheStore::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)).map(|d| d.metadata.clone()),
+            CacheStore::Groups(s) => {
+                s.get(&ObjectRef::new_with(name, ar.clone()).within(namespace)).map(|o| o.metadata.clone())
+            }
         }
     }
 
@@ -270,6 +280,15 @@ fn cache_and_wake<K>(
     });
 }
 
+/// Only what the status reads of a LeaderWorkerSet: metadata (managedFields slimmed),
+/// generation, status and replicas.
+fn slim_group(o: &mut DynamicObject) {
+    slim_managed_fields(&mut o.metadata);
+    if let Some(spec) = o.data.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        spec.retain(|k, _| k == "replicas");
+    }
+}
+
 /// Only what the status and the apply verdict read: metadata (managedFields slimmed), status
 /// and replicas.
 fn slim(d: &mut Deployment) {
@@ -295,6 +314,15 @@ impl Children {
                     let (store, writer) = reflector::store();
                     cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), owners.clone(), slim);
                     CacheStore::Deployments(store)
+                } else if ar.group == crate::render::lws::LWS_GROUP {
+                    let api: Api<DynamicObject> = match namespace {
+                        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                        None => Api::all_with(client.clone(), &ar),
+                    };
+                    let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+                    let store = writer.as_reader();
+                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), owners.clone(), slim_group);
+                    CacheStore::Groups(store)
                 } else {
                     let api: Api<Meta> = match namespace {
                         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -356,11 +384,19 @@ impl Children {
         self.kinds.iter().map(|(ar, _)| ar)
     }
 
+    /// Our LeaderWorkerSet of that name, without its templates; None when the API is absent.
+    pub fn group(&self, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        self.kinds.iter().find_map(|(ar, c)| match &c.store {
+            CacheStore::Groups(s) => s.get(&ObjectRef::new_with(name, ar.clone()).within(namespace)),
+            CacheStore::Meta(_) | CacheStore::Deployments(_) => None,
+        })
+    }
+
     /// Our Deployment of that name, without its pod template.
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
         self.kinds.iter().find_map(|(_, c)| match &c.store {
             CacheStore::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)),
-            CacheStore::Meta(_) => None,
+            CacheStore::Meta(_) | CacheStore::Groups(_) => None,
         })
     }
 }

@@ -42,8 +42,11 @@ pub struct ProfileSummary {
     pub vendor: Vendor,
     /// Accelerator product slug or `any`.
     pub product: String,
-    /// Devices per replica.
+    /// Devices per node of a replica.
     pub count: u32,
+    /// Nodes a replica spans (1: one pod; more: a LeaderWorkerSet group).
+    #[serde(skip_serializing_if = "is_one")]
+    pub nodes: u32,
     /// Memory per device for `any`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_memory_mib: Option<u64>,
@@ -70,7 +73,16 @@ pub struct ProfileSummary {
     pub source: String,
 }
 
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
 impl ProfileSummary {
+    /// Devices of one replica over all its nodes.
+    pub fn total_devices(&self) -> u32 {
+        self.count.saturating_mul(self.nodes.max(1))
+    }
+
     /// The summary of a parsed profile.
     pub fn of(p: &Profile, digest: String, source: String) -> ProfileSummary {
         let perf = p.performance.as_ref();
@@ -84,6 +96,7 @@ impl ProfileSummary {
             vendor: p.accelerator.vendor,
             product: p.accelerator.product.clone(),
             count: p.accelerator.count,
+            nodes: p.nodes,
             min_memory_mib: p.accelerator.min_memory_mib,
             tensor_parallelism: p.parallelism.tensor,
             pipeline_parallelism: p.parallelism.pipeline,
@@ -112,6 +125,7 @@ impl ProfileSummary {
             vendor: parse_enum(get("accelerator.vendor"))?,
             product: get("accelerator.product")?,
             count: get("accelerator.count")?.parse().ok()?,
+            nodes: get("nodes").and_then(|v| v.parse().ok()).filter(|n| *n >= 1).unwrap_or(1),
             min_memory_mib: get("accelerator.min-memory-mib").and_then(|v| v.parse().ok()),
             tensor_parallelism: get("tensor-parallel-size").and_then(|v| v.parse().ok()).unwrap_or(1),
             pipeline_parallelism: get("pipeline-parallel-size").and_then(|v| v.parse().ok()).unwrap_or(1),

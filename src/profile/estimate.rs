@@ -27,11 +27,13 @@ pub fn runtime_reserve_bytes(tensor: u32) -> f64 {
     if tensor > 1 { 4.0 * GIB } else { 3.0 * GIB }
 }
 
-/// What a device can hold for one model at one tensor-parallel degree.
+/// What a device can hold for one model at one tensor-parallel (and pipeline-parallel) degree.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fit {
     /// Tensor-parallel degree.
     pub tensor: u32,
+    /// Pipeline-parallel degree: each stage holds 1/pipeline of the layers, their weights and KV.
+    pub pipeline: u32,
     /// Bytes per device left for KV cache (may be negative).
     pub kv_budget_per_device: f64,
     /// Tokens of KV capacity across the group (one sequence's worth of layers).
@@ -40,12 +42,20 @@ pub struct Fit {
 
 /// KV budget and capacity at `tensor` on devices of `device_mib`.
 pub fn fit(a: &Arch, precision: Precision, device_mib: u64, tensor: u32) -> Fit {
+    fit_pipeline(a, precision, device_mib, tensor, 1)
+}
+
+/// KV budget and capacity at `tensor` x `pipeline`: every device holds 1/(tensor x pipeline) of
+/// the weights, and the KV of its stage's layers sharded over the tensor ranks.
+pub fn fit_pipeline(a: &Arch, precision: Precision, device_mib: u64, tensor: u32, pipeline: u32) -> Fit {
+    let pipeline = pipeline.max(1);
     let usable = device_mib as f64 * 1024.0 * 1024.0 * GPU_MEMORY_UTILIZATION;
-    let budget = usable - a.weight_bytes(precision) / f64::from(tensor) - runtime_reserve_bytes(tensor);
+    let devices = tensor.saturating_mul(pipeline);
+    let budget = usable - a.weight_bytes(precision) / f64::from(devices) - runtime_reserve_bytes(devices);
     // KV heads shard over TP ranks; beyond the KV-head count they are replicated.
-    let shards = f64::from(tensor.min(a.kv_heads));
+    let shards = f64::from(tensor.min(a.kv_heads)) * f64::from(pipeline);
     let capacity = if budget > 0.0 { budget * shards / a.kv_bytes_per_token() } else { 0.0 };
-    Fit { tensor, kv_budget_per_device: budget, kv_capacity_tokens: capacity }
+    Fit { tensor, pipeline, kv_budget_per_device: budget, kv_capacity_tokens: capacity }
 }
 
 /// Whether `tokens` of one sequence fit next to the weights and reserve at `tensor` on devices
@@ -56,7 +66,8 @@ pub fn holds_tokens(a: &Arch, precision: Precision, device_mib: u64, tensor: u32
 
 /// Whether `tokens` of one sequence fit the KV budget at `tensor`.
 fn holds(a: &Arch, f: &Fit, tokens: u64) -> bool {
-    f.kv_budget_per_device > 0.0 && a.kv_bytes(tokens) / f64::from(f.tensor.min(a.kv_heads)) <= f.kv_budget_per_device
+    let shards = f64::from(f.tensor.min(a.kv_heads)) * f64::from(f.pipeline.max(1));
+    f.kv_budget_per_device > 0.0 && a.kv_bytes(tokens) / shards <= f.kv_budget_per_device
 }
 
 /// The generated sizing: tensor parallelism and max-model-len.
@@ -64,6 +75,8 @@ fn holds(a: &Arch, f: &Fit, tokens: u64) -> bool {
 pub struct Sizing {
     /// Tensor-parallel degree.
     pub tensor: u32,
+    /// Pipeline-parallel degree = nodes of a replica (1: one node).
+    pub pipeline: u32,
     /// `--max-model-len`.
     pub max_model_len: u64,
     /// KV capacity in tokens.
@@ -75,12 +88,12 @@ pub struct Sizing {
 /// Loading a 16-bit checkpoint and quantizing it online (`--quantization fp8`) first holds the
 /// 16-bit weights on the device (vLLM fp8.md: "we load the model at original precision before
 /// quantizing down to 8-bits, so you need enough memory to load the whole model").
-fn loads(a: &Arch, precision: Precision, device_mib: u64, tensor: u32) -> bool {
+fn loads(a: &Arch, precision: Precision, device_mib: u64, devices: u32) -> bool {
     if precision == a.native_precision() {
         return true;
     }
     let usable = device_mib as f64 * 1024.0 * 1024.0 * GPU_MEMORY_UTILIZATION;
-    a.weight_bytes(a.native_precision()) / f64::from(tensor) + runtime_reserve_bytes(tensor) <= usable
+    a.weight_bytes(a.native_precision()) / f64::from(devices) + runtime_reserve_bytes(devices) <= usable
 }
 
 /// DESIGN §5: the smallest TP in {1, 2, 4, 8} that is <= the usable devices per node, divides
@@ -137,10 +150,46 @@ pub fn size(a: &Arch, precision: Precision, device_mib: u64, devices_per_node: u
     })
 }
 
+/// Most nodes a generated profile spans.
+pub const MAX_GENERATED_NODES: u32 = 8;
+
+/// When no node holds the model (`size` failed with `single`): vLLM's documented multi-node
+/// layout, tensor parallelism over the whole node (the largest of {1, 2, 4, 8} <= the devices
+/// per node that divides the heads) and pipeline parallelism across the fewest nodes (2 to
+/// [`MAX_GENERATED_NODES`], at most the layer count) that hold weights + reserve + KV for
+/// min(max context, 8192) tokens at 0.90.
+pub fn size_multi_node(
+    a: &Arch,
+    precision: Precision,
+    device_mib: u64,
+    devices_per_node: u32,
+    single: &str,
+) -> Result<Sizing, String> {
+    let need = a.max_context.min(MIN_CONTEXT);
+    let Some(tensor) = [8u32, 4, 2, 1].into_iter().find(|t| *t <= devices_per_node && a.q_heads.is_multiple_of(*t))
+    else {
+        return Err(single.to_string());
+    };
+    for nodes in 2..=MAX_GENERATED_NODES.min(a.layers) {
+        let f = fit_pipeline(a, precision, device_mib, tensor, nodes);
+        if holds(a, &f, need) && loads(a, precision, device_mib, tensor * nodes) {
+            let mut s = sizing_at(a, precision, device_mib, &f);
+            s.why = format!("one node is not enough ({single}); {}", s.why);
+            return Ok(s);
+        }
+    }
+    Err(format!(
+        "{single}; nor do {MAX_GENERATED_NODES} nodes of {tensor}x {:.1} GiB with pipeline parallelism",
+        device_mib as f64 / 1024.0
+    ))
+}
+
 /// The sizing at the fit `f` (which holds min(max context, 8192) tokens).
 fn sizing_at(a: &Arch, precision: Precision, device_mib: u64, f: &Fit) -> Sizing {
     let need = a.max_context.min(MIN_CONTEXT);
     let tensor = f.tensor;
+    let pipeline = f.pipeline.max(1);
+    let devices = tensor * pipeline;
     let mut len = a.max_context.next_power_of_two();
     if len > a.max_context {
         len /= 2;
@@ -149,17 +198,22 @@ fn sizing_at(a: &Arch, precision: Precision, device_mib: u64, f: &Fit) -> Sizing
         len /= 2;
     }
     let weights = a.weight_bytes(precision) / GIB;
+    let layout = if pipeline > 1 {
+        format!("TP{tensor} x PP{pipeline} over {pipeline} nodes of {tensor} devices")
+    } else {
+        format!("TP{tensor}")
+    };
     let why = format!(
-        "TP{tensor}: {weights:.1} GiB of {} weights = {:.1} GiB per device + {:.0} GiB reserve leave {:.1} GiB of {:.1} GiB (at {GPU_MEMORY_UTILIZATION}) for KV, {:.0}k tokens at {:.0} KiB/token",
+        "{layout}: {weights:.1} GiB of {} weights = {:.1} GiB per device + {:.0} GiB reserve leave {:.1} GiB of {:.1} GiB (at {GPU_MEMORY_UTILIZATION}) for KV, {:.0}k tokens at {:.0} KiB/token",
         crate::profile::oci::enum_str(&precision),
-        weights / f64::from(tensor),
-        runtime_reserve_bytes(tensor) / GIB,
+        weights / f64::from(devices),
+        runtime_reserve_bytes(devices) / GIB,
         f.kv_budget_per_device / GIB,
         device_mib as f64 / 1024.0,
         f.kv_capacity_tokens / 1000.0,
         a.kv_bytes_per_token() / 1024.0,
     );
-    Sizing { tensor, max_model_len: len.max(need), kv_capacity_tokens: f.kv_capacity_tokens, why }
+    Sizing { tensor, pipeline, max_model_len: len.max(need), kv_capacity_tokens: f.kv_capacity_tokens, why }
 }
 
 /// Larger tensor-parallel degrees than the smallest that fits (`s`), up to the devices per node:
@@ -360,6 +414,26 @@ mod tests {
         // Qwen2.5-7B has 28 heads: TP8 never divides them.
         let qwen = arch("Qwen/Qwen2.5-7B-Instruct").unwrap();
         assert!(size(qwen, Precision::Bf16, 8192, 8).is_err());
+    }
+
+    #[test]
+    fn llama_405b_in_bf16_spans_two_h100_nodes_with_tensor_inside_and_pipeline_across() {
+        let a = arch("meta-llama/Llama-3.1-405B-Instruct").unwrap();
+        let single = size(a, Precision::Bf16, 81559, 8).unwrap_err();
+        assert!(single.contains("do not fit 8x 79.6 GiB"), "{single}");
+        let s = size_multi_node(a, Precision::Bf16, 81559, 8, &single).unwrap();
+        assert_eq!((s.tensor, s.pipeline), (8, 2), "{}", s.why);
+        assert!(s.max_model_len >= 8192);
+        // Each of the 16 devices holds 1/16 of the 756 GiB of weights.
+        let f = fit_pipeline(a, Precision::Bf16, 81559, 8, 2);
+        assert!(
+            (f.kv_budget_per_device / GIB
+                - (81559.0 / 1024.0 * 0.9 - a.weight_bytes(Precision::Bf16) / GIB / 16.0 - 4.0))
+                .abs()
+                < 0.01
+        );
+        // A node of 8x MI300X holds it alone.
+        assert_eq!(size(a, Precision::Bf16, 196608, 8).unwrap().tensor, 8);
     }
 
     #[test]

@@ -180,6 +180,11 @@ pub fn annotations(p: &Profile) -> BTreeMap<String, String> {
     }
     put("tensor-parallel-size", p.parallelism.tensor.to_string());
     put("pipeline-parallel-size", p.parallelism.pipeline.to_string());
+    // Beyond the DESIGN list, and only where it is not 1 (single-node artifacts keep their
+    // annotations): a profile spanning nodes needs the LeaderWorkerSet API and whole groups.
+    if p.nodes > 1 {
+        put("nodes", p.nodes.to_string());
+    }
     if let Some(perf) = &p.performance {
         if let Some(t) = perf.ttft_ms_p50 {
             put("performance.ttft-ms-p50", t.to_string());

@@ -10,6 +10,17 @@ use serde_json::Value;
 use crate::api::{Kpi, Precision, Vendor};
 use crate::hardware::devices;
 
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// Most nodes one replica may span.
+pub const MAX_NODES: u32 = 64;
+
 /// Value of the `schema` field.
 pub const PROFILE_SCHEMA: &str = "oim.opea.dev/profile/v1";
 /// Largest profile document accepted, from a file or a registry blob.
@@ -39,9 +50,13 @@ pub struct Profile {
     pub precision: Precision,
     /// Engine name, version and image.
     pub engine: Engine,
-    /// Accelerators per replica.
+    /// Accelerators per node (per pod).
     pub accelerator: ProfileAccelerator,
-    /// Tensor and pipeline parallelism; tensor x pipeline = accelerator.count.
+    /// Nodes one replica spans (default 1). Above 1 the replica is a LeaderWorkerSet group of
+    /// that many pods, each with `accelerator.count` devices, joined over Ray.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub nodes: u32,
+    /// Tensor and pipeline parallelism; tensor x pipeline = accelerator.count x nodes.
     pub parallelism: Parallelism,
     /// Engine args: `key: value` -> `--key value`, `true` -> `--key`, `false` -> `--no-key`,
     /// a list -> `--key a b`, an object -> `--key <json>`.
@@ -80,7 +95,7 @@ pub struct ProfileAccelerator {
     pub vendor: Vendor,
     /// Device-table slug, or `any` (with `minMemoryMiB`).
     pub product: String,
-    /// Devices per replica (NUMA nodes for `cpu`).
+    /// Devices per node of a replica (NUMA nodes for `cpu`).
     pub count: u32,
     /// Memory each device needs.
     #[serde(default, rename = "minMemoryMiB", skip_serializing_if = "Option::is_none")]
@@ -282,12 +297,41 @@ impl Profile {
         if a.count == 0 {
             return err("accelerator.count", "is 0".into(), "use 1 or more devices (NUMA nodes for cpu)");
         }
+        if self.nodes == 0 || self.nodes > MAX_NODES {
+            return err("nodes", format!("is {}", self.nodes), &format!("use 1 to {MAX_NODES} nodes per replica"));
+        }
+        if self.nodes > 1 && a.vendor == Vendor::Cpu {
+            return err(
+                "nodes",
+                format!("is {} for vendor cpu", self.nodes),
+                "CPU profiles run on one node: use nodes: 1",
+            );
+        }
         let p = self.parallelism;
-        if p.tensor == 0 || p.pipeline == 0 || p.tensor.checked_mul(p.pipeline) != Some(a.count) {
+        let devices = a.count.checked_mul(self.nodes);
+        if p.tensor == 0 || p.pipeline == 0 || p.tensor.checked_mul(p.pipeline) != devices {
             return err(
                 "parallelism",
-                format!("tensor {} x pipeline {} != accelerator.count {}", p.tensor, p.pipeline, a.count),
-                "make tensor x pipeline equal the device count",
+                if self.nodes == 1 {
+                    format!("tensor {} x pipeline {} != accelerator.count {}", p.tensor, p.pipeline, a.count)
+                } else {
+                    format!(
+                        "tensor {} x pipeline {} != accelerator.count {} x nodes {}",
+                        p.tensor, p.pipeline, a.count, self.nodes
+                    )
+                },
+                if self.nodes == 1 {
+                    "make tensor x pipeline equal the device count"
+                } else {
+                    "make tensor x pipeline equal the devices of all nodes (e.g. tensor = count, pipeline = nodes)"
+                },
+            );
+        }
+        if self.nodes > 1 && p.tensor > a.count {
+            return err(
+                "parallelism.tensor",
+                format!("{} is more than the {} devices of one node", p.tensor, a.count),
+                "keep tensor parallelism inside a node and span nodes with pipeline parallelism (tensor = count, pipeline = nodes)",
             );
         }
         if a.product == "any" {
@@ -355,6 +399,16 @@ impl Profile {
     /// The repository actually loaded.
     pub fn weights(&self) -> &str {
         self.weights.as_deref().unwrap_or(&self.model)
+    }
+
+    /// Devices each pod of a replica requests: tensor x pipeline over the nodes (= accelerator.count).
+    pub fn devices_per_pod(&self) -> u32 {
+        self.parallelism.tensor.saturating_mul(self.parallelism.pipeline) / self.nodes.max(1)
+    }
+
+    /// Whether a replica spans several nodes (a LeaderWorkerSet group).
+    pub fn multi_node(&self) -> bool {
+        self.nodes > 1
     }
 
     /// Engine flags from `args`, in key order.

@@ -288,6 +288,9 @@ pub struct Request {
     pub node_selector: BTreeMap<String, String>,
     /// The service's own tolerations (the accelerator toleration is added per group).
     pub tolerations: Vec<Toleration>,
+    /// The cluster has no LeaderWorkerSet API: profiles spanning nodes are rejected. False
+    /// offline (`oim render` prints what a cluster with the API would get).
+    pub lws_missing: bool,
 }
 
 impl Request {
@@ -374,6 +377,18 @@ impl Group {
             return 0;
         }
         self.nodes.values().fold(0u32, |sum, f| sum.saturating_add(f / per_replica))
+    }
+
+    /// Replicas of `nodes` pods with `per_pod` devices each (a LeaderWorkerSet group per
+    /// replica) the free devices can hold: pod slots over the nodes, a group's pods on distinct
+    /// slots. `nodes` 1 is [`Group::replicas_for`].
+    pub fn groups_for(&self, per_pod: u32, nodes: u32) -> u32 {
+        self.replicas_for(per_pod) / nodes.max(1)
+    }
+
+    /// Nodes with at least `per_pod` free devices.
+    pub fn nodes_with(&self, per_pod: u32) -> usize {
+        self.nodes.values().filter(|f| **f >= per_pod).count()
     }
 
     /// `4x nvidia h100-sxm-80gb on 2 nodes`.
@@ -629,6 +644,7 @@ fn place(p: &ProfileSummary, groups: &[Group], replicas: u32) -> Result<usize, S
     let matching: Vec<usize> =
         (0..groups.len()).filter(|&i| groups[i].vendor == p.vendor && product_fits(&groups[i])).collect();
     let want = || format!("{}x {} {}", p.count, p.vendor, p.product);
+    let nodes = p.nodes.max(1);
     if matching.is_empty() {
         let offered = groups
             .iter()
@@ -650,11 +666,12 @@ fn place(p: &ProfileSummary, groups: &[Group], replicas: u32) -> Result<usize, S
     // Most room for replicas wins; the product name breaks ties so runs agree.
     let fitting = large_enough
         .iter()
-        .map(|&i| (i, groups[i].replicas_for(p.count)))
+        .map(|&i| (i, groups[i].groups_for(p.count, nodes)))
         .filter(|(_, r)| *r >= replicas)
         .max_by(|(a, ra), (b, rb)| ra.cmp(rb).then_with(|| groups[*b].product.cmp(&groups[*a].product)));
     match fitting {
         Some((i, _)) => Ok(i),
+        None if nodes > 1 => Err(group_shortfall(p.count, nodes, replicas, &p.product, &large_enough, groups)),
         None => {
             let free: Vec<String> =
                 large_enough.iter().flat_map(|&i| groups[i].nodes.iter().map(|(n, f)| format!("{f} on {n}"))).collect();
@@ -665,6 +682,39 @@ fn place(p: &ProfileSummary, groups: &[Group], replicas: u32) -> Result<usize, S
             ))
         }
     }
+}
+
+/// Why no group holds `replicas` groups of `nodes` pods with `per_pod` devices each:
+/// "needs 2 nodes with 8 free h100-sxm-80gb each; 1 has (8 on a, 3 on b)".
+fn group_shortfall(
+    per_pod: u32,
+    nodes: u32,
+    replicas: u32,
+    product: &str,
+    candidates: &[usize],
+    groups: &[Group],
+) -> String {
+    let best = candidates.iter().map(|&i| groups[i].nodes_with(per_pod)).max().unwrap_or(0);
+    let free: Vec<String> =
+        candidates.iter().flat_map(|&i| groups[i].nodes.iter().map(|(n, f)| format!("{f} on {n}"))).collect();
+    let product = match (product, candidates.first()) {
+        ("any", Some(&i)) => groups[i].product.clone(),
+        _ => product.to_string(),
+    };
+    let total = nodes.saturating_mul(replicas);
+    let replicas_note = if replicas > 1 { format!(" ({total} nodes for {replicas} replicas)") } else { String::new() };
+    format!(
+        "InsufficientFreeAccelerators: needs {nodes} nodes with {per_pod} free {product} each{replicas_note}; {best} {} (free: {})",
+        if best == 1 { "has" } else { "have" },
+        if free.is_empty() { "none".to_string() } else { free.join(", ") }
+    )
+}
+
+/// Why a profile spanning nodes cannot run in a cluster without the LeaderWorkerSet API.
+pub fn lws_missing_reason(nodes: u32) -> String {
+    format!(
+        "LeaderWorkerSetMissing: spans {nodes} nodes (a LeaderWorkerSet group), but the cluster has no leaderworkerset.x-k8s.io/v1 API; install LeaderWorkerSet and restart the operator, or choose a single-node profile"
+    )
 }
 
 /// Rejections for the request's filters.
@@ -730,7 +780,7 @@ fn figure_key(
     arch: Option<&Arch>,
 ) -> (Evidence, i64, Evidence, i64) {
     let scaled = |v: f64| (v * 1000.0).round() as i64;
-    let per_device = p.throughput_tokens_per_sec.map(|t| t / f64::from(p.count.max(1)));
+    let per_device = p.throughput_tokens_per_sec.map(|t| t / f64::from(p.total_devices().max(1)));
     let ev = evidence(p, kpi, generated, reference);
     let comparable = matches!(ev, Evidence::Measured | Evidence::Estimated);
     match kpi {
@@ -743,16 +793,24 @@ fn figure_key(
     }
 }
 
-/// The DESIGN ranking as a sort key (lower ranks first): requested KPI, published before
-/// generated, the KPI's figure (measured before estimated), fewer devices, name.
+/// The DESIGN ranking as a sort key (lower ranks first): requested KPI, one node before
+/// several (a group costs whole nodes and a network hop per token), published before generated,
+/// the KPI's figure (measured before estimated), fewer devices, name.
 fn rank_key(
     p: &ProfileSummary,
     generated: bool,
     kpi: Kpi,
     reference: Option<u32>,
     arch: Option<&Arch>,
-) -> (bool, bool, (Evidence, i64, Evidence, i64), u32, String) {
-    (p.kpi != kpi, generated, figure_key(p, kpi, generated, reference, arch), p.count, p.name.clone())
+) -> (bool, bool, bool, (Evidence, i64, Evidence, i64), u32, String) {
+    (
+        p.kpi != kpi,
+        p.nodes > 1,
+        generated,
+        figure_key(p, kpi, generated, reference, arch),
+        p.total_devices(),
+        p.name.clone(),
+    )
 }
 
 /// The concurrency most feasible profiles of the requested KPI report figures at (ties: lowest).
@@ -809,6 +867,10 @@ pub fn select_with(
             rejected.push(Rejected { name: p.name.clone(), reason: why });
             continue;
         }
+        if p.nodes > 1 && req.lws_missing {
+            rejected.push(Rejected { name: p.name.clone(), reason: lws_missing_reason(p.nodes) });
+            continue;
+        }
         match place(p, &groups, replicas) {
             Ok(g) => feasible.push((Cow::Borrowed(p), false, g)),
             Err(why) => rejected.push(Rejected { name: p.name.clone(), reason: why }),
@@ -821,13 +883,17 @@ pub fn select_with(
         }
         return finish(req, arch, &groups, feasible, rejected, unusable, reason, "pinned by profile.name");
     }
-    if feasible.is_empty() && req.allow_generated {
+    // Generate when no published profile fits on one node: a generated single-node profile
+    // still wins over a published one spanning nodes (which then ranks with the candidates).
+    if feasible.iter().all(|(p, _, _)| p.nodes > 1) && req.allow_generated {
         let generated = generate(req, arch, &groups, replicas, engines);
         rejected.extend(generated.failed);
         if !generated.candidates.is_empty() {
+            let none_published =
+                if feasible.is_empty() { "no published profile fits" } else { "no published profile fits on one node" };
             let mut explanations = BTreeMap::new();
             let mut documents = BTreeMap::new();
-            let mut candidates = vec![];
+            let mut candidates = feasible;
             for c in generated.candidates {
                 let summary = ProfileSummary::of(&c.profile, String::new(), "generated".into());
                 explanations.insert(c.profile.name.clone(), c.explanation);
@@ -835,9 +901,9 @@ pub fn select_with(
                 candidates.push((Cow::Owned(summary), true, c.group));
             }
             let mut sel = finish(req, arch, &groups, candidates, rejected, unusable, None, "");
-            if let Some(s) = sel.selected.as_mut() {
+            if let Some(s) = sel.selected.as_mut().filter(|s| s.generated) {
                 s.reason = format!(
-                    "no published profile fits; generated from {} ({}); {}",
+                    "{none_published}; generated from {} ({}); {}",
                     arch.map_or("the built-in table", |a| a.source.as_str()),
                     explain(&s.profile, req.kpi, &s.group),
                     explanations.remove(&s.profile.name).unwrap_or_default()
@@ -894,10 +960,13 @@ fn ranked_below(
     if p.kpi != kpi && w.kpi == kpi {
         return format!("feasible, but a {} profile and {k} was requested", enum_str(&p.kpi));
     }
+    if p.nodes > 1 && w.nodes <= 1 {
+        return format!("feasible, but spans {} nodes and {} fits on one", p.nodes, w.name);
+    }
     if generated && !w_generated {
         return "feasible, but generated and a published profile fits".into();
     }
-    let per_device = |x: &ProfileSummary| x.throughput_tokens_per_sec.map(|t| t / f64::from(x.count.max(1)));
+    let per_device = |x: &ProfileSummary| x.throughput_tokens_per_sec.map(|t| t / f64::from(x.total_devices().max(1)));
     let (ev, w_ev) = (evidence(p, kpi, generated, reference), evidence(w, kpi, w_generated, reference));
     if kpi != Kpi::Quantization
         && ev == Evidence::Estimated
@@ -977,8 +1046,8 @@ fn ranked_below(
             _ => format!("feasible, but has no {k} figures and {} has", w.name),
         };
     }
-    if p.count != w.count {
-        return format!("feasible, but uses {} devices vs {} for {}", p.count, w.count, w.name);
+    if p.total_devices() != w.total_devices() {
+        return format!("feasible, but uses {} devices vs {} for {}", p.total_devices(), w.total_devices(), w.name);
     }
     format!("feasible; ranked after {} by name", w.name)
 }
@@ -987,9 +1056,9 @@ fn explain(p: &ProfileSummary, kpi: Kpi, g: &Group) -> String {
     let est = if p.estimated { " estimated" } else { "" };
     let figure = match kpi {
         Kpi::Latency => p.ttft_ms_p50.map(|t| format!(",{est} ttft p50 {t} ms")),
-        Kpi::Throughput => {
-            p.throughput_tokens_per_sec.map(|t| format!(",{est} {:.0} tok/s per device", t / f64::from(p.count.max(1))))
-        }
+        Kpi::Throughput => p
+            .throughput_tokens_per_sec
+            .map(|t| format!(",{est} {:.0} tok/s per device", t / f64::from(p.total_devices().max(1)))),
         Kpi::Quantization => Some(format!(", {} weights", enum_str(&p.precision))),
     };
     let kpi_note = if p.kpi == kpi {
@@ -997,7 +1066,8 @@ fn explain(p: &ProfileSummary, kpi: Kpi, g: &Group) -> String {
     } else {
         format!("no feasible {} profile; best {} one", enum_str(&kpi), enum_str(&p.kpi))
     };
-    format!("{kpi_note}{} on {}", figure.unwrap_or_default(), g.describe())
+    let span = if p.nodes > 1 { format!("{} nodes of ", p.nodes) } else { String::new() };
+    format!("{kpi_note}{} on {span}{}", figure.unwrap_or_default(), g.describe())
 }
 
 /// A generated profile for one group, with the numbers that explain it.
@@ -1078,15 +1148,25 @@ fn generate(req: &Request, arch: Option<&Arch>, groups: &[Group], replicas: u32,
             let sized = if g.vendor == Vendor::Cpu {
                 estimate::size_cpu(arch, precision, g.memory_mib, g.devices_per_node).map(|s| vec![Sized::Cpu(s)])
             } else {
-                estimate::size(arch, precision, g.memory_mib, g.devices_per_node).map(|s| {
-                    let mut all = if req.kpi == Kpi::Throughput || req.tensor_parallelism.is_some() {
-                        estimate::larger(arch, precision, g.memory_mib, g.devices_per_node, &s)
-                    } else {
-                        vec![]
-                    };
-                    all.insert(0, s);
-                    all.into_iter().map(Sized::Gpu).collect()
-                })
+                estimate::size(arch, precision, g.memory_mib, g.devices_per_node)
+                    .map(|s| {
+                        let mut all = if req.kpi == Kpi::Throughput || req.tensor_parallelism.is_some() {
+                            estimate::larger(arch, precision, g.memory_mib, g.devices_per_node, &s)
+                        } else {
+                            vec![]
+                        };
+                        all.insert(0, s);
+                        all.into_iter().map(Sized::Gpu).collect()
+                    })
+                    // One node cannot hold it: span nodes, where the cluster can run groups.
+                    .or_else(|single| {
+                        let multi =
+                            estimate::size_multi_node(arch, precision, g.memory_mib, g.devices_per_node, &single)?;
+                        if req.lws_missing {
+                            return Err(format!("{}; one node: {single}", lws_missing_reason(multi.pipeline)));
+                        }
+                        Ok(vec![Sized::Gpu(multi)])
+                    })
             };
             let mut sized = match sized {
                 Ok(s) => s,
@@ -1105,6 +1185,11 @@ fn generate(req: &Request, arch: Option<&Arch>, groups: &[Group], replicas: u32,
             }
             for sized in sized {
                 let tp = sized.tensor();
+                let nodes = sized.pipeline();
+                if nodes > 1 && g.groups_for(tp, nodes) < replicas {
+                    fail(group_shortfall(tp, nodes, replicas, &g.product, &[gi], groups));
+                    continue;
+                }
                 if g.replicas_for(tp) < replicas {
                     fail(format!("needs {tp}x per replica for {replicas} replica(s), not free"));
                     continue;
@@ -1158,6 +1243,12 @@ impl Sized {
             Sized::Cpu(s) => s.tensor,
         }
     }
+    fn pipeline(&self) -> u32 {
+        match self {
+            Sized::Gpu(s) => s.pipeline.max(1),
+            Sized::Cpu(_) => 1,
+        }
+    }
     fn kv_capacity_tokens(&self) -> f64 {
         match self {
             Sized::Gpu(s) => s.kv_capacity_tokens,
@@ -1199,8 +1290,12 @@ fn generated_profile(
             (s.memory_gib, (cores * tp).to_string())
         }
     };
+    let pp = sized.pipeline();
     if tp > 1 {
         args.insert("tensor-parallel-size".to_string(), serde_json::json!(tp));
+    }
+    if pp > 1 {
+        args.insert("pipeline-parallel-size".to_string(), serde_json::json!(pp));
     }
     if precision == Precision::Fp8 && arch.native_precision() != Precision::Fp8 {
         args.insert("quantization".to_string(), serde_json::json!("fp8"));
@@ -1229,7 +1324,13 @@ fn generated_profile(
     });
     Profile {
         schema: crate::profile::schema::PROFILE_SCHEMA.into(),
-        name: format!("generated-vllm-{}-{}-x{tp}-{}", g.vendor, g.product, enum_str(&precision)),
+        name: format!(
+            "generated-vllm-{}-{}-x{tp}{}-{}",
+            g.vendor,
+            g.product,
+            if pp > 1 { format!("-n{pp}") } else { String::new() },
+            enum_str(&precision)
+        ),
         model: req.model.clone(),
         weights: None,
         weights_revision: None,
@@ -1237,7 +1338,8 @@ fn generated_profile(
         precision,
         engine: Engine { name: "vllm".into(), version: engine.version.clone(), image: engine.image.clone() },
         accelerator: ProfileAccelerator { vendor: g.vendor, product, count: tp, min_memory_mib: Some(g.memory_mib) },
-        parallelism: Parallelism { tensor: tp, pipeline: 1 },
+        nodes: pp,
+        parallelism: Parallelism { tensor: tp, pipeline: pp },
         args,
         env,
         resources: ProfileResources {

@@ -270,9 +270,18 @@ pub fn build_job(cache: &OIMCache, wanted: &[Wanted], group: &Group, image: &str
 }
 
 /// A service's access mode problem: a ReadWriteOnce cache PVC shared by several replicas.
-pub fn rwo_shared(cache: &OIMCache, replicas: i32) -> Option<String> {
+pub fn rwo_shared(cache: &OIMCache, replicas: i32, nodes: u32) -> Option<String> {
     let mode = cache.spec.storage.pvc.volume_access_mode.unwrap_or_default();
-    (matches!(mode, VolumeAccessMode::ReadWriteOnce | VolumeAccessMode::ReadWriteOncePod) && replicas > 1).then(|| {
+    let rwo = matches!(mode, VolumeAccessMode::ReadWriteOnce | VolumeAccessMode::ReadWriteOncePod);
+    if rwo && nodes > 1 {
+        // Every pod of a group mounts the weights, each on its own node.
+        return Some(format!(
+            "OIMCache {} has a {} PVC but each replica of this service spans {nodes} nodes: pods on other nodes cannot mount it; use volumeAccessMode ReadWriteMany or ReadOnlyMany for the cache",
+            cache.name_any(),
+            crate::profile::oci::enum_str(&mode)
+        ));
+    }
+    (rwo && replicas > 1).then(|| {
         format!(
             "OIMCache {} has a {} PVC but this service wants {replicas} replicas: pods on other nodes cannot mount it; use volumeAccessMode ReadWriteMany or ReadOnlyMany for the cache, or one replica",
             cache.name_any(),
@@ -458,10 +467,13 @@ mod tests {
     #[test]
     fn a_read_write_once_cache_shared_by_replicas_is_reported() {
         let c = cache(LLAMA70B);
-        assert_eq!(rwo_shared(&c, 1), None);
-        assert!(rwo_shared(&c, 2).unwrap().contains("ReadWriteMany"));
+        assert_eq!(rwo_shared(&c, 1, 1), None);
+        assert!(rwo_shared(&c, 2, 1).unwrap().contains("ReadWriteMany"));
         let mut rwx = c.clone();
         rwx.spec.storage.pvc.volume_access_mode = Some(VolumeAccessMode::ReadWriteMany);
-        assert_eq!(rwo_shared(&rwx, 3), None);
+        assert_eq!(rwo_shared(&rwx, 3, 1), None);
+        // One replica spanning two nodes mounts it on both.
+        assert!(rwo_shared(&c, 1, 2).unwrap().contains("spans 2 nodes"));
+        assert_eq!(rwo_shared(&rwx, 1, 2), None);
     }
 }

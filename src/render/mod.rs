@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod checks;
 pub mod routing;
+pub mod lws;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -31,7 +32,8 @@ use crate::profile::engines::Engines;
 use crate::profile::oci::enum_str;
 use crate::profile::select::Group;
 
-pub use workload::{deployment, proxy_env, token_env};
+pub use lws::{leader_worker_set, leader_worker_set_resource};
+pub use workload::{ROLE_LABEL, Role, deployment, pod_template, proxy_env, token_env};
 
 /// The container port vLLM listens on.
 pub const PORT: i32 = 8000;
@@ -79,6 +81,8 @@ pub struct Capabilities {
     pub inference_pools: bool,
     /// `serving.kserve.io/v1beta1` InferenceService (KServe).
     pub kserve: bool,
+    /// `leaderworkerset.x-k8s.io/v1` LeaderWorkerSet: profiles spanning nodes can run.
+    pub leader_worker_sets: bool,
 }
 
 /// Where the weights come from.
@@ -165,8 +169,10 @@ pub enum RenderError {
 pub struct Rendered {
     /// PVC from `storage.pvc.create` (no owner reference).
     pub pvc: Option<PersistentVolumeClaim>,
-    /// The vLLM Deployment.
-    pub deployment: k8s_openapi::api::apps::v1::Deployment,
+    /// The vLLM Deployment (a profile on one node).
+    pub deployment: Option<k8s_openapi::api::apps::v1::Deployment>,
+    /// The LeaderWorkerSet (a profile spanning nodes), instead of the Deployment.
+    pub leader_worker_set: Option<DynamicObject>,
     /// The Service.
     pub service: Service,
     /// HPA when scale is enabled.
@@ -198,7 +204,12 @@ impl Rendered {
         match &self.inference_service {
             Some(isvc) => push(serde_json::to_value(isvc)),
             None => {
-                push(serde_json::to_value(with_kind(&self.deployment)));
+                if let Some(d) = &self.deployment {
+                    push(serde_json::to_value(with_kind(d)));
+                }
+                if let Some(l) = &self.leader_worker_set {
+                    push(serde_json::to_value(l));
+                }
                 push(serde_json::to_value(with_kind(&self.service)));
                 if let Some(h) = &self.hpa {
                     push(serde_json::to_value(with_kind(h)));
@@ -218,6 +229,22 @@ impl Rendered {
             push(serde_json::to_value(o));
         }
         out
+    }
+}
+
+impl Rendered {
+    /// The serving container's resources (the Deployment's pod, or the group leader's: every
+    /// pod of a group requests the same).
+    pub fn engine_resources(&self) -> Option<k8s_openapi::api::core::v1::ResourceRequirements> {
+        if let Some(d) = &self.deployment {
+            let pod = d.spec.as_ref()?.template.spec.as_ref()?;
+            return pod.containers.first()?.resources.clone();
+        }
+        let l = self.leader_worker_set.as_ref()?;
+        serde_json::from_value(
+            l.data["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]["resources"].clone(),
+        )
+        .ok()
     }
 }
 
@@ -286,16 +313,38 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
     let svc = input.service;
     checks::check_spec(svc)?;
     let pvc = pvc(svc)?;
-    let mut deployment = workload::deployment(input, pvc.as_ref())?;
-    deployment.metadata.annotations.get_or_insert_with(BTreeMap::new).extend(stored_selection(input));
-    let inference_service = routing::inference_service(input, &deployment)?;
+    let multi_node = input.profile.multi_node();
+    // The stored selection rides on the workload: the Deployment, or the LeaderWorkerSet.
+    let (deployment, leader_worker_set) = if multi_node {
+        let mut lws = lws::leader_worker_set(input, pvc.as_ref())?;
+        lws.metadata.annotations.get_or_insert_with(BTreeMap::new).extend(stored_selection(input));
+        (None, Some(lws))
+    } else {
+        let mut deployment = workload::deployment(input, pvc.as_ref())?;
+        deployment.metadata.annotations.get_or_insert_with(BTreeMap::new).extend(stored_selection(input));
+        (Some(deployment), None)
+    };
+    let inference_service = match &deployment {
+        Some(d) => routing::inference_service(input, d)?,
+        None if routing::on_kserve(svc) => {
+            return Err(RenderError::InvalidSpec {
+                field: "spec.inferencePlatform".into(),
+                message: format!(
+                    "profile {} spans {} nodes and KServe's RawDeployment runs one pod per replica: use inferencePlatform standalone (a LeaderWorkerSet) or pin a single-node profile",
+                    input.profile.name, input.profile.nodes
+                ),
+            });
+        }
+        None => None,
+    };
     let inference_pool = routing::inference_pool(input);
     let http_route = routing::http_route(input, inference_pool.as_ref());
     Ok(Rendered {
         pvc,
         deployment,
-        service: service(svc),
-        hpa: hpa(svc),
+        leader_worker_set,
+        service: service(svc, multi_node),
+        hpa: hpa(svc, multi_node),
         ingress: ingress(svc),
         route: route(input),
         service_monitor: service_monitor(input),
@@ -355,13 +404,28 @@ fn pvc(svc: &OIMService) -> Result<Option<PersistentVolumeClaim>, RenderError> {
     }))
 }
 
+/// Why the service's own weights PVC cannot serve a group spanning `nodes` nodes: every pod of
+/// the group mounts it, each on its own node, and a ReadWriteOnce volume attaches to one node.
+pub fn pvc_shared_by_group(svc: &OIMService, nodes: u32) -> Option<String> {
+    let p = svc.spec.storage.as_ref()?.pvc.as_ref()?;
+    let mode = p.volume_access_mode.unwrap_or(VolumeAccessMode::ReadWriteOnce);
+    (nodes > 1 && matches!(mode, VolumeAccessMode::ReadWriteOnce | VolumeAccessMode::ReadWriteOncePod)).then(|| {
+        format!(
+            "PVC {} is {} but each replica spans {nodes} nodes: pods on other nodes cannot mount it; use volumeAccessMode ReadWriteMany, or no spec.storage.pvc (each pod downloads the weights)",
+            pvc_name(svc).unwrap_or_default(),
+            enum_str(&mode)
+        )
+    })
+}
+
 /// The weights PVC a service uses (created or existing), if any.
 pub fn pvc_name(svc: &OIMService) -> Option<String> {
     let p = svc.spec.storage.as_ref()?.pvc.as_ref()?;
     Some(p.name.clone().unwrap_or_else(|| format!("{}-weights", name_of(svc))))
 }
 
-fn service(svc: &OIMService) -> Service {
+/// The Service; for a group, on its leader only (the workers serve nothing).
+fn service(svc: &OIMService, multi_node: bool) -> Service {
     let expose = svc.spec.expose.as_ref().and_then(|e| e.service.as_ref());
     let mut meta = meta(svc, &name_of(svc), "inference");
     if let Some(a) = expose.and_then(|e| e.annotations.clone()) {
@@ -371,7 +435,13 @@ fn service(svc: &OIMService) -> Service {
         metadata: meta,
         spec: Some(ServiceSpec {
             type_: Some(expose.and_then(|e| e.type_).map(|t| format!("{t:?}")).unwrap_or_else(|| "ClusterIP".into())),
-            selector: Some(selector_labels(&name_of(svc))),
+            selector: Some({
+                let mut s = selector_labels(&name_of(svc));
+                if multi_node {
+                    s.insert(ROLE_LABEL.into(), "leader".into());
+                }
+                s
+            }),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: expose.and_then(|e| e.port).unwrap_or(PORT),
@@ -385,16 +455,25 @@ fn service(svc: &OIMService) -> Service {
     }
 }
 
-fn hpa(svc: &OIMService) -> Option<HorizontalPodAutoscaler> {
+fn hpa(svc: &OIMService, multi_node: bool) -> Option<HorizontalPodAutoscaler> {
     let scale = svc.spec.scale.as_ref().filter(|s| s.enabled == Some(true))?;
     let hpa = scale.hpa.clone().unwrap_or_default();
     Some(HorizontalPodAutoscaler {
         metadata: meta(svc, &name_of(svc), "autoscaler"),
         spec: Some(HorizontalPodAutoscalerSpec {
-            scale_target_ref: CrossVersionObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: "Deployment".into(),
-                name: name_of(svc),
+            // A LeaderWorkerSet scales whole groups through its scale subresource.
+            scale_target_ref: if multi_node {
+                CrossVersionObjectReference {
+                    api_version: Some(format!("{}/v1", lws::LWS_GROUP)),
+                    kind: "LeaderWorkerSet".into(),
+                    name: name_of(svc),
+                }
+            } else {
+                CrossVersionObjectReference {
+                    api_version: Some("apps/v1".into()),
+                    kind: "Deployment".into(),
+                    name: name_of(svc),
+                }
             },
             min_replicas: Some(hpa.min_replicas.unwrap_or(1)),
             max_replicas: hpa.max_replicas.max(1),
@@ -500,9 +579,10 @@ fn service_monitor(input: &Input) -> Option<DynamicObject> {
     Some(obj)
 }
 
-/// `2x h100-sxm-80gb`, the status accelerator string.
+/// `2x h100-sxm-80gb`, the status accelerator string; `2 nodes x 8x h100-sxm-80gb` for a group.
 pub fn accelerator_string(profile: &Profile, group: &Group) -> String {
-    format!("{}x {}", profile.parallelism.tensor.saturating_mul(profile.parallelism.pipeline), group.product)
+    let per_pod = format!("{}x {}", profile.devices_per_pod(), group.product);
+    if profile.multi_node() { format!("{} nodes x {per_pod}", profile.nodes) } else { per_pod }
 }
 
 /// Short description used in events.

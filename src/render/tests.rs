@@ -61,6 +61,7 @@ fn render_with(
             gateway: true,
             inference_pools: true,
             kserve: true,
+            leader_worker_sets: true,
         },
         engines: &engines,
         device_groups: vec![44, 110],
@@ -82,7 +83,7 @@ fn nvidia_h100_latency_requests_one_gpu_with_the_right_args_probes_and_security(
     let svc = service(LLAMA8B_LATENCY);
     let profile = seed("llama-3.1-8b/vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml");
     let r = render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap();
-    let d = &r.deployment;
+    let d = r.deployment.as_ref().unwrap();
     let c = engine(d);
     assert_eq!(qty(c, "requests", "nvidia.com/gpu"), Some("1"));
     assert_eq!(qty(c, "limits", "nvidia.com/gpu"), Some("1"));
@@ -126,8 +127,9 @@ fn nvidia_h100_latency_requests_one_gpu_with_the_right_args_probes_and_security(
     let strategy = d.spec.as_ref().unwrap().strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
     assert_eq!(strategy.max_surge, Some(IntOrString::Int(0)));
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1));
-    assert_eq!(r.deployment.metadata.owner_references.as_ref().unwrap()[0].kind, "OIMService");
-    let stored = crate::controller::service::dereference::Stored::parse(&r.deployment).expect("a stored selection");
+    assert_eq!(r.deployment.as_ref().unwrap().metadata.owner_references.as_ref().unwrap()[0].kind, "OIMService");
+    let stored = crate::controller::service::dereference::Stored::parse(&r.deployment.as_ref().unwrap().metadata)
+        .expect("a stored selection");
     assert_eq!(stored.profile, profile, "the Deployment carries the chosen document for the next reconcile");
     let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert_eq!(pod.service_account_name, None, "no ServiceAccount per service");
@@ -139,10 +141,10 @@ fn amd_mi300x_requests_amd_gpus_and_gets_the_device_groups() {
     let svc = service(&LLAMA8B_LATENCY.replace("latency}", "throughput}"));
     let profile = seed("llama-3.1-8b/vllm-amd-mi300x-x1-throughput-fp8.yaml");
     let r = render_with(&svc, &profile, &group_of("mi300x", 8), Weights::Hub, Platform::Kubernetes).unwrap();
-    let c = engine(&r.deployment);
+    let c = engine(r.deployment.as_ref().unwrap());
     assert_eq!(qty(c, "limits", "amd.com/gpu"), Some("1"));
     assert_eq!(c.args.as_ref().unwrap()[0], "neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8", "the FP8 weights are loaded");
-    let pod = r.deployment.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let pod = r.deployment.as_ref().unwrap().spec.as_ref().unwrap().template.spec.clone().unwrap();
     assert_eq!(pod.security_context.unwrap().supplemental_groups, Some(vec![44, 110]));
     assert!(c.env.as_ref().unwrap().iter().any(|e| e.name == "VLLM_ROCM_USE_AITER"));
 }
@@ -154,7 +156,7 @@ fn gaudi_requests_cards_and_hugepages_and_adds_sys_nice() {
     let svc =
         service(&serde_saphyr::to_string(&svc).unwrap().replace("Llama-3.1-8B-Instruct", "Llama-3.1-70B-Instruct"));
     let r = render_with(&svc, &profile, &group_of("gaudi2", 8), Weights::Hub, Platform::Kubernetes).unwrap();
-    let c = engine(&r.deployment);
+    let c = engine(r.deployment.as_ref().unwrap());
     assert_eq!(qty(c, "requests", "habana.ai/gaudi"), Some("2"));
     assert_eq!(qty(c, "limits", "hugepages-2Mi"), Some("9800Mi"));
     assert!(c.args.as_ref().unwrap().windows(2).any(|w| w == ["--tensor-parallel-size", "2"]));
@@ -169,7 +171,7 @@ fn intel_max_requests_the_i915_resource() {
     let svc = service(LLAMA8B_LATENCY);
     let profile = seed("llama-3.1-8b/vllm-intel-max-1550-x1-latency-bf16.yaml");
     let r = render_with(&svc, &profile, &group_of("max-1550", 4), Weights::Hub, Platform::Kubernetes).unwrap();
-    assert_eq!(qty(engine(&r.deployment), "limits", "gpu.intel.com/i915"), Some("1"));
+    assert_eq!(qty(engine(r.deployment.as_ref().unwrap()), "limits", "gpu.intel.com/i915"), Some("1"));
 }
 
 #[test]
@@ -177,9 +179,9 @@ fn cpu_profiles_get_guaranteed_cpu_and_avoid_accelerator_nodes() {
     let svc = service(&LLAMA8B_LATENCY.replace("latency}", "throughput}"));
     let profile = seed("llama-3.1-8b/vllm-cpu-any-x1-throughput-bf16.yaml");
     let r = render_with(&svc, &profile, &cpu_group(), Weights::Hub, Platform::Kubernetes).unwrap();
-    let c = engine(&r.deployment);
+    let c = engine(r.deployment.as_ref().unwrap());
     assert_eq!(qty(c, "limits", "cpu"), qty(c, "requests", "cpu"));
-    let pod = r.deployment.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let pod = r.deployment.as_ref().unwrap().spec.as_ref().unwrap().template.spec.clone().unwrap();
     assert!(
         pod.node_selector.is_none()
             || !pod.node_selector.as_ref().unwrap().contains_key("oim.opea.dev/accelerator.product")
@@ -203,7 +205,20 @@ fn openshift_leaves_user_ids_to_the_scc_and_renders_a_route() {
         service(&format!("{LLAMA8B_LATENCY}  expose: {{route: {{enabled: true, host: llama.apps.example.com}}}}\n"));
     let profile = seed("llama-3.1-8b/vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml");
     let r = render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Openshift).unwrap();
-    let sc = r.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap().security_context.clone().unwrap();
+    let sc = r
+        .deployment
+        .as_ref()
+        .unwrap()
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .security_context
+        .clone()
+        .unwrap();
     assert_eq!((sc.run_as_user, sc.run_as_group, sc.run_as_non_root), (None, None, Some(true)));
     let route = r.route.unwrap();
     assert_eq!(route.data["spec"]["host"], "llama.apps.example.com");
@@ -241,7 +256,7 @@ fn an_accelerator_override_that_contradicts_the_profile_is_invalid_resources() {
     // Other keys are the user's to set.
     let svc = service(&format!("{LLAMA8B_LATENCY}  resources: {{limits: {{memory: 40Gi}}}}\n"));
     let r = render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap();
-    assert_eq!(qty(engine(&r.deployment), "limits", "memory"), Some("40Gi"));
+    assert_eq!(qty(engine(r.deployment.as_ref().unwrap()), "limits", "memory"), Some("40Gi"));
 }
 
 #[test]
@@ -255,7 +270,7 @@ fn a_created_pvc_has_no_owner_and_keeps_its_retention_policy() {
     assert!(pvc.metadata.owner_references.is_none(), "deleting the service must never delete the weights");
     assert_eq!(pvc.metadata.annotations.unwrap()[RETENTION_ANNOTATION], "Retain");
     assert_eq!(pvc.metadata.name.as_deref(), Some("llama31-8b-latency-weights"));
-    let c = engine(&r.deployment);
+    let c = engine(r.deployment.as_ref().unwrap());
     assert!(qty(c, "requests", "ephemeral-storage").is_none(), "weights go to the PVC");
     // retentionPolicy: Delete makes the service own its PVC, so it goes with the service.
     let svc = service(&format!(
@@ -274,7 +289,7 @@ fn serving_from_a_cache_mounts_it_read_only_and_runs_offline() {
     let weights =
         Weights::Cache { pvc: "llama31-8b-weights".into(), path: "/meta-llama/Llama-3.1-8B-Instruct/0e9e39f2".into() };
     let r = render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), weights, Platform::Kubernetes).unwrap();
-    let c = engine(&r.deployment);
+    let c = engine(r.deployment.as_ref().unwrap());
     assert_eq!(c.args.as_ref().unwrap()[0], "/models/meta-llama/Llama-3.1-8B-Instruct/0e9e39f2");
     assert!(!c.args.as_ref().unwrap().contains(&"--revision".to_string()));
     assert!(c.env.as_ref().unwrap().iter().any(|e| e.name == "HF_HUB_OFFLINE" && e.value.as_deref() == Some("1")));
@@ -291,10 +306,10 @@ fn autoscaling_hands_replicas_to_the_hpa_and_user_settings_merge() {
     let svc = service(&yaml);
     let profile = seed("llama-3.1-8b/vllm-nvidia-h100-sxm-80gb-x1-latency-bf16.yaml");
     let r = render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap();
-    assert_eq!(r.deployment.spec.as_ref().unwrap().replicas, None);
+    assert_eq!(r.deployment.as_ref().unwrap().spec.as_ref().unwrap().replicas, None);
     let hpa = r.hpa.unwrap().spec.unwrap();
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 4));
-    let pod = r.deployment.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let pod = r.deployment.as_ref().unwrap().spec.as_ref().unwrap().template.spec.clone().unwrap();
     let selector = pod.node_selector.unwrap();
     assert_eq!(selector["team"], "ml");
     assert_eq!(selector["oim.opea.dev/accelerator.product"], "h100-sxm-80gb", "placement wins on its own key");
@@ -352,7 +367,7 @@ fn an_inference_pool_selects_the_service_pods_and_the_route_sends_traffic_to_it(
     );
     let pool = r.inference_pool.as_ref().expect("an InferencePool");
     assert_eq!(pool.types.as_ref().unwrap().api_version, "inference.networking.k8s.io/v1");
-    let pod_labels = r.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let pod_labels = r.deployment.as_ref().unwrap().spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
     for (k, v) in pool.data["spec"]["selector"]["matchLabels"].as_object().unwrap() {
         assert_eq!(pod_labels.get(k).map(String::as_str), v.as_str(), "the pool selects the engine pods by {k}");
     }
@@ -436,11 +451,11 @@ fn kserve_renders_an_inference_service_with_the_same_container_instead_of_the_de
     assert_eq!(predictor["runtimeClassName"], "nvidia");
     assert_eq!(predictor["deploymentStrategy"]["rollingUpdate"]["maxSurge"], 0);
     // The container is the Deployment's, under the name KServe looks for.
-    let mut expected = serde_json::to_value(engine(&r.deployment)).unwrap();
+    let mut expected = serde_json::to_value(engine(r.deployment.as_ref().unwrap())).unwrap();
     expected["name"] = "kserve-container".into();
     assert_eq!(predictor["containers"][0], expected, "image, args, env, exact resources, probes and security");
     assert_eq!(predictor["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "1");
-    let pod = serde_json::to_value(r.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap()).unwrap();
+    let pod = serde_json::to_value(r.deployment.as_ref().unwrap().spec.as_ref().unwrap().template.spec.as_ref().unwrap()).unwrap();
     for field in ["volumes", "nodeSelector", "tolerations", "securityContext", "serviceAccountName"] {
         assert_eq!(predictor[field], pod[field], "{field}");
     }
@@ -468,4 +483,112 @@ fn kserve_autoscaling_carries_bounds_behavior_and_resource_metrics_and_refuses_t
         render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap_err();
     let text = err.to_string();
     assert!(text.starts_with("spec.scale.hpa.metrics[0]: type Object") && text.contains("standalone"), "{text}");
+}
+
+const LLAMA405B: &str = "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {name: llama31-405b}\nspec:\n  model: {name: meta-llama/Llama-3.1-405B-Instruct}\n  authSecret: hf-token\n  replicas: 1\n";
+
+fn fixture(rel: &str) -> Profile {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel);
+    Profile::parse(&std::fs::read(&path).unwrap(), rel).unwrap()
+}
+
+#[test]
+fn a_profile_spanning_two_nodes_renders_a_leader_worker_set_with_the_same_pod_rules_and_a_service_on_the_leader() {
+    let svc = service(LLAMA405B);
+    let profile = fixture("profiles-405b/h100-x8-n2.yaml");
+    let r = render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap();
+    assert!(r.deployment.is_none(), "a group is not a Deployment");
+    let lws = r.leader_worker_set.as_ref().expect("a LeaderWorkerSet");
+    let v = serde_json::to_value(lws).unwrap();
+    assert_eq!(
+        (v["apiVersion"].as_str(), v["kind"].as_str()),
+        (Some("leaderworkerset.x-k8s.io/v1"), Some("LeaderWorkerSet"))
+    );
+    assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "OIMService");
+    let spec = &v["spec"];
+    assert_eq!((spec["replicas"].as_i64(), spec["leaderWorkerTemplate"]["size"].as_i64()), (Some(1), Some(2)));
+    assert_eq!(spec["leaderWorkerTemplate"]["restartPolicy"], "RecreateGroupOnPodRestart");
+    assert_eq!(
+        spec["rolloutStrategy"]["rollingUpdateConfiguration"],
+        serde_json::json!({"maxSurge": 0, "maxUnavailable": 1})
+    );
+    let pod = |role: &str| -> k8s_openapi::api::core::v1::PodTemplateSpec {
+        serde_json::from_value(spec["leaderWorkerTemplate"][format!("{role}Template")].clone()).unwrap()
+    };
+    let (leader, worker) = (pod("leader"), pod("worker"));
+    for (t, role) in [(&leader, "leader"), (&worker, "worker")] {
+        let p = t.spec.as_ref().unwrap();
+        let c = &p.containers[0];
+        // Every pod: 8 GPUs request = limit, memory = 128Gi + 16Gi shm, the shm tmpfs, non-root.
+        assert_eq!((qty(c, "requests", "nvidia.com/gpu"), qty(c, "limits", "nvidia.com/gpu")), (Some("8"), Some("8")));
+        assert_eq!(qty(c, "limits", "memory"), Some("144Gi"));
+        let shm = p.volumes.as_ref().unwrap().iter().find(|v| v.name == "shm").unwrap();
+        assert_eq!(shm.empty_dir.as_ref().unwrap().size_limit.as_ref().unwrap().0, "16Gi");
+        assert_eq!(p.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+        assert_eq!(c.security_context.as_ref().unwrap().allow_privilege_escalation, Some(false));
+        assert_eq!(p.node_selector.as_ref().unwrap()["oim.opea.dev/accelerator.product"], "h100-sxm-80gb");
+        assert_eq!(t.metadata.as_ref().unwrap().labels.as_ref().unwrap()[ROLE_LABEL], role);
+    }
+    // The leader starts the Ray head, waits for both nodes, then serves with TP 8 x PP 2 over Ray.
+    let lc = &leader.spec.as_ref().unwrap().containers[0];
+    let command = lc.command.as_ref().unwrap();
+    assert_eq!(&command[..2], ["/bin/sh", "-c"]);
+    assert!(
+        command[2].contains("ray start --head --port=6379")
+            && command[2].contains("= 2 ]")
+            && command[2].ends_with("exec \"$@\"")
+    );
+    let args = lc.args.as_ref().unwrap().join(" ");
+    assert!(args.starts_with("vllm serve meta-llama/Llama-3.1-405B-Instruct --served-model-name"), "{args}");
+    for flag in ["--tensor-parallel-size 8", "--pipeline-parallel-size 2", "--distributed-executor-backend ray"] {
+        assert!(args.contains(flag), "{flag} in {args}");
+    }
+    assert!(lc.readiness_probe.is_some() && lc.startup_probe.is_some() && lc.liveness_probe.is_some());
+    // Workers join the leader's Ray head and carry no probes and no port.
+    let wc = &worker.spec.as_ref().unwrap().containers[0];
+    assert!(wc.command.as_ref().unwrap()[2].contains("ray start --address=\"$LWS_LEADER_ADDRESS:6379\" --block"));
+    assert!(
+        wc.readiness_probe.is_none() && wc.startup_probe.is_none() && wc.liveness_probe.is_none() && wc.ports.is_none()
+    );
+    // The Service reaches the leader only.
+    let selector = r.service.spec.as_ref().unwrap().selector.clone().unwrap();
+    assert_eq!(selector.get(ROLE_LABEL).map(String::as_str), Some("leader"));
+    assert_eq!(r.engine_resources().unwrap().limits.unwrap()["nvidia.com/gpu"].0, "8");
+    assert_eq!(accelerator_string(&profile, &group_of("h100-sxm-80gb", 8)), "2 nodes x 8x h100-sxm-80gb");
+}
+
+#[test]
+fn autoscaling_a_group_targets_the_leader_worker_set_and_leaves_replicas_to_the_autoscaler() {
+    let mut svc = service(LLAMA405B);
+    svc.spec.replicas = None;
+    svc.spec.scale = Some(
+        serde_json::from_value(serde_json::json!({"enabled": true, "hpa": {"minReplicas": 1, "maxReplicas": 2}}))
+            .unwrap(),
+    );
+    let profile = fixture("profiles-405b/h100-x8-n2.yaml");
+    let r = render_with(&svc, &profile, &group_of("h100-sxm-80gb", 8), Weights::Hub, Platform::Kubernetes).unwrap();
+    let target = r.hpa.unwrap().spec.unwrap().scale_target_ref;
+    assert_eq!(
+        (target.kind.as_str(), target.api_version.as_deref()),
+        ("LeaderWorkerSet", Some("leaderworkerset.x-k8s.io/v1"))
+    );
+    assert!(r.leader_worker_set.unwrap().data["spec"].get("replicas").is_none());
+}
+
+#[test]
+fn a_read_write_once_pvc_of_a_service_spanning_nodes_is_reported() {
+    let mut svc = service(LLAMA405B);
+    assert_eq!(pvc_shared_by_group(&svc, 2), None, "no PVC: each pod downloads");
+    svc.spec.storage =
+        Some(serde_json::from_value(serde_json::json!({"pvc": {"create": true, "size": "1Ti"}})).unwrap());
+    assert_eq!(pvc_shared_by_group(&svc, 1), None, "one node mounts it");
+    let why = pvc_shared_by_group(&svc, 2).unwrap();
+    assert!(why.starts_with("PVC llama31-405b-weights is ReadWriteOnce but each replica spans 2 nodes"), "{why}");
+    svc.spec.storage = Some(
+        serde_json::from_value(
+            serde_json::json!({"pvc": {"create": true, "size": "1Ti", "volumeAccessMode": "ReadWriteMany"}}),
+        )
+        .unwrap(),
+    );
+    assert_eq!(pvc_shared_by_group(&svc, 2), None);
 }

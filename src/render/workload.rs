@@ -1,5 +1,6 @@
-//! The vLLM Deployment (DESIGN §7): command and args, exact resources, placement, volumes,
-//! probes, rollout and security per vendor and platform.
+//! The vLLM pod template and Deployment (DESIGN §7): command and args, exact resources,
+//! placement, volumes, probes, rollout and security per vendor and platform. The template is
+//! shared with the LeaderWorkerSet of profiles that span nodes (`lws.rs`).
 
 use std::collections::BTreeMap;
 
@@ -45,6 +46,10 @@ pub fn engine_args(svc: &OIMService, profile: &Profile, weights: &Weights) -> Ve
     }
     if p.pipeline > 1 {
         profile_args.entry("pipeline-parallel-size".into()).or_insert(p.pipeline.into());
+    }
+    if profile.multi_node() {
+        // vLLM's multi-node serving: the leader's engine drives the workers' GPUs over Ray.
+        profile_args.entry("distributed-executor-backend".into()).or_insert("ray".into());
     }
     args.extend(crate::profile::schema::render_args(&profile_args));
     args.extend(svc.spec.args.clone().unwrap_or_default());
@@ -97,7 +102,7 @@ fn resources(input: &Input, shm: &str) -> Result<ResourceRequirements, RenderErr
     let group = input.group;
     let mut requests: BTreeMap<String, Quantity> = BTreeMap::new();
     let mut limits: BTreeMap<String, Quantity> = BTreeMap::new();
-    let devices = profile.parallelism.tensor.saturating_mul(profile.parallelism.pipeline);
+    let devices = profile.devices_per_pod();
     if !group.resource_name.is_empty() {
         requests.insert(group.resource_name.clone(), q(&devices.to_string()));
         limits.insert(group.resource_name.clone(), q(&devices.to_string()));
@@ -342,10 +347,93 @@ fn placement(input: &Input) -> (BTreeMap<String, String>, Vec<Toleration>, Optio
     (selector, tolerations, affinity)
 }
 
-/// The Deployment.
+/// Which pod of a replica a template is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The one pod of a single-node replica.
+    Single,
+    /// The leader of a group spanning `nodes` nodes: starts the Ray head, waits for the
+    /// workers, then runs the server (probes and the Service are on it).
+    Leader {
+        /// Pods in the group.
+        nodes: u32,
+    },
+    /// A worker of a group: joins the leader's Ray head and lends its devices.
+    Worker,
+}
+
+/// Label telling a group's leader from its workers; the Service selects the leader.
+pub const ROLE_LABEL: &str = "oim.opea.dev/role";
+/// Port of the Ray head on the leader.
+pub const RAY_PORT: u16 = 6379;
+/// How long the leader waits for its workers to join before it fails (and is restarted).
+const RAY_JOIN_TIMEOUT_S: u32 = 600;
+
+/// The leader's shell: start the Ray head, wait until all `nodes` Ray nodes are alive, then
+/// exec the engine command passed as arguments (so args stay exact, never re-quoted).
+fn leader_script(nodes: u32) -> String {
+    let alive = r#"python3 -c 'import ray; ray.init(address="auto", logging_level="ERROR"); print(sum(1 for n in ray.nodes() if n["Alive"]))'"#;
+    [
+        format!("ray start --head --port={RAY_PORT} --disable-usage-stats"),
+        "waited=0".into(),
+        format!("until [ \"$({alive} 2>/dev/null)\" = {nodes} ]; do"),
+        format!(
+            "  if [ $waited -ge {RAY_JOIN_TIMEOUT_S} ]; then echo \"ray: {nodes} nodes did not join within {RAY_JOIN_TIMEOUT_S}s\" >&2; exit 1; fi"
+        ),
+        "  sleep 5; waited=$((waited + 5))".into(),
+        "done".into(),
+        "exec \"$@\"".into(),
+    ]
+    .join("\n")
+}
+
+/// A worker's shell: join the leader's Ray head (its address from LeaderWorkerSet's
+/// `LWS_LEADER_ADDRESS`), retrying until the head is up, and block there.
+fn worker_script() -> String {
+    [
+        format!("until ray start --address=\"$LWS_LEADER_ADDRESS:{RAY_PORT}\" --block --disable-usage-stats; do"),
+        format!("  echo \"waiting for the ray head at $LWS_LEADER_ADDRESS:{RAY_PORT}\" >&2; sleep 5"),
+        "done".into(),
+    ]
+    .join("\n")
+}
+
+/// The Deployment (a profile on one node).
 pub fn deployment(input: &Input, created_pvc: Option<&PersistentVolumeClaim>) -> Result<Deployment, RenderError> {
     let svc = input.service;
     let name = name_of(svc);
+    let template = pod_template(input, created_pvc, Role::Single)?;
+    let scaled = svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true);
+    let strategy = svc.spec.strategy.clone().unwrap_or(DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(0)),
+            max_unavailable: Some(IntOrString::Int(1)),
+        }),
+    });
+    Ok(Deployment {
+        metadata: meta(svc, &name, "inference"),
+        spec: Some(DeploymentSpec {
+            // With autoscaling the HPA owns replicas: leaving the field out hands it over.
+            replicas: if scaled { None } else { Some(svc.spec.replicas.unwrap_or(1)) },
+            selector: LabelSelector { match_labels: Some(selector_labels(&name)), ..Default::default() },
+            strategy: Some(strategy),
+            template,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The vLLM pod of a replica, or of one role in a group: the same exact resources, shm,
+/// volumes, placement and security for every pod; probes and the port only where the server
+/// runs.
+pub fn pod_template(
+    input: &Input,
+    created_pvc: Option<&PersistentVolumeClaim>,
+    role: Role,
+) -> Result<PodTemplateSpec, RenderError> {
+    let svc = input.service;
     let storage = svc.spec.storage.as_ref();
     let shm = storage
         .and_then(|s| s.shared_memory_size_limit.clone())
@@ -434,76 +522,81 @@ pub fn deployment(input: &Input, created_pvc: Option<&PersistentVolumeClaim>) ->
         Some(i) => super::checks::image_ref(i)?,
         None => input.profile.engine.image.clone(),
     };
+    let (command, args) = match role {
+        Role::Single => (engine_command, engine_args(svc, input.profile, &input.weights)),
+        Role::Leader { nodes } => {
+            let mut args = engine_command;
+            args.extend(engine_args(svc, input.profile, &input.weights));
+            (vec!["/bin/sh".into(), "-c".into(), leader_script(nodes), "oim-leader".into()], args)
+        }
+        Role::Worker => (vec!["/bin/sh".into(), "-c".into(), worker_script()], vec![]),
+    };
+    let serves = role != Role::Worker;
     let container = Container {
         name: "vllm".into(),
         image: Some(image),
         image_pull_policy: svc.spec.image.as_ref().and_then(|i| i.pull_policy).map(|p| format!("{p:?}")),
-        command: Some(engine_command),
-        args: Some(engine_args(svc, input.profile, &input.weights)),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        command: Some(command),
+        args: Some(args).filter(|a| !a.is_empty()),
+        ports: serves.then(|| {
+            vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]
+        }),
         env: Some(env(input)),
         resources: Some(resources),
         volume_mounts: Some(mounts),
-        startup_probe: probe((10, 5, if downloads { 360 } else { 180 }, 1), svc.spec.startup_probe.as_ref()),
-        readiness_probe: probe((5, 5, 3, 1), svc.spec.readiness_probe.as_ref()),
-        liveness_probe: probe((15, 10, 4, 1), svc.spec.liveness_probe.as_ref()),
+        startup_probe: serves
+            .then(|| probe((10, 5, if downloads { 360 } else { 180 }, 1), svc.spec.startup_probe.as_ref()))
+            .flatten(),
+        readiness_probe: serves.then(|| probe((5, 5, 3, 1), svc.spec.readiness_probe.as_ref())).flatten(),
+        liveness_probe: serves.then(|| probe((15, 10, 4, 1), svc.spec.liveness_probe.as_ref())).flatten(),
         security_context: Some(container_security),
         ..Default::default()
     };
-    let scaled = svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true);
-    let strategy = svc.spec.strategy.clone().unwrap_or(DeploymentStrategy {
-        type_: Some("RollingUpdate".into()),
-        rolling_update: Some(RollingUpdateDeployment {
-            max_surge: Some(IntOrString::Int(0)),
-            max_unavailable: Some(IntOrString::Int(1)),
-        }),
-    });
     let pull_secrets = svc
         .spec
         .image
         .as_ref()
         .and_then(|i| i.pull_secrets.clone())
         .map(|s| s.into_iter().map(|name| LocalObjectReference { name }).collect());
-    Ok(Deployment {
-        metadata: meta(svc, &name, "inference"),
-        spec: Some(DeploymentSpec {
-            // With autoscaling the HPA owns replicas: leaving the field out hands it over.
-            replicas: if scaled { None } else { Some(svc.spec.replicas.unwrap_or(1)) },
-            selector: LabelSelector { match_labels: Some(selector_labels(&name)), ..Default::default() },
-            strategy: Some(strategy),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(svc, "inference")),
-                    annotations: svc.spec.annotations.clone().filter(|a| !a.is_empty()),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    // The namespace's default ServiceAccount, its token not mounted: vLLM never
-                    // talks to the API server, and an account per service was one more write
-                    // per service for nothing.
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    node_selector: Some(node_selector).filter(|s| !s.is_empty()),
-                    tolerations: Some(tolerations).filter(|t| !t.is_empty()),
-                    affinity,
-                    runtime_class_name: svc.spec.runtime_class_name.clone(),
-                    priority_class_name: svc.spec.priority_class_name.clone(),
-                    scheduler_name: svc.spec.scheduler_name.clone(),
-                    security_context: Some(pod_security),
-                    image_pull_secrets: pull_secrets,
-                    termination_grace_period_seconds: Some(60),
-                    ..Default::default()
-                }),
-            },
+    let mut pod_labels = labels(svc, "inference");
+    match role {
+        Role::Single => {}
+        Role::Leader { .. } => {
+            pod_labels.insert(ROLE_LABEL.into(), "leader".into());
+        }
+        Role::Worker => {
+            pod_labels.insert(ROLE_LABEL.into(), "worker".into());
+        }
+    }
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: svc.spec.annotations.clone().filter(|a| !a.is_empty()),
             ..Default::default()
         }),
-        ..Default::default()
+        spec: Some(PodSpec {
+            // The namespace's default ServiceAccount, its token not mounted: vLLM never
+            // talks to the API server, and an account per service was one more write
+            // per service for nothing.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            containers: vec![container],
+            volumes: Some(volumes),
+            node_selector: Some(node_selector).filter(|s| !s.is_empty()),
+            tolerations: Some(tolerations).filter(|t| !t.is_empty()),
+            affinity,
+            runtime_class_name: svc.spec.runtime_class_name.clone(),
+            priority_class_name: svc.spec.priority_class_name.clone(),
+            scheduler_name: svc.spec.scheduler_name.clone(),
+            security_context: Some(pod_security),
+            image_pull_secrets: pull_secrets,
+            termination_grace_period_seconds: Some(60),
+            ..Default::default()
+        }),
     })
 }

@@ -232,7 +232,11 @@ pub async fn deploy(t: &ClusterTarget, study: &Study, p: &Profile) -> Result<Dep
     let ns = &t.namespace;
     let c = &t.client;
     let applied = async {
-        apply(c, ns, &r.deployment, &labels).await?;
+        let deployment = r
+            .deployment
+            .as_ref()
+            .ok_or_else(|| format!("{} spans {} nodes; a study measures one node at a time", p.name, p.nodes))?;
+        apply(c, ns, deployment, &labels).await?;
         apply(c, ns, &r.service, &labels).await
     }
     .await;

@@ -214,6 +214,7 @@ fn candidate(
             count: tp,
             min_memory_mib: None,
         },
+        nodes: 1,
         parallelism: Parallelism { tensor: tp, pipeline: 1 },
         args,
         env: engine.env.clone(),

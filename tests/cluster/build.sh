@@ -56,9 +56,33 @@ platform_crds() {
   echo "$key" >"$dir/.versions"
 }
 
+# LeaderWorkerSet (multi-node serving): its CRDs and its controller, built from its Go module
+# into a directory keyed by its version. Outside the stamp (tools/lws.mod and lws.sum are not in
+# it), so adding or moving it never rebuilds the control plane.
+lws() {
+  local dir="$BIN/../lws/$LWS_VERSION" src
+  [[ -s "$dir/leaderworkerset.x-k8s.io_leaderworkersets.yaml" && -x "$dir/lws-controller" ]] && return 0
+  echo ">> building the LeaderWorkerSet controller $LWS_VERSION" >&2
+  src=$(go mod download -json "sigs.k8s.io/lws@$LWS_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') || return 1
+  [[ -d "$src" ]] || return 1
+  mkdir -p "$dir" || return 1
+  # Built in the tools module with tools/lws.mod (its go.mod plus LeaderWorkerSet), so it shares
+  # the control plane's k8s.io module versions and their compiled packages in Go's build cache.
+  go build -C "$HERE/tools" -modfile=lws.mod -trimpath -ldflags="-s -w" -o "$dir/lws-controller.new" \
+    sigs.k8s.io/lws/cmd >&2 || return 1
+  cp "$src/config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml" \
+    "$src/config/crd/bases/disaggregatedset.x-k8s.io_disaggregatedsets.yaml" "$dir/" || return 1
+  chmod u+w "$dir/"* && mv "$dir/lws-controller.new" "$dir/lws-controller"
+}
+# Only the multi-node test needs LeaderWorkerSet: a failed build fails that test, not the cluster.
+lws_or_warn() {
+  lws >&2 || echo "build.sh: could not build LeaderWorkerSet $LWS_VERSION; tests/cluster/lws.sh (the multi-node test) will fail" >&2
+}
+
 if have_all; then
   kwok_crds >&2
   platform_crds >&2
+  lws_or_warn
   echo "$BIN"
   exit 0
 fi
@@ -108,6 +132,7 @@ rm -rf "$tmp"
 
 kwok_crds >&2
 platform_crds >&2
+lws_or_warn
 echo "$STAMP" >"$BIN/.stamp"
 echo ">> tools built in $(( $(date +%s) - start ))s" >&2
 echo "$BIN"

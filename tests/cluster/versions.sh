@@ -12,6 +12,8 @@ PROMETHEUS_OPERATOR_VERSION=v0.85.0
 GATEWAY_API_VERSION=v1.6.3
 INFERENCE_EXTENSION_VERSION=v1.3.0
 KSERVE_VERSION=v0.16.0
+# LeaderWorkerSet: its CRD, and its controller run as a process (multi-node serving).
+LWS_VERSION=v0.9.0
 # Packaging tools (tests/cluster/build-packaging.sh): the chart, the image, the OLM bundle and catalog.
 HELM_VERSION=v3.22.0
 CRANE_VERSION=v0.22.1

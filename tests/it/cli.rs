@@ -176,28 +176,30 @@ fn select_on_the_test_cluster_prints_the_chosen_profile_and_its_group() {
 /// `oim render` of the examples equals the checked-in golden files (`make golden` rewrites them).
 #[test]
 fn rendering_the_examples_matches_the_golden_files() {
-    let cases: &[(&[&str], &str, &str)] = &[
-        (&["examples/llama31-8b-latency.yaml"], "kubernetes", "llama31-8b-latency.yaml"),
-        (&["examples/llama31-8b-latency.yaml"], "openshift", "llama31-8b-latency-openshift.yaml"),
+    const CLUSTER: &str = "examples/inventories/test-cluster.yaml";
+    let cases: &[(&[&str], &str, &str, &str)] = &[
+        (&["examples/llama31-8b-latency.yaml"], CLUSTER, "kubernetes", "llama31-8b-latency.yaml"),
+        (&["examples/llama31-8b-latency.yaml"], CLUSTER, "openshift", "llama31-8b-latency-openshift.yaml"),
         (
             &["examples/llama31-70b-throughput.yaml", "examples/llama31-70b-cache.yaml"],
+            CLUSTER,
             "kubernetes",
             "llama31-70b-throughput.yaml",
         ),
+        // Two 8x H100 nodes: a LeaderWorkerSet group spanning both.
+        (
+            &["examples/llama31-405b.yaml"],
+            "examples/inventories/h100-pair.yaml",
+            "kubernetes",
+            "llama31-405b-h100-pair.yaml",
+        ),
     ];
-    for (files, platform, golden) in cases {
+    for (files, inventory, platform, golden) in cases {
         let mut args = vec!["render"];
         for f in *files {
             args.extend(["-f", f]);
         }
-        args.extend([
-            "--inventory",
-            "examples/inventories/test-cluster.yaml",
-            "--catalog",
-            "profiles",
-            "--platform",
-            platform,
-        ]);
+        args.extend(["--inventory", inventory, "--catalog", "profiles", "--platform", platform]);
         let out = Command::new(env!("CARGO_BIN_EXE_oim"))
             .args(&args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))

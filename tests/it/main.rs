@@ -17,6 +17,7 @@ mod fixtures;
 mod install;
 mod leader;
 mod nim;
+mod multinode;
 mod operator;
 mod ownership;
 mod pipeline;

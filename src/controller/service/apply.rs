@@ -1,10 +1,10 @@
-//! Apply: the rendered set is applied — the Deployment first, the rest together — and every
+//! Apply: the rendered set is applied — the workload (Deployment or LeaderWorkerSet) first, the
+//! rest together — and every
 //! object this service owns that is no longer rendered is deleted (never a PVC: its retention
 //! is deliberate). Objects of our names that we did not create are a conflict: nothing is
 //! written then.
 
 use futures::future::join_all;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
@@ -30,7 +30,7 @@ struct Planned {
 pub struct Applied {
     /// Objects written or deleted.
     pub writes: usize,
-    /// The Deployment was among them.
+    /// The workload (Deployment or LeaderWorkerSet) was among them.
     pub deployment: bool,
 }
 
@@ -59,12 +59,13 @@ pub async fn apply(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Resu
         return Ok(Err(Blocked::new(Step::Conflict, "ConflictingObject", message)));
     }
     let mut wrote = 0;
-    // The Deployment first: it is what users wait for.
-    let (first, rest): (Vec<_>, Vec<_>) = planned.into_iter().partition(|p| p.kind == "Deployment");
+    // The workload first: it is what users wait for.
+    let (first, rest): (Vec<_>, Vec<_>) =
+        planned.into_iter().partition(|p| p.kind == "Deployment" || p.kind == "LeaderWorkerSet");
     let deployment = first.iter().any(|p| p.verdict == Verdict::Apply);
     for p in &first {
         if p.verdict == Verdict::Apply && svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true) {
-            hand_replicas_to_hpa(ctx, &ns, &p.name).await?;
+            hand_replicas_to_hpa(ctx, &ns, &p.obj).await?;
         }
     }
     for batch in [first, rest] {
@@ -171,26 +172,27 @@ async fn listed_owned(ctx: &Context, ar: &ApiResource, ns: &str, uid: &str) -> R
     }
 }
 
-/// With autoscaling on, the rendered Deployment leaves `replicas` out. Dropping a field we own
-/// would reset it to 1, so first a second field manager takes over the current value: the HPA
-/// then moves it from there and running replicas never drop.
-async fn hand_replicas_to_hpa(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+/// With autoscaling on, the rendered workload (Deployment or LeaderWorkerSet) leaves `replicas`
+/// out. Dropping a field we own would reset it to 1, so first a second field manager takes over
+/// the current value: the HPA then moves it from there and running replicas never drop.
+async fn hand_replicas_to_hpa(ctx: &Context, ns: &str, obj: &Value) -> Result<(), Error> {
     const HANDOFF: &str = "oim-operator-replicas-handoff";
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let read = |source| Error::Read { what: format!("Deployment {ns}/{name}"), source };
-    let Some(live) = api.get_opt(name).await.map_err(read)? else { return Ok(()) };
+    let Some((api, name)) = api_for(&ctx.client, obj) else { return Ok(()) };
+    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+    let read = |source| Error::Read { what: format!("{kind} {ns}/{name}"), source };
+    let Some(live) = api.get_opt(&name).await.map_err(read)? else { return Ok(()) };
     let we_own_replicas = live.metadata.managed_fields.iter().flatten().any(|m| {
         m.manager.as_deref() == Some(FIELD_MANAGER)
             && m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
     });
-    let Some(current) = live.spec.as_ref().and_then(|s| s.replicas).filter(|_| we_own_replicas) else { return Ok(()) };
-    let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": current}});
-    api.patch(name, &PatchParams::apply(HANDOFF), &Patch::Apply(&patch)).await.map_err(|source| Error::Apply {
-        kind: "Deployment".into(),
-        name: name.into(),
+    let Some(current) = live.data["spec"]["replicas"].as_i64().filter(|_| we_own_replicas) else { return Ok(()) };
+    let patch = serde_json::json!({"apiVersion": obj["apiVersion"], "kind": kind, "spec": {"replicas": current}});
+    api.patch(&name, &PatchParams::apply(HANDOFF), &Patch::Apply(&patch)).await.map_err(|source| Error::Apply {
+        kind: kind.clone(),
+        name: name.clone(),
         source,
     })?;
     ctx.metrics.writes.add();
-    info!(service = %name, replicas = current, "replicas handed to the autoscaler");
+    info!(service = %name, %kind, replicas = current, "replicas handed to the autoscaler");
     Ok(())
 }

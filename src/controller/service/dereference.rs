@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::Api;
 
@@ -20,7 +21,7 @@ use crate::render::{
     DIGEST_ANNOTATION, PROFILE_ANNOTATION, REASON_ANNOTATION, REJECTED_ANNOTATION, SELECTION_KEY, SOURCE_ANNOTATION,
 };
 
-/// The selection an earlier reconcile stored on the service's Deployment.
+/// The selection an earlier reconcile stored on the service's workload.
 #[derive(Debug, Clone)]
 pub struct Stored {
     /// The selection key it was made for.
@@ -38,12 +39,11 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// The stored selection in our Deployment's annotations; None when it is missing or
-    /// unreadable (then a fresh selection is made and stored again).
-    pub fn parse(deployment: &Deployment) -> Option<Stored> {
-        let ann = deployment.metadata.annotations.as_ref()?;
-        let profile =
-            Profile::parse(ann.get(PROFILE_ANNOTATION)?.as_bytes(), "the Deployment's stored profile").ok()?;
+    /// The stored selection in our workload's annotations (Deployment or LeaderWorkerSet); None
+    /// when it is missing or unreadable (then a fresh selection is made and stored again).
+    pub fn parse(workload: &ObjectMeta) -> Option<Stored> {
+        let ann = workload.annotations.as_ref()?;
+        let profile = Profile::parse(ann.get(PROFILE_ANNOTATION)?.as_bytes(), "the workload's stored profile").ok()?;
         Some(Stored {
             key: ann.get(SELECTION_KEY)?.clone(),
             digest: ann.get(DIGEST_ANNOTATION).cloned().unwrap_or_default(),
@@ -91,9 +91,27 @@ pub struct World {
     pub distrusted: Option<String>,
     /// Our running Deployment (only if we created it for this service).
     pub deployment: Option<Arc<Deployment>>,
+    /// Our running LeaderWorkerSet (only if we created it for this service).
+    pub group: Option<Arc<kube::api::DynamicObject>>,
+    /// The cluster serves the LeaderWorkerSet API: profiles spanning nodes can run.
+    pub leader_worker_sets: bool,
     /// The model's own architecture from the hub, when selection needs it (set by the
     /// pipeline after [`crate::controller::service::select::needs_model_facts`]).
     pub arch: Option<Arc<crate::profile::estimate::Arch>>,
+}
+
+impl World {
+    /// What our running workload shows, None when nothing runs: the LeaderWorkerSet when the
+    /// stored profile spans nodes (or no Deployment runs), else the Deployment.
+    pub fn running(&self) -> Option<crate::controller::service::status::Rollout> {
+        use crate::controller::service::status::Rollout;
+        let multi = self.stored.as_ref().is_some_and(|s| s.profile.multi_node());
+        match (&self.deployment, &self.group) {
+            (_, Some(g)) if multi || self.deployment.is_none() => Some(Rollout::of_group(g)),
+            (Some(d), _) => Some(Rollout::of(Some(d))),
+            (None, _) => None,
+        }
+    }
 }
 
 /// What dereferencing found.
@@ -125,7 +143,15 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         .of(&ns)
         .and_then(|c| c.deployment(&ns, &svc.name_any()))
         .filter(|d| crate::controller::children::controlled_by(&d.metadata, &uid));
-    let stored = deployment.as_deref().and_then(Stored::parse).or_else(|| kserve_stored(ctx, svc, &ns, &uid));
+    let group = ctx
+        .children
+        .of(&ns)
+        .and_then(|c| c.group(&ns, &svc.name_any()))
+        .filter(|g| crate::controller::children::controlled_by(&g.metadata, &uid));
+    // The selection rides on the workload; while one replaces the other, the newer one's holds.
+    let carriers = deployment.as_deref().map(|d| &d.metadata).into_iter().chain(group.as_deref().map(|g| &g.metadata));
+    let stored = carriers.max_by_key(|m| m.creation_timestamp.clone()).and_then(Stored::parse)
+        .or_else(|| kserve_stored(ctx, svc, &ns, &uid));
     let (mut listed, verdict) = registry(ctx, svc, &catalog, stored.as_ref()).await;
     let (stored, distrusted) = match (stored, verdict) {
         (Some(s), Some(Ok(()))) => (Some(s), None),
@@ -149,6 +175,8 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         stored,
         distrusted,
         deployment,
+        group,
+        leader_worker_sets: ctx.capabilities.leader_worker_sets,
         arch: None,
     })))
 }
@@ -163,7 +191,7 @@ fn kserve_stored(ctx: &Context, svc: &OIMService, ns: &str, uid: &str) -> Option
     if !crate::controller::children::controlled_by(&meta, uid) {
         return None;
     }
-    Stored::parse(&Deployment { metadata: meta, ..Default::default() })
+    Stored::parse(&meta)
 }
 
 /// The registry's part of the read, within the registry budget: the model's profiles, and the

@@ -64,12 +64,12 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
         match model_facts(ctx, svc, &world).await? {
             Ok(arch) => world.arch = Some(arch),
             Err(b) => {
-                let running = world.deployment.clone();
-                return finish(ctx, svc, Outcome::Blocked(b), running.as_deref(), false).await;
+                let running = world.running();
+                return finish(ctx, svc, Outcome::Blocked(b), running, false).await;
             }
         }
     }
-    let running = world.deployment.as_deref();
+    let running = world.running();
     let (chosen, update) = match select::decide(svc, &world, &ctx.engines) {
         Decision::Blocked(b) => return finish(ctx, svc, Outcome::Blocked(b), running, false).await,
         Decision::Keep { chosen, update } => (*chosen, update),
@@ -207,10 +207,10 @@ fn build(
             let pvc =
                 c.status.as_ref().and_then(|s| s.pvc.clone()).unwrap_or_else(|| crate::render::cache::pvc_name(c));
             let message = format!("weights from OIMCache {} (PVC {pvc}, {path})", c.name_any());
-            let shared = crate::render::cache::rwo_shared(c, svc.spec.max_replicas());
+            let shared = crate::render::cache::rwo_shared(c, svc.spec.max_replicas(), chosen.profile.nodes);
             (Weights::Cache { pvc, path }, Some(message), shared)
         }
-        _ => (Weights::Hub, None, None),
+        _ => (Weights::Hub, None, crate::render::pvc_shared_by_group(svc, chosen.profile.nodes)),
     };
     let key = selection_key(svc);
     let input = Input {
@@ -234,13 +234,7 @@ fn build(
     let ns = svc.namespace().unwrap_or_default();
     let (backend, port) = crate::render::routing::backend(svc);
     let serving = Serving {
-        resources: rendered
-            .deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.containers.first())
-            .and_then(|c| c.resources.clone()),
+        resources: rendered.engine_resources(),
         cluster_endpoint: format!("http://{backend}.{ns}.svc:{port}"),
         external_endpoint: None,
         cache,
@@ -260,10 +254,10 @@ async fn finish(
     ctx: &Context,
     svc: &OIMService,
     outcome: Outcome,
-    running: Option<&k8s_openapi::api::apps::v1::Deployment>,
+    running: Option<Rollout>,
     rolling: bool,
 ) -> Result<Action, Error> {
-    let mut rollout = Rollout::of(running);
+    let mut rollout = running.unwrap_or_default();
     rollout.done &= !rolling;
     let st = status::build(svc, &outcome, rollout, running.is_some());
     let changed = status::write(ctx, svc, &st).await?;

@@ -62,7 +62,8 @@ pub fn decide(svc: &OIMService, world: &World, engines: &Engines) -> Decision {
         CacheRef::Ready(c) => Some(c.status.clone().unwrap_or_default().profiles),
         CacheRef::None => None,
     };
-    let req = Request::for_service(svc);
+    let mut req = Request::for_service(svc);
+    req.lws_missing = !world.leader_worker_sets;
     let kept = world
         .stored
         .as_ref()
@@ -89,8 +90,11 @@ pub fn decide(svc: &OIMService, world: &World, engines: &Engines) -> Decision {
 
 /// The stored choice, when its node group still exists: selection is sticky.
 fn sticky(stored: &Stored, world: &World, req: &Request) -> Option<Chosen> {
-    let (present, _) = groups(&world.nodes, &world.pods, req);
     let p = &stored.profile;
+    if p.multi_node() && req.lws_missing {
+        return None; // the LeaderWorkerSet API went away: select again, and say why
+    }
+    let (present, _) = groups(&world.nodes, &world.pods, req);
     let group = present.into_iter().find(|g| {
         g.vendor == p.accelerator.vendor && (g.product == p.accelerator.product || p.accelerator.product == "any")
     })?;
@@ -176,6 +180,7 @@ fn fresh(
 /// and no published profile fits. Models in the table never cause a hub read.
 pub fn needs_model_facts(svc: &OIMService, world: &World, engines: &Engines) -> bool {
     let mut req = Request::for_service(svc);
+    req.lws_missing = !world.leader_worker_sets;
     if estimate::arch(&req.model).is_some() || !req.allow_generated || req.pinned.is_some() {
         return false;
     }

@@ -15,13 +15,16 @@ use crate::controller::status::{Cond, conditions, differs, state};
 use crate::profile::oci::enum_str;
 use crate::render::FIELD_MANAGER;
 
-/// What our Deployment shows: available replicas, and whether this generation is rolled out.
+/// What our workload shows: available replicas (ready groups of a LeaderWorkerSet), and whether
+/// this generation is rolled out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rollout {
     /// Available replicas.
     pub available: i32,
     /// The current generation is observed, updated and available.
     pub done: bool,
+    /// For a LeaderWorkerSet: the groups it wants (a group is ready when all its pods are).
+    pub groups: Option<i32>,
 }
 
 impl Rollout {
@@ -34,7 +37,24 @@ impl Rollout {
         let done = s.observed_generation >= d.metadata.generation
             && s.updated_replicas.unwrap_or(0) >= wanted
             && available > 0;
-        Rollout { available, done }
+        Rollout { available, done, groups: None }
+    }
+
+    /// From our live LeaderWorkerSet: `status.readyReplicas` groups of `spec.replicas`; rolled
+    /// out when its controller saw this generation (condition observedGeneration where the
+    /// status has none), every group is updated, and one is ready.
+    pub fn of_group(g: &kube::api::DynamicObject) -> Rollout {
+        let int = |v: &serde_json::Value| v.as_i64().and_then(|n| i32::try_from(n).ok());
+        let status = &g.data["status"];
+        let available = int(&status["readyReplicas"]).unwrap_or(0);
+        let wanted = int(&g.data["spec"]["replicas"]).or_else(|| int(&status["replicas"])).unwrap_or(1);
+        let observed = status["observedGeneration"]
+            .as_i64()
+            .or_else(|| status["conditions"].as_array()?.iter().filter_map(|c| c["observedGeneration"].as_i64()).max());
+        let done = observed >= g.metadata.generation
+            && int(&status["updatedReplicas"]).unwrap_or(0) >= wanted
+            && available > 0;
+        Rollout { available, done, groups: Some(wanted) }
     }
 }
 
@@ -56,17 +76,27 @@ fn serving(svc: &OIMService, s: &Serving, rollout: Rollout) -> OIMServiceStatus 
     // On KServe the InferenceService's Ready condition says whether it serves; its predictor
     // Deployment (KServe's) gives the replicas.
     let rollout = match &s.kserve {
-        Some(k) => Rollout { available: k.available, done: k.ready },
+        Some(k) => Rollout { available: k.available, done: k.ready, groups: None },
         None => rollout,
     };
-    let available_msg = if rollout.available > 0 {
-        format!("{} replica(s) available on {accel}", rollout.available)
-    } else if s.kserve.as_ref().is_some_and(|k| k.ready) {
-        format!("InferenceService {} reports Ready", svc.name_any())
-    } else if s.kserve.is_some() {
-        format!("waiting for KServe's predictor Deployment: 0 replicas available (needs {accel} per replica)")
-    } else {
-        format!("waiting for the Deployment: 0 replicas available (needs {accel} per replica)")
+    let nodes = c.profile.nodes;
+    let available_msg = match rollout.groups {
+        Some(wanted) => format!(
+            "{}/{wanted} LeaderWorkerSet group(s) ready ({nodes} pods each: a leader serving, {} worker(s) over Ray) on {accel}",
+            rollout.available,
+            nodes.saturating_sub(1)
+        ),
+        None if rollout.available > 0 => format!("{} replica(s) available on {accel}", rollout.available),
+        None if s.kserve.as_ref().is_some_and(|k| k.ready) => {
+            format!("InferenceService {} reports Ready", svc.name_any())
+        }
+        None if s.kserve.is_some() => {
+            format!("waiting for KServe's predictor Deployment: 0 replicas available (needs {accel} per replica)")
+        }
+        None if c.profile.multi_node() => {
+            format!("waiting for the LeaderWorkerSet: 0 groups ready (needs {accel} per replica)")
+        }
+        None => format!("waiting for the Deployment: 0 replicas available (needs {accel} per replica)"),
     };
     let ready = match (&s.apply_error, &s.kserve, rollout.done) {
         (Some(e), _, _) => Cond("Ready", false, "ApplyFailed", e.clone()),

@@ -444,6 +444,18 @@ pub fn builtin_table() -> &'static [Arch] {
                 None,
                 None,
             ),
+            // Beyond §6.3, the model that needs more than one 8x80 GB node in bf16 (its
+            // config.json: 126 layers, 128 heads, 8 KV heads; 405.85e9 parameters).
+            builtin(
+                &["meta-llama/Llama-3.1-405B", "meta-llama/Llama-3.1-405B-Instruct"],
+                "llama",
+                [126, 16384, 53248, 128, 8, 128, 128256, 131072],
+                405.85e9,
+                405.85e9,
+                false,
+                None,
+                None,
+            ),
             builtin(
                 &["mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.3"],
                 "mistral",

@@ -151,3 +151,28 @@ proptest! {
         let _ = Profile::parse(text.as_bytes(), "fuzz");
     }
 }
+
+#[test]
+fn a_profile_spanning_nodes_counts_devices_per_node_and_keeps_tensor_parallelism_inside_one() {
+    let text =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles-405b/h100-x8-n2.yaml")).unwrap();
+    let p = Profile::parse(&text, "h100-x8-n2.yaml").unwrap();
+    assert_eq!((p.accelerator.count, p.nodes, p.devices_per_pod(), p.multi_node()), (8, 2, 8, true));
+    // Written back, `nodes` survives; a single-node profile does not grow the field.
+    assert!(serde_saphyr::to_string(&p).unwrap().contains("nodes: 2"));
+    let single = Profile::parse(H100_LATENCY.as_bytes(), "x.yaml").unwrap();
+    assert_eq!((single.nodes, single.devices_per_pod()), (1, 1));
+    assert!(!serde_saphyr::to_string(&single).unwrap().contains("nodes:"));
+
+    let text = String::from_utf8(text).unwrap();
+    let bad = text.replace("parallelism: {tensor: 8, pipeline: 2}", "parallelism: {tensor: 8, pipeline: 1}");
+    rejected(&bad, "parallelism", "tensor = count, pipeline = nodes");
+    let across = text.replace("parallelism: {tensor: 8, pipeline: 2}", "parallelism: {tensor: 16, pipeline: 1}");
+    rejected(&across, "parallelism.tensor", "keep tensor parallelism inside a node");
+    rejected(&text.replace("nodes: 2", "nodes: 0"), "nodes", "use 1 to 64");
+    let cpu = with("parallelism: {tensor: 1, pipeline: 1}", "nodes: 2\nparallelism: {tensor: 1, pipeline: 2}").replace(
+        "{vendor: nvidia, product: h100-sxm-80gb, count: 1, minMemoryMiB: 81000}",
+        "{vendor: cpu, product: any, count: 1}",
+    );
+    rejected(&cpu, "nodes", "CPU profiles run on one node");
+}

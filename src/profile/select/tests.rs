@@ -62,6 +62,7 @@ fn profile(
         vendor,
         product: product.into(),
         count,
+        nodes: 1,
         min_memory_mib: None,
         tensor_parallelism: count,
         pipeline_parallelism: 1,
@@ -635,4 +636,134 @@ fn a_model_read_from_its_config_json_is_generated_like_a_built_in_one() {
     let chosen = s.selected.unwrap();
     assert_eq!(chosen.profile.tensor_parallelism, 1, "61 GiB of weights fit one H100 with 8k tokens of KV");
     assert!(chosen.reason.contains("Qwen2.5-32B-Instruct/config.json"), "{}", chosen.reason);
+}
+
+const LLAMA405B: &str = "meta-llama/Llama-3.1-405B-Instruct";
+
+/// The published two-node 405B profile (tests/fixtures/profiles-405b).
+fn two_node_405b() -> ProfileSummary {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles-405b/h100-x8-n2.yaml");
+    let p = Profile::parse(&std::fs::read(path).unwrap(), path).unwrap();
+    ProfileSummary::of(&p, "sha256:405b".into(), path.into())
+}
+
+#[test]
+fn a_profile_spanning_two_nodes_needs_two_nodes_with_all_devices_free_and_says_how_many_have() {
+    let nodes = vec![live("h100-a", "h100-sxm-80gb", 8, 8), live("h100-b", "h100-sxm-80gb", 8, 8)];
+    let req = Request { allow_generated: false, ..request(LLAMA405B, Kpi::Throughput) };
+    let s = select(&req, &[two_node_405b()], &nodes, &[], &Engines::builtin());
+    let chosen = s.selected.expect("two free 8x H100 nodes hold one group");
+    assert_eq!((chosen.profile.count, chosen.profile.nodes, chosen.group.nodes.len()), (8, 2, 2));
+    assert!(chosen.reason.contains("on 2 nodes of 8x nvidia h100-sxm-80gb"), "{}", chosen.reason);
+
+    // Three GPUs of the second node are taken: one group needs two whole nodes, one has them.
+    let busy = vec![pod("h100-b", 3, Some("team/other"))];
+    let s = select(&req, &[two_node_405b()], &nodes, &busy, &Engines::builtin());
+    assert!(s.selected.is_none());
+    assert_eq!(
+        s.rejected[0].reason,
+        "InsufficientFreeAccelerators: needs 2 nodes with 8 free h100-sxm-80gb each; 1 has (free: 8 on h100-a, 5 on h100-b)"
+    );
+    // Two replicas are two groups: four nodes.
+    let four = vec![live("h100-c", "h100-sxm-80gb", 8, 8), live("h100-d", "h100-sxm-80gb", 8, 8)];
+    let all: Vec<NodeView> = nodes.iter().cloned().chain(four).collect();
+    let two = Request { replicas: 2, ..req.clone() };
+    assert!(select(&two, &[two_node_405b()], &all, &[], &Engines::builtin()).selected.is_some());
+    let s = select(&two, &[two_node_405b()], &nodes, &[], &Engines::builtin());
+    assert!(
+        s.rejected[0].reason.contains("needs 2 nodes with 8 free h100-sxm-80gb each (4 nodes for 2 replicas); 2 have")
+    );
+}
+
+#[test]
+fn a_single_node_profile_that_fits_wins_over_a_faster_one_spanning_nodes() {
+    let mut multi = two_node_405b();
+    multi.throughput_tokens_per_sec = Some(99_999.0);
+    let single = ProfileSummary {
+        name: "vllm-amd-mi300x-x8-throughput-bf16".into(),
+        vendor: Vendor::Amd,
+        product: "mi300x".into(),
+        count: 8,
+        nodes: 1,
+        tensor_parallelism: 8,
+        pipeline_parallelism: 1,
+        throughput_tokens_per_sec: Some(100.0),
+        ..two_node_405b()
+    };
+    let nodes = vec![
+        live("h100-a", "h100-sxm-80gb", 8, 8),
+        live("h100-b", "h100-sxm-80gb", 8, 8),
+        live("mi300x", "mi300x", 8, 8),
+    ];
+    let req = request(LLAMA405B, Kpi::Throughput);
+    let s = select(&req, &[multi.clone(), single.clone()], &nodes, &[], &Engines::builtin());
+    assert_eq!(s.selected.unwrap().profile.name, single.name);
+    assert_eq!(s.rejected[0].reason, "feasible, but spans 2 nodes and vllm-amd-mi300x-x8-throughput-bf16 fits on one");
+}
+
+#[test]
+fn without_the_leader_worker_set_api_a_profile_spanning_nodes_is_rejected_with_that_reason() {
+    let nodes = vec![live("h100-a", "h100-sxm-80gb", 8, 8), live("h100-b", "h100-sxm-80gb", 8, 8)];
+    let req = Request { lws_missing: true, ..request(LLAMA405B, Kpi::Throughput) };
+    let s = select(&req, &[two_node_405b()], &nodes, &[], &Engines::builtin());
+    assert!(s.selected.is_none());
+    let published = s.rejected.iter().find(|r| r.name == two_node_405b().name).unwrap();
+    assert!(published.reason.starts_with("LeaderWorkerSetMissing: spans 2 nodes"), "{}", published.reason);
+    // Generation cannot fall back to a group either, and says so with the single-node numbers.
+    let generated = s.rejected.iter().find(|r| r.name.starts_with("generated-")).unwrap();
+    assert!(
+        generated.reason.contains("LeaderWorkerSetMissing") && generated.reason.contains("one node:"),
+        "{}",
+        generated.reason
+    );
+}
+
+#[test]
+fn the_estimator_spans_two_h100_nodes_for_405b_in_bf16_and_one_mi300x_node_holds_it() {
+    let req = request(LLAMA405B, Kpi::Throughput);
+    let h100 = vec![live("h100-a", "h100-sxm-80gb", 8, 8), live("h100-b", "h100-sxm-80gb", 8, 8)];
+    let s = select(&req, &[], &h100, &[], &Engines::builtin());
+    let chosen = s.selected.expect("two 8x H100 nodes hold 405B in bf16");
+    let doc = chosen.document.unwrap();
+    assert_eq!(doc.name, "generated-vllm-nvidia-h100-sxm-80gb-x8-n2-bf16");
+    assert_eq!((doc.accelerator.count, doc.nodes, doc.parallelism.tensor, doc.parallelism.pipeline), (8, 2, 8, 2));
+    assert_eq!(doc.args["pipeline-parallel-size"], serde_json::json!(2));
+    assert!(
+        chosen.reason.contains("one node is not enough") && chosen.reason.contains("TP8 x PP2"),
+        "{}",
+        chosen.reason
+    );
+
+    // One H100 node: the group cannot be placed, and the reason says how many nodes are short.
+    let s = select(&req, &[], &h100[..1], &[], &Engines::builtin());
+    assert!(s.selected.is_none());
+    assert!(
+        s.rejected[0].reason.contains("needs 2 nodes with 8 free h100-sxm-80gb each; 1 has"),
+        "{}",
+        s.rejected[0].reason
+    );
+
+    // 8x 192 GB MI300X hold it on one node: no group.
+    let s = select(&req, &[], &[live("mi300x", "mi300x", 8, 8)], &[], &Engines::builtin());
+    let doc = s.selected.unwrap().document.unwrap();
+    assert_eq!((doc.nodes, doc.accelerator.count, doc.parallelism.pipeline), (1, 8, 1));
+}
+
+#[test]
+fn a_generated_single_node_profile_wins_over_a_published_one_spanning_nodes() {
+    let nodes = vec![
+        live("h100-a", "h100-sxm-80gb", 8, 8),
+        live("h100-b", "h100-sxm-80gb", 8, 8),
+        live("mi300x", "mi300x", 8, 8),
+    ];
+    let req = request(LLAMA405B, Kpi::Throughput);
+    let s = select(&req, &[two_node_405b()], &nodes, &[], &Engines::builtin());
+    let chosen = s.selected.unwrap();
+    assert_eq!(chosen.profile.name, "generated-vllm-amd-mi300x-x8-bf16");
+    assert!(chosen.reason.starts_with("no published profile fits on one node; generated"), "{}", chosen.reason);
+    let published = s.rejected.iter().find(|r| r.name == two_node_405b().name).unwrap();
+    assert!(published.reason.starts_with("feasible, but spans 2 nodes"), "{}", published.reason);
+    // Without the MI300X node, the published group wins over a generated one.
+    let s = select(&req, &[two_node_405b()], &nodes[..2], &[], &Engines::builtin());
+    assert_eq!(s.selected.unwrap().profile.name, two_node_405b().name);
 }

@@ -24,3 +24,8 @@ go mod edit -require="k8s.io/kubernetes@v$K8S_VERSION" \
   -tool=k8s.io/kubernetes/cmd/kube-apiserver -tool=k8s.io/kubernetes/cmd/kube-controller-manager \
   -tool=k8s.io/kubernetes/cmd/kube-scheduler -tool=k8s.io/kubernetes/cmd/kubectl -tool=go.etcd.io/etcd/server/v3
 go mod tidy
+# LeaderWorkerSet's controller builds with the same module versions (tests/cluster/build.sh):
+# tools/lws.mod is go.mod plus sigs.k8s.io/lws.
+cp go.mod lws.mod
+cp go.sum lws.sum
+go get -modfile=lws.mod "sigs.k8s.io/lws/cmd@$LWS_VERSION"

@@ -63,6 +63,8 @@ fn world(nodes: Vec<NodeView>, stored: Option<Stored>, listed: Result<Vec<Profil
         stored,
         distrusted: None,
         deployment: None,
+        group: None,
+        leader_worker_sets: true,
         arch: None,
     }
 }

@@ -193,3 +193,44 @@ fn on_kserve_ready_follows_the_inference_service_and_names_its_reason() {
     assert_eq!(st.state, Some(ServiceState::Ready));
     assert_eq!(st.available_replicas, Some(2), "the replicas of KServe's predictor Deployment");
 }
+
+/// A LeaderWorkerSet as its controller reports it: `ready` of `replicas` groups.
+fn group(generation: i64, observed: i64, ready: i64, updated: i64) -> kube::api::DynamicObject {
+    let mut o = kube::api::DynamicObject::new("llm", &crate::render::leader_worker_set_resource()).data(serde_json::json!({
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": observed, "readyReplicas": ready, "updatedReplicas": updated, "replicas": 2},
+    }));
+    o.metadata.generation = Some(generation);
+    o
+}
+
+#[test]
+fn a_group_service_reports_ready_groups_and_is_ready_once_its_generation_is_rolled_out() {
+    let svc = service();
+    let mut multi = chosen();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/profiles-405b/h100-x8-n2.yaml");
+    multi.profile = crate::profile::Profile::parse(&std::fs::read(path).unwrap(), path).unwrap();
+    let outcome = Outcome::Serving(Box::new(Serving {
+        chosen: multi,
+        ..match serving(None) {
+            Outcome::Serving(s) => *s,
+            Outcome::Blocked(_) => unreachable!(),
+        }
+    }));
+    let one_of_two = Rollout::of_group(&group(3, 3, 1, 2));
+    assert_eq!((one_of_two.available, one_of_two.done, one_of_two.groups), (1, true, Some(2)));
+    let s = build(&svc, &outcome, one_of_two, true);
+    assert_eq!((s.state, s.available_replicas), (Some(ServiceState::Ready), Some(1)));
+    assert_eq!(s.accelerator.as_deref(), Some("2 nodes x 8x h100-sxm-80gb"));
+    assert_eq!(
+        cond(&s, "Available").message,
+        "1/2 LeaderWorkerSet group(s) ready (2 pods each: a leader serving, 1 worker(s) over Ray) on 2 nodes x 8x h100-sxm-80gb"
+    );
+    // A generation its controller has not seen yet, or groups not yet updated: still rolling.
+    assert!(!Rollout::of_group(&group(4, 3, 2, 2)).done);
+    assert!(!Rollout::of_group(&group(3, 3, 2, 1)).done);
+    let none_ready = Rollout::of_group(&group(3, 3, 0, 2));
+    let s = build(&svc, &outcome, none_ready, true);
+    assert_eq!(cond(&s, "Available").status, "False");
+    assert_eq!(s.state, Some(ServiceState::NotReady));
+}

@@ -229,7 +229,7 @@ async fn render_service(env: &Env, svc: &OIMService, caches: &[OIMCache]) -> Res
         weights,
         platform: env.platform,
         // Offline, render what the spec asks for, like `helm template`.
-        capabilities: Capabilities { routes: env.platform == Platform::Openshift, service_monitors: true },
+        capabilities: Capabilities { routes: env.platform == Platform::Openshift, service_monitors: true, dra: true },
         engines: &env.engines,
         device_groups: vec![],
     };

@@ -42,6 +42,9 @@ pub fn service_child_kinds(capabilities: Capabilities) -> Vec<ApiResource> {
     if capabilities.service_monitors {
         kinds.push(crate::render::service_monitor_resource());
     }
+    if capabilities.dra {
+        kinds.push(ApiResource::erase::<crate::render::dra::ResourceClaimTemplate>(&()));
+    }
     kinds
 }
 
@@ -49,7 +52,7 @@ type Meta = PartialObjectMeta<DynamicObject>;
 
 /// Kinds from CRDs of other projects (Route, ServiceMonitor), which may come and go.
 fn optional(ar: &ApiResource) -> bool {
-    matches!(ar.group.as_str(), "route.openshift.io" | "monitoring.coreos.com")
+    matches!(ar.group.as_str(), "route.openshift.io" | "monitoring.coreos.com" | "resource.k8s.io")
 }
 
 /// Children in one watched scope: metadata per kind, and the Deployments (without their pod

@@ -134,7 +134,7 @@ mod tests {
             group: &group,
             weights: Weights::Hub,
             platform: if routes { Platform::Openshift } else { Platform::Kubernetes },
-            capabilities: Capabilities { routes, service_monitors: false },
+            capabilities: Capabilities { routes, service_monitors: false, dra: false },
             engines: &Engines::builtin(),
             device_groups: vec![],
         })

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod checks;
+pub mod dra;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,8 @@ pub struct Capabilities {
     pub routes: bool,
     /// `monitoring.coreos.com/v1` ServiceMonitor.
     pub service_monitors: bool,
+    /// `resource.k8s.io/v1`: Dynamic Resource Allocation (ResourceSlice, ResourceClaimTemplate).
+    pub dra: bool,
 }
 
 /// Where the weights come from.
@@ -154,6 +157,8 @@ pub struct Rendered {
     pub profile_config_map: ConfigMap,
     /// PVC from `storage.pvc.create` (no owner reference).
     pub pvc: Option<PersistentVolumeClaim>,
+    /// ResourceClaimTemplates from `spec.draResources[].claimCreationSpec`.
+    pub resource_claim_templates: Vec<dra::ResourceClaimTemplate>,
     /// The vLLM Deployment.
     pub deployment: k8s_openapi::api::apps::v1::Deployment,
     /// The Service.
@@ -177,6 +182,9 @@ impl Rendered {
         push(serde_json::to_value(with_kind(&self.profile_config_map)));
         if let Some(p) = &self.pvc {
             push(serde_json::to_value(with_kind(p)));
+        }
+        for t in &self.resource_claim_templates {
+            push(serde_json::to_value(with_kind(t)));
         }
         push(serde_json::to_value(with_kind(&self.deployment)));
         push(serde_json::to_value(with_kind(&self.service)));
@@ -262,6 +270,13 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
     checks::check_spec(svc)?;
     let name = name_of(svc);
     let pvc = pvc(svc)?;
+    if dra::uses_dra(svc) && !input.capabilities.dra {
+        return Err(RenderError::InvalidSpec {
+            field: "spec.draResources".into(),
+            message: "this cluster does not serve resource.k8s.io/v1 (Dynamic Resource Allocation, Kubernetes 1.34 or later); remove spec.draResources to use the device plugin, or upgrade the cluster".into(),
+        });
+    }
+    let resource_claim_templates = dra::templates(input)?;
     let deployment = workload::deployment(input, pvc.as_ref())?;
     Ok(Rendered {
         service_account: ServiceAccount {
@@ -271,6 +286,7 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
         },
         profile_config_map: profile_config_map(input),
         pvc,
+        resource_claim_templates,
         deployment,
         service: service(svc),
         hpa: hpa(svc),

@@ -55,7 +55,7 @@ fn render_with(
         group,
         weights,
         platform,
-        capabilities: Capabilities { routes: platform == Platform::Openshift, service_monitors: true },
+        capabilities: Capabilities { routes: platform == Platform::Openshift, service_monitors: true, dra: true },
         engines: &engines,
         device_groups: vec![44, 110],
     })
@@ -213,7 +213,7 @@ fn openshift_leaves_user_ids_to_the_scc_and_renders_a_route() {
         group: &group,
         weights: Weights::Hub,
         platform: Platform::Kubernetes,
-        capabilities: Capabilities { routes: false, service_monitors },
+        capabilities: Capabilities { routes: false, service_monitors, dra: false },
         engines: &engines,
         device_groups: vec![],
     };

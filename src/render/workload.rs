@@ -98,7 +98,9 @@ fn resources(input: &Input, shm: &str) -> Result<ResourceRequirements, RenderErr
     let mut requests: BTreeMap<String, Quantity> = BTreeMap::new();
     let mut limits: BTreeMap<String, Quantity> = BTreeMap::new();
     let devices = profile.parallelism.tensor.saturating_mul(profile.parallelism.pipeline);
-    if !group.resource_name.is_empty() {
+    // DRA claims supply the devices: no extended-resource request beside them.
+    let claimed = super::dra::uses_dra(input.service);
+    if !group.resource_name.is_empty() && !claimed {
         requests.insert(group.resource_name.clone(), q(&devices.to_string()));
         limits.insert(group.resource_name.clone(), q(&devices.to_string()));
     }
@@ -120,7 +122,11 @@ fn resources(input: &Input, shm: &str) -> Result<ResourceRequirements, RenderErr
     if let Some(user) = &input.service.spec.resources {
         for (user_map, target) in [(&user.requests, &mut requests), (&user.limits, &mut limits)] {
             for (k, v) in user_map.iter().flatten() {
-                if !group.resource_name.is_empty() && *k == group.resource_name && v.0 != devices.to_string() {
+                if !group.resource_name.is_empty()
+                    && !claimed
+                    && *k == group.resource_name
+                    && v.0 != devices.to_string()
+                {
                     return Err(RenderError::InvalidResources {
                         resource: k.clone(),
                         given: v.0.clone(),
@@ -132,7 +138,12 @@ fn resources(input: &Input, shm: &str) -> Result<ResourceRequirements, RenderErr
             }
         }
     }
-    Ok(ResourceRequirements { requests: Some(requests), limits: Some(limits), ..Default::default() })
+    let claims = super::dra::container_claims(input.service);
+    Ok(ResourceRequirements {
+        requests: Some(requests),
+        limits: Some(limits),
+        claims: Some(claims).filter(|c| !c.is_empty()),
+    })
 }
 
 /// `HF_TOKEN` from a Secret's key of that name: never inline.
@@ -324,7 +335,8 @@ fn placement(input: &Input) -> (BTreeMap<String, String>, Vec<Toleration>, Optio
                     .extend(term.match_expressions.clone().unwrap_or_default());
             }
         }
-    } else {
+    } else if group.dra.is_none() {
+        // DRA devices: the claim's selector picks the product, on nodes the agent may not label.
         selector.insert(LABEL_PRODUCT.into(), group.product.clone());
     }
     let mut tolerations = svc.spec.tolerations.clone().unwrap_or_default();
@@ -491,6 +503,7 @@ pub fn deployment(input: &Input, created_pvc: Option<&PersistentVolumeClaim>) ->
                     node_selector: Some(node_selector).filter(|s| !s.is_empty()),
                     tolerations: Some(tolerations).filter(|t| !t.is_empty()),
                     affinity,
+                    resource_claims: Some(super::dra::pod_claims(svc)).filter(|c| !c.is_empty()),
                     runtime_class_name: svc.spec.runtime_class_name.clone(),
                     priority_class_name: svc.spec.priority_class_name.clone(),
                     scheduler_name: svc.spec.scheduler_name.clone(),

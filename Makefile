@@ -35,7 +35,7 @@ lint:
 
 ## Regenerate the checked-in CRDs from the Rust types (and their copies in config/, the chart, the bundle).
 crds:
-	$(CARGO) run --locked --quiet -- crds > crds/oim.opea.dev.yaml
+	$(CARGO) run --locked --quiet --bin oim -- crds > crds/oim.opea.dev.yaml
 	$(MAKE) manifests
 
 ## Copy the sources of truth (crds/, config/rbac/role.yaml) into kustomize and the chart; regenerate the bundle.

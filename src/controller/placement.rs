@@ -133,4 +133,23 @@ mod tests {
         let lines = unparseable_lines(&first);
         assert!(lines[0].starts_with("node broken has an unparseable"), "{lines:?}");
     }
+
+    #[test]
+    fn a_node_without_an_agent_joins_the_view_through_its_resource_slice() {
+        let (nodes, mut writer) = reflector::store::<Node>();
+        let (pods, _) = reflector::store::<Pod>();
+        let (slices, mut slice_writer) = reflector::store::<ResourceSlice>();
+        writer.apply_watcher_event(&Event::Apply(node("dra-only", None)));
+        let snapshots = Snapshots::default();
+        assert!(snapshots.get(&nodes, &pods, Some(&slices)).nodes.is_empty(), "no inventory, no slice: not a candidate");
+        let slice: ResourceSlice = serde_saphyr::from_str(
+            "metadata: {name: dra-only-gpu}\nspec:\n  driver: gpu.nvidia.com\n  nodeName: dra-only\n  pool: {name: dra-only, generation: 1, resourceSliceCount: 1}\n  devices:\n    - name: gpu-0\n      attributes:\n        productName: {string: NVIDIA L4}\n",
+        )
+        .unwrap();
+        slice_writer.apply_watcher_event(&Event::Apply(slice));
+        snapshots.changed();
+        let view = snapshots.get(&nodes, &pods, Some(&slices));
+        assert_eq!(view.nodes.len(), 1);
+        assert_eq!((view.nodes[0].dra.devices[0].product.as_str(), view.nodes[0].dra.devices[0].count), ("l4", 1));
+    }
 }

@@ -68,6 +68,7 @@ fn known_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<DaemonSet>(&()),
         crate::render::route_resource(),
         crate::render::service_monitor_resource(),
+        ApiResource::erase::<crate::render::dra::ResourceClaimTemplate>(&()),
     ]
 }
 

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod crosscheck;
 mod download;
+mod dra;
 mod environment;
 mod estimate;
 mod fake_hub;

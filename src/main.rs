@@ -160,7 +160,8 @@ fn operator(args: OperatorArgs) -> ExitCode {
         let api_groups = client.list_api_groups().await.map(|g| g.groups).unwrap_or_default();
         let has = |g: &str| api_groups.iter().any(|x| x.name == g);
         // DRA by its GA version: the operator reads and writes resource.k8s.io/v1 only.
-        let has_version = |g: &str, v: &str| api_groups.iter().any(|x| x.name == g && x.versions.iter().any(|x| x.version == v));
+        let has_version =
+            |g: &str, v: &str| api_groups.iter().any(|x| x.name == g && x.versions.iter().any(|x| x.version == v));
         let platform = if has("security.openshift.io") {
             oim::render::Platform::Openshift
         } else {

@@ -268,8 +268,11 @@ fn cache_model_name_is_org_slash_name_or_split_with_namespace() {
 fn dra_resources_name_exactly_one_source_and_a_positive_count() {
     assert_accepted(svc_with("s", "draResources:\n  - resourceClaimName: shared-gpus").validate_cel());
     assert_accepted(
-        svc_with("s", "draResources:\n  - claimCreationSpec:\n      devices:\n        - name: gpus\n          count: 2")
-            .validate_cel(),
+        svc_with(
+            "s",
+            "draResources:\n  - claimCreationSpec:\n      devices:\n        - name: gpus\n          count: 2",
+        )
+        .validate_cel(),
     );
     assert_rejected(
         svc_with("s", "draResources:\n  - resourceClaimName: a\n    resourceClaimTemplateName: b").validate_cel(),
@@ -277,8 +280,11 @@ fn dra_resources_name_exactly_one_source_and_a_positive_count() {
     );
     assert_rejected(svc_with("s", "draResources:\n  - requests: [gpus]").validate_cel(), "set exactly one of");
     assert_rejected(
-        svc_with("s", "draResources:\n  - claimCreationSpec:\n      devices:\n        - name: gpus\n          count: 0")
-            .validate_cel(),
+        svc_with(
+            "s",
+            "draResources:\n  - claimCreationSpec:\n      devices:\n        - name: gpus\n          count: 0",
+        )
+        .validate_cel(),
         "count must be between 1 and 64; leave it unset",
     );
     assert_rejected(

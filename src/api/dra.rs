@@ -16,11 +16,17 @@ use super::common::QUANTITY_RULE;
 pub struct DraResource {
     /// An existing ResourceClaim in the service's namespace, shared by every replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub resource_claim_name: Option<String>,
     /// An existing ResourceClaimTemplate in the service's namespace: each pod gets its own claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub resource_claim_template_name: Option<String>,
     /// Devices to request: the operator renders a ResourceClaimTemplate from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,11 +68,17 @@ pub struct DraDeviceSpec {
     /// DeviceClass to allocate from. Default: the DRA driver publishing the selected devices
     /// (DRA drivers install a DeviceClass named after themselves, e.g. `gpu.nvidia.com`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub device_class_name: Option<String>,
     /// Driver whose attributes unqualified selector keys name. Default: as `deviceClassName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub driver_name: Option<String>,
     /// Conditions on device attributes, ANDed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

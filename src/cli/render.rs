@@ -74,8 +74,8 @@ fn read_pods(path: &Path) -> Result<Vec<PodUse>, String> {
 fn read_slices(path: &Path) -> Result<Vec<ResourceSlice>, String> {
     let text = crate::bounded::read_text(path, crate::bounded::MAX_INPUT_BYTES)
         .map_err(|e| format!("--resource-slices {e}"))?;
-    let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&text).map_err(|e| format!("--resource-slices {}: not YAML: {e}", path.display()))?;
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+        .map_err(|e| format!("--resource-slices {}: not YAML: {e}", path.display()))?;
     let mut slices = vec![];
     for doc in docs.into_iter().filter(|d| !d.is_null()) {
         let items = match doc.get("items") {

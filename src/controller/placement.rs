@@ -141,7 +141,10 @@ mod tests {
         let (slices, mut slice_writer) = reflector::store::<ResourceSlice>();
         writer.apply_watcher_event(&Event::Apply(node("dra-only", None)));
         let snapshots = Snapshots::default();
-        assert!(snapshots.get(&nodes, &pods, Some(&slices)).nodes.is_empty(), "no inventory, no slice: not a candidate");
+        assert!(
+            snapshots.get(&nodes, &pods, Some(&slices)).nodes.is_empty(),
+            "no inventory, no slice: not a candidate"
+        );
         let slice: ResourceSlice = serde_saphyr::from_str(
             "metadata: {name: dra-only-gpu}\nspec:\n  driver: gpu.nvidia.com\n  nodeName: dra-only\n  pool: {name: dra-only, generation: 1, resourceSliceCount: 1}\n  devices:\n    - name: gpu-0\n      attributes:\n        productName: {string: NVIDIA L4}\n",
         )

@@ -28,8 +28,8 @@ use crate::controller::leader::Election;
 use crate::controller::metrics::{self, Metrics};
 use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
-use crate::profile::engines::Engines;
 use crate::hardware::slices::ResourceSlice;
+use crate::profile::engines::Engines;
 use crate::profile::select::PodUse;
 use crate::render::{Capabilities, FIELD_MANAGER, Platform};
 

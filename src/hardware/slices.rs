@@ -138,7 +138,8 @@ fn attribute(d: &Device, driver: &str, name: &str) -> Option<String> {
 /// nvidia-smi's name as GPU Feature Discovery spells it), else by a PCI device id attribute.
 fn product_of(d: &Device, driver: &str, vendor: Vendor) -> Option<&'static TableDevice> {
     if let Some(name) = attribute(d, driver, "productName") {
-        let by_name = devices::table().iter().find(|t| t.vendor == vendor && t.product_name.eq_ignore_ascii_case(&name));
+        let by_name =
+            devices::table().iter().find(|t| t.vendor == vendor && t.product_name.eq_ignore_ascii_case(&name));
         let by_gfd = || crate::hardware::labels::gfd_slug(&name.replace(' ', "-")).and_then(devices::by_slug);
         if let Some(t) = by_name.or_else(by_gfd) {
             return Some(t);
@@ -179,9 +180,9 @@ pub fn by_node<'a>(slices: impl IntoIterator<Item = &'a ResourceSlice>) -> BTree
         let g = newest.entry((s.spec.driver.as_str(), s.spec.pool.name.as_str())).or_insert(i64::MIN);
         *g = (*g).max(s.spec.pool.generation);
     }
-    // (node, driver, product) -> (count, memory, product name); unknown: (node, line) -> count.
-    let mut known: BTreeMap<(String, String, String), (u32, u64, Option<String>)> = BTreeMap::new();
-    let mut unknown: BTreeMap<(String, String), u32> = BTreeMap::new();
+    // By (node, driver, product slug), and unmapped devices by (node, driver, what) -> count.
+    let mut known: BTreeMap<(String, String, String), DraDevices> = BTreeMap::new();
+    let mut unknown: BTreeMap<(String, String, String), u32> = BTreeMap::new();
     for s in slices {
         let spec = &s.spec;
         if newest.get(&(spec.driver.as_str(), spec.pool.name.as_str())) != Some(&spec.pool.generation) {
@@ -191,9 +192,9 @@ pub fn by_node<'a>(slices: impl IntoIterator<Item = &'a ResourceSlice>) -> BTree
             let Some(node) = spec.node_name.clone().or_else(|| d.node_name.clone()) else { continue };
             let kind = attribute(d, &spec.driver, "type");
             let vendor = vendor_of_driver(&spec.driver);
-            let product = vendor.filter(|_| kind.as_deref().is_none_or(|k| k == "gpu")).and_then(|v| {
-                product_of(d, &spec.driver, v)
-            });
+            let product = vendor
+                .filter(|_| kind.as_deref().is_none_or(|k| k == "gpu"))
+                .and_then(|v| product_of(d, &spec.driver, v));
             match product {
                 Some(t) => {
                     let memory = d
@@ -203,10 +204,18 @@ pub fn by_node<'a>(slices: impl IntoIterator<Item = &'a ResourceSlice>) -> BTree
                         .and_then(|c| quantity_mib(&c.value.0))
                         .filter(|m| *m > 0)
                         .unwrap_or(t.memory_mib);
-                    let e = known.entry((node, spec.driver.clone(), t.slug.clone())).or_insert((0, u64::MAX, None));
-                    e.0 = e.0.saturating_add(1);
-                    e.1 = e.1.min(memory);
-                    e.2 = e.2.take().or_else(|| attribute(d, &spec.driver, "productName"));
+                    let e = known.entry((node, spec.driver.clone(), t.slug.clone())).or_insert_with(|| DraDevices {
+                        driver: spec.driver.clone(),
+                        vendor: t.vendor,
+                        product: t.slug.clone(),
+                        product_name: None,
+                        memory_mib: u64::MAX,
+                        resource_name: t.resource_name.clone(),
+                        count: 0,
+                    });
+                    e.count = e.count.saturating_add(1);
+                    e.memory_mib = e.memory_mib.min(memory);
+                    e.product_name = e.product_name.take().or_else(|| attribute(d, &spec.driver, "productName"));
                 }
                 None => {
                     let what = match (kind.as_deref(), attribute(d, &spec.driver, "productName")) {
@@ -214,27 +223,17 @@ pub fn by_node<'a>(slices: impl IntoIterator<Item = &'a ResourceSlice>) -> BTree
                         (_, Some(p)) => format!("with productName {p:?} that the device table does not list"),
                         (_, None) => "with no productName or PCI device id attribute".to_string(),
                     };
-                    let line = format!("driver {} publishes {{n}} device(s) {what}", spec.driver);
-                    *unknown.entry((node, line)).or_insert(0) += 1;
+                    *unknown.entry((node, spec.driver.clone(), what)).or_insert(0) += 1;
                 }
             }
         }
     }
     let mut out: BTreeMap<String, NodeDevices> = BTreeMap::new();
-    for ((node, driver, slug), (count, memory_mib, product_name)) in known {
-        let t = devices::by_slug(&slug).expect("slug from the table");
-        out.entry(node).or_default().devices.push(DraDevices {
-            driver,
-            vendor: t.vendor,
-            product: slug,
-            product_name,
-            memory_mib,
-            resource_name: t.resource_name.clone(),
-            count,
-        });
+    for ((node, _, _), d) in known {
+        out.entry(node).or_default().devices.push(d);
     }
-    for ((node, line), n) in unknown {
-        out.entry(node).or_default().unknown.push(line.replace("{n}", &n.to_string()));
+    for ((node, driver, what), n) in unknown {
+        out.entry(node).or_default().unknown.push(format!("driver {driver} publishes {n} device(s) {what}"));
     }
     out
 }
@@ -289,7 +288,10 @@ spec:
         assert_eq!((d.product.as_str(), d.count, d.memory_mib, d.vendor), ("h100-sxm-80gb", 2, 81559, Vendor::Nvidia));
         assert_eq!(d.product_name.as_deref(), Some("NVIDIA H100 80GB HBM3"));
         assert_eq!(d.driver, "gpu.nvidia.com");
-        assert_eq!(n.unknown, vec![r#"driver gpu.nvidia.com publishes 1 device(s) of type "mig" (partitions are not counted)"#]);
+        assert_eq!(
+            n.unknown,
+            vec![r#"driver gpu.nvidia.com publishes 1 device(s) of type "mig" (partitions are not counted)"#]
+        );
     }
 
     #[test]
@@ -300,7 +302,13 @@ spec:
         let future = H100S.replace("NVIDIA H100 80GB HBM3", "NVIDIA Z900");
         let n = &by_node([&slice(&future)])["gpu-node-1"];
         assert!(n.devices.is_empty());
-        assert!(n.unknown.iter().any(|l| l.contains(r#"2 device(s) with productName "NVIDIA Z900" that the device table does not list"#)), "{:?}", n.unknown);
+        assert!(
+            n.unknown.iter().any(
+                |l| l.contains(r#"2 device(s) with productName "NVIDIA Z900" that the device table does not list"#)
+            ),
+            "{:?}",
+            n.unknown
+        );
     }
 
     #[test]

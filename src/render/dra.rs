@@ -80,9 +80,10 @@ pub fn pod_claims(svc: &OIMService) -> Vec<PodResourceClaim> {
         .map(|(i, e)| PodResourceClaim {
             name: pod_claim_name(i),
             resource_claim_name: e.resource_claim_name.clone(),
-            resource_claim_template_name: e.resource_claim_template_name.clone().or_else(|| {
-                e.claim_creation_spec.as_ref().map(|c| template_name(svc, i, c.generate_name.as_deref()))
-            }),
+            resource_claim_template_name: e
+                .resource_claim_template_name
+                .clone()
+                .or_else(|| e.claim_creation_spec.as_ref().map(|c| template_name(svc, i, c.generate_name.as_deref()))),
         })
         .collect()
 }
@@ -93,9 +94,9 @@ pub fn container_claims(svc: &OIMService) -> Vec<ResourceClaim> {
     for (i, e) in entries(svc).iter().enumerate() {
         match e.requests.as_deref().filter(|r| !r.is_empty()) {
             None => out.push(ResourceClaim { name: pod_claim_name(i), request: None }),
-            Some(requests) => out.extend(
-                requests.iter().map(|r| ResourceClaim { name: pod_claim_name(i), request: Some(r.clone()) }),
-            ),
+            Some(requests) => {
+                out.extend(requests.iter().map(|r| ResourceClaim { name: pod_claim_name(i), request: Some(r.clone()) }))
+            }
         }
     }
     out
@@ -153,7 +154,11 @@ fn request(input: &Input, d: &DraDeviceSpec, devices: u32, field: &str) -> Resul
     }
     for c in d.capacity_selectors.iter().flatten() {
         let (domain, name) = qualified(&driver, &c.key);
-        selectors.push(format!("device.capacity[{}].{name}.compareTo(quantity({})) == 0", quote(domain), quote(&c.value)));
+        selectors.push(format!(
+            "device.capacity[{}].{name}.compareTo(quantity({})) == 0",
+            quote(domain),
+            quote(&c.value)
+        ));
     }
     selectors.extend(d.cel_expressions.iter().flatten().cloned());
     let defaulted_class = d.device_class_name.is_none() && d.driver_name.is_none();
@@ -248,7 +253,8 @@ mod tests {
 
     /// A node with no agent inventory and no extended resources: only its slices describe it.
     fn dra_node(name: &str, slices: &[ResourceSlice]) -> NodeView {
-        let mut view = NodeView { name: name.into(), ready: true, allocatable: Some(BTreeMap::new()), ..Default::default() };
+        let mut view =
+            NodeView { name: name.into(), ready: true, allocatable: Some(BTreeMap::new()), ..Default::default() };
         view.dra = by_node(slices).remove(name).unwrap_or_default();
         view
     }
@@ -336,7 +342,10 @@ mod tests {
         assert_eq!(t.metadata.owner_references.as_ref().unwrap()[0].kind, "OIMService");
         let req = &t.spec.spec.devices.as_ref().unwrap().requests.as_ref().unwrap()[0];
         let exact = req.exactly.as_ref().unwrap();
-        assert_eq!((req.name.as_str(), exact.device_class_name.as_str(), exact.count), ("gpus", "gpu.nvidia.com", Some(2)));
+        assert_eq!(
+            (req.name.as_str(), exact.device_class_name.as_str(), exact.count),
+            ("gpus", "gpu.nvidia.com", Some(2))
+        );
         let cel = &exact.selectors.as_ref().unwrap()[0].cel.as_ref().unwrap().expression;
         assert_eq!(cel, r#"device.attributes["gpu.nvidia.com"].productName == "NVIDIA H100 80GB HBM3""#);
         let objects = r.objects();
@@ -362,7 +371,9 @@ mod tests {
     fn a_fixed_count_narrows_selection_and_user_claims_pass_through_with_their_requests() {
         // count 2 on a node with 4 H100s: the TP2 profile, never a TP1 or TP4 one.
         let nodes = [dra_node("n", &[slice("n", 4, "NVIDIA H100 80GB HBM3")])];
-        let fixed = format!("{GENERATED}            count: 2\n            deviceClassName: gpu.example.com\n            attributeSelectors:\n              - key: architecture\n                value: {{stringValue: Hopper}}\n              - key: gpu.nvidia.com/cudaComputeCapability\n                op: GreaterThanOrEqual\n                value: {{versionValue: 9.0.0}}\n            capacitySelectors:\n              - key: memory\n                value: 80Gi\n");
+        let fixed = format!(
+            "{GENERATED}            count: 2\n            deviceClassName: gpu.example.com\n            attributeSelectors:\n              - key: architecture\n                value: {{stringValue: Hopper}}\n              - key: gpu.nvidia.com/cudaComputeCapability\n                op: GreaterThanOrEqual\n                value: {{versionValue: 9.0.0}}\n            capacitySelectors:\n              - key: memory\n                value: 80Gi\n"
+        );
         let r = select_and_render(&service(&fixed), &nodes).unwrap();
         let exact = r.resource_claim_templates[0].spec.spec.devices.as_ref().unwrap().requests.as_ref().unwrap()[0]
             .exactly
@@ -422,6 +433,9 @@ mod tests {
             device_groups: vec![],
         })
         .unwrap_err();
-        assert!(err.to_string().starts_with("spec.draResources: this cluster does not serve resource.k8s.io/v1"), "{err}");
+        assert!(
+            err.to_string().starts_with("spec.draResources: this cluster does not serve resource.k8s.io/v1"),
+            "{err}"
+        );
     }
 }

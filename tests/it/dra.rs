@@ -168,8 +168,15 @@ fn oim_render_takes_the_slices_offline_and_prints_the_claim_template_and_the_cla
     std::fs::write(&slices, serde_saphyr::to_string(&slice).unwrap()).unwrap();
     let catalog = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles");
     let run = |extra: &[&str]| {
-        let mut args =
-            vec!["render", "-f", svc.to_str().unwrap(), "--inventory", inventory.to_str().unwrap(), "--catalog", catalog];
+        let mut args = vec![
+            "render",
+            "-f",
+            svc.to_str().unwrap(),
+            "--inventory",
+            inventory.to_str().unwrap(),
+            "--catalog",
+            catalog,
+        ];
         args.extend(extra);
         std::process::Command::new(env!("CARGO_BIN_EXE_oim")).args(&args).output().unwrap()
     };

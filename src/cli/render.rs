@@ -97,7 +97,7 @@ fn read_slices(path: &Path) -> Result<Vec<ResourceSlice>, String> {
 
 /// Attaches each node's DRA devices; a node only the slices name is added (offline: all free).
 fn attach_slices(nodes: &mut Vec<crate::profile::select::NodeView>, slices: &[ResourceSlice]) {
-    for (name, devices) in crate::hardware::slices::by_node(slices) {
+    for (name, devices) in crate::hardware::slices::by_node(slices, []) {
         match nodes.iter_mut().find(|n| n.name == name) {
             Some(n) => n.dra = devices,
             None => {

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::Store;
 
 use crate::hardware::inventory::Inventory;
-use crate::hardware::slices::{self, ResourceSlice};
+use crate::hardware::slices::{self, ResourceClaim, ResourceSlice};
 use crate::profile::select::{InventoryProblem, NodeView, PodUse};
 
 /// Nodes and pods as selection sees them, at one moment.
@@ -42,8 +42,13 @@ impl Snapshots {
     }
 
     /// The current view, rebuilt from the stores only when something changed since it was built;
-    /// `slices` where the cluster serves `resource.k8s.io/v1`.
-    pub fn get(&self, nodes: &Store<Node>, pods: &Store<Pod>, slices: Option<&Store<ResourceSlice>>) -> Arc<Placement> {
+    /// `dra` (slices, claims) where the cluster serves `resource.k8s.io/v1`.
+    pub fn get(
+        &self,
+        nodes: &Store<Node>,
+        pods: &Store<Pod>,
+        dra: Option<(&Store<ResourceSlice>, &Store<ResourceClaim>)>,
+    ) -> Arc<Placement> {
         let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
         // Read the counter under the lock, before reading the stores: a change that lands while
         // building bumps it again, so the next reader rebuilds.
@@ -53,8 +58,8 @@ impl Snapshots {
         {
             return view.clone();
         }
-        let slices = slices.map(|s| s.state()).unwrap_or_default();
-        let view = Arc::new(build(&nodes.state(), &pods.state(), &slices));
+        let (slices, claims) = dra.map(|(s, c)| (s.state(), c.state())).unwrap_or_default();
+        let view = Arc::new(build(&nodes.state(), &pods.state(), &slices, &claims));
         *built = Some((now, view.clone()));
         view
     }
@@ -68,10 +73,15 @@ pub fn unparseable_lines(p: &Placement) -> Vec<String> {
         .collect()
 }
 
-fn build(nodes: &[Arc<Node>], pods: &[Arc<Pod>], slices: &[Arc<ResourceSlice>]) -> Placement {
+fn build(
+    nodes: &[Arc<Node>],
+    pods: &[Arc<Pod>],
+    slices: &[Arc<ResourceSlice>],
+    claims: &[Arc<ResourceClaim>],
+) -> Placement {
     let mut usable = Vec::with_capacity(nodes.len());
     let mut unparseable = vec![];
-    let mut dra = slices::by_node(slices.iter().map(|s| s.as_ref()));
+    let mut dra = slices::by_node(slices.iter().map(|s| s.as_ref()), claims.iter().map(|c| c.as_ref()));
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         let published = dra.remove(&name);
@@ -139,10 +149,11 @@ mod tests {
         let (nodes, mut writer) = reflector::store::<Node>();
         let (pods, _) = reflector::store::<Pod>();
         let (slices, mut slice_writer) = reflector::store::<ResourceSlice>();
+        let (claims, _) = reflector::store::<ResourceClaim>();
         writer.apply_watcher_event(&Event::Apply(node("dra-only", None)));
         let snapshots = Snapshots::default();
         assert!(
-            snapshots.get(&nodes, &pods, Some(&slices)).nodes.is_empty(),
+            snapshots.get(&nodes, &pods, Some((&slices, &claims))).nodes.is_empty(),
             "no inventory, no slice: not a candidate"
         );
         let slice: ResourceSlice = serde_saphyr::from_str(
@@ -151,7 +162,7 @@ mod tests {
         .unwrap();
         slice_writer.apply_watcher_event(&Event::Apply(slice));
         snapshots.changed();
-        let view = snapshots.get(&nodes, &pods, Some(&slices));
+        let view = snapshots.get(&nodes, &pods, Some((&slices, &claims)));
         assert_eq!(view.nodes.len(), 1);
         assert_eq!((view.nodes[0].dra.devices[0].product.as_str(), view.nodes[0].dra.devices[0].count), ("l4", 1));
     }

@@ -28,7 +28,7 @@ use crate::controller::leader::Election;
 use crate::controller::metrics::{self, Metrics};
 use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
-use crate::hardware::slices::ResourceSlice;
+use crate::hardware::slices::{ResourceClaim, ResourceSlice};
 use crate::profile::engines::Engines;
 use crate::profile::select::PodUse;
 use crate::render::{Capabilities, FIELD_MANAGER, Platform};
@@ -119,6 +119,21 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     .touched_objects();
     // DRA devices where the cluster serves resource.k8s.io/v1, each slice slimmed to what
     // selection reads. A change wakes the controllers like a node change.
+    // Allocated claims hold DRA devices like pod requests hold extended resources: a change
+    // marks the view stale (as a pod change does) without waking every service.
+    let (claims, claim_changes) = if settings.capabilities.dra {
+        let (store, writer) = reflector::store::<ResourceClaim>();
+        let api = Api::<ResourceClaim>::all(client.clone());
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff().modify(ResourceClaim::slim),
+        )
+        .touched_objects()
+        .boxed();
+        (Some(store), Some(stream))
+    } else {
+        (None, None)
+    };
     let (slices, slice_changes) = if settings.capabilities.dra {
         let (store, writer) = reflector::store::<ResourceSlice>();
         let api = Api::<ResourceSlice>::all(client.clone());
@@ -154,6 +169,7 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         nodes,
         pods,
         slices,
+        claims,
         recorder,
         metrics: metrics.clone(),
         platform: settings.platform,
@@ -169,6 +185,13 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     tokio::spawn(report_ready(ctx.clone(), scopes.clone()));
     let (senders, receivers) = node_channels(scopes.len());
     tokio::spawn(fan_out_node_changes(node_stream, slice_changes, senders, ctx.clone()));
+    if let Some(stream) = claim_changes {
+        let claims_changed = ctx.clone();
+        tokio::spawn(stream.for_each(move |_| {
+            claims_changed.placement.changed();
+            futures::future::ready(())
+        }));
+    }
     let pods_changed = ctx.clone();
     tokio::spawn(pod_stream.for_each(move |_| {
         pods_changed.placement.changed();

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::resource::v1beta2::{Device, ResourceSliceSpec};
+use k8s_openapi::api::resource::v1beta2::{Device, ResourceClaimSpec, ResourceClaimStatus, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,80 @@ impl k8s_openapi::Metadata for ResourceSlice {
     }
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
+    }
+}
+
+/// `resource.k8s.io/v1` ResourceClaim (namespaced): only its allocation is read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceClaim {
+    /// Standard metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// What was asked for (dropped when watched).
+    #[serde(default)]
+    pub spec: ResourceClaimSpec,
+    /// The allocation, once the scheduler made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ResourceClaimStatus>,
+}
+
+impl k8s_openapi::Resource for ResourceClaim {
+    const API_VERSION: &'static str = "resource.k8s.io/v1";
+    const GROUP: &'static str = "resource.k8s.io";
+    const KIND: &'static str = "ResourceClaim";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "resourceclaims";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::ListableResource for ResourceClaim {
+    const LIST_KIND: &'static str = "ResourceClaimList";
+}
+
+impl k8s_openapi::Metadata for ResourceClaim {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl ResourceClaim {
+    /// Strips a watched claim to its identity, the two labels naming its service, and the
+    /// allocated devices.
+    pub fn slim(&mut self) {
+        let m = &mut self.metadata;
+        m.managed_fields = None;
+        m.annotations = None;
+        m.owner_references = None;
+        m.finalizers = None;
+        if let Some(labels) = m.labels.as_mut() {
+            labels.retain(|k, _| {
+                k == crate::profile::select::MANAGED_BY_LABEL || k == crate::profile::select::INSTANCE_LABEL
+            });
+        }
+        self.spec = ResourceClaimSpec::default();
+        if let Some(status) = self.status.as_mut() {
+            status.devices = None;
+            status.reserved_for = None;
+            if let Some(a) = status.allocation.as_mut() {
+                a.node_selector = None;
+                if let Some(d) = a.devices.as_mut() {
+                    d.config = None;
+                }
+            }
+        }
+    }
+
+    /// The OIMService (`namespace/name`) whose template made this claim, if the operator's.
+    fn service(&self) -> Option<String> {
+        let labels = self.metadata.labels.as_ref()?;
+        (labels.get(crate::profile::select::MANAGED_BY_LABEL).map(String::as_str) == Some("oim-operator"))
+            .then(|| labels.get(crate::profile::select::INSTANCE_LABEL))
+            .flatten()
+            .map(|n| crate::profile::select::service_id(self.metadata.namespace.as_deref(), n))
     }
 }
 
@@ -107,6 +181,32 @@ pub struct NodeDevices {
     pub devices: Vec<DraDevices>,
     /// Devices that map to no product, one line per (driver, description), for explanations.
     pub unknown: Vec<String>,
+    /// Devices of [`NodeDevices::devices`] allocated to a ResourceClaim, one entry each.
+    pub allocated: Vec<Allocated>,
+}
+
+/// One device allocated to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocated {
+    /// Its driver.
+    pub driver: String,
+    /// Its device-table slug.
+    pub product: String,
+    /// The OIMService whose claim holds it (`namespace/name`), if the operator's.
+    pub service: Option<String>,
+}
+
+impl NodeDevices {
+    /// Devices of `driver`/`product` allocated to claims other than `service`'s own.
+    pub fn used(&self, driver: &str, product: &str, service: Option<&str>) -> u32 {
+        let others = self
+            .allocated
+            .iter()
+            .filter(|a| a.driver == driver && a.product == product)
+            .filter(|a| service.is_none() || a.service.as_deref() != service)
+            .count();
+        u32::try_from(others).unwrap_or(u32::MAX)
+    }
 }
 
 /// The vendor a driver name belongs to (`gpu.nvidia.com`, `gpu.amd.com`, `gpu.intel.com`,
@@ -170,10 +270,14 @@ pub fn quantity_mib(q: &str) -> Option<u64> {
     Some((bytes / 1048576.0).round() as u64)
 }
 
-/// Per node, the devices the slices publish. Only the newest generation of each pool counts
-/// (older slices are being replaced); devices of slices not bound to one node (`allNodes`,
-/// `nodeSelector`) are left out: they are network-attached and not a node's accelerators.
-pub fn by_node<'a>(slices: impl IntoIterator<Item = &'a ResourceSlice>) -> BTreeMap<String, NodeDevices> {
+/// Per node, the devices the slices publish and which of them `claims` hold. Only the newest
+/// generation of each pool counts (older slices are being replaced); devices of slices not bound
+/// to one node (`allNodes`, `nodeSelector`) are left out: they are network-attached and not a
+/// node's accelerators.
+pub fn by_node<'a>(
+    slices: impl IntoIterator<Item = &'a ResourceSlice>,
+    claims: impl IntoIterator<Item = &'a ResourceClaim>,
+) -> BTreeMap<String, NodeDevices> {
     let slices: Vec<&ResourceSlice> = slices.into_iter().collect();
     let mut newest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for s in &slices {
@@ -183,6 +287,8 @@ pub fn by_node<'a>(slices: impl IntoIterator<Item = &'a ResourceSlice>) -> BTree
     // By (node, driver, product slug), and unmapped devices by (node, driver, what) -> count.
     let mut known: BTreeMap<(String, String, String), DraDevices> = BTreeMap::new();
     let mut unknown: BTreeMap<(String, String, String), u32> = BTreeMap::new();
+    // (driver, pool, device) -> (node, slug), to place allocations.
+    let mut where_is: BTreeMap<(&str, &str, &str), (String, String)> = BTreeMap::new();
     for s in slices {
         let spec = &s.spec;
         if newest.get(&(spec.driver.as_str(), spec.pool.name.as_str())) != Some(&spec.pool.generation) {
@@ -197,6 +303,10 @@ pub fn by_node<'a>(slices: impl IntoIterator<Item = &'a ResourceSlice>) -> BTree
                 .and_then(|v| product_of(d, &spec.driver, v));
             match product {
                 Some(t) => {
+                    where_is.insert(
+                        (spec.driver.as_str(), spec.pool.name.as_str(), d.name.as_str()),
+                        (node.clone(), t.slug.clone()),
+                    );
                     let memory = d
                         .capacity
                         .as_ref()
@@ -234,6 +344,20 @@ pub fn by_node<'a>(slices: impl IntoIterator<Item = &'a ResourceSlice>) -> BTree
     }
     for ((node, driver, what), n) in unknown {
         out.entry(node).or_default().unknown.push(format!("driver {driver} publishes {n} device(s) {what}"));
+    }
+    for claim in claims {
+        let results = claim.status.as_ref().and_then(|s| s.allocation.as_ref()).and_then(|a| a.devices.as_ref());
+        for r in results.and_then(|d| d.results.as_ref()).into_iter().flatten() {
+            if let Some((node, product)) = where_is.get(&(r.driver.as_str(), r.pool.as_str(), r.device.as_str()))
+                && let Some(n) = out.get_mut(node)
+            {
+                n.allocated.push(Allocated {
+                    driver: r.driver.clone(),
+                    product: product.clone(),
+                    service: claim.service(),
+                });
+            }
+        }
     }
     out
 }
@@ -279,8 +403,8 @@ spec:
     fn an_nvidia_driver_slice_counts_two_h100s_and_names_the_partition_it_leaves_out() {
         let mut slimmed = slice(H100S);
         slimmed.slim();
-        let nodes = by_node([&slimmed]);
-        assert_eq!(nodes, by_node([&slice(H100S)]), "slimming keeps what selection reads");
+        let nodes = by_node([&slimmed], []);
+        assert_eq!(nodes, by_node([&slice(H100S)], []), "slimming keeps what selection reads");
         assert!(slimmed.spec.devices.as_ref().unwrap()[0].attributes.as_ref().unwrap().get("architecture").is_none());
         let n = &nodes["gpu-node-1"];
         assert_eq!(n.devices.len(), 1);
@@ -297,10 +421,10 @@ spec:
     #[test]
     fn an_older_pool_generation_is_ignored_and_unknown_products_are_explained() {
         let old = H100S.replace("generation: 2", "generation: 1").replace("gpu-node-1-gpu", "old");
-        let nodes = by_node([&slice(H100S), &slice(&old)]);
+        let nodes = by_node([&slice(H100S), &slice(&old)], []);
         assert_eq!(nodes["gpu-node-1"].devices[0].count, 2, "generation 1 is being replaced; not counted twice");
         let future = H100S.replace("NVIDIA H100 80GB HBM3", "NVIDIA Z900");
-        let n = &by_node([&slice(&future)])["gpu-node-1"];
+        let n = &by_node([&slice(&future)], [])["gpu-node-1"];
         assert!(n.devices.is_empty());
         assert!(
             n.unknown.iter().any(
@@ -325,7 +449,7 @@ spec:
         deviceID: {string: "0x74a1"}
 "#,
         );
-        let d = &by_node([&amd])["mi-node"].devices[0];
+        let d = &by_node([&amd], [])["mi-node"].devices[0];
         assert_eq!((d.product.as_str(), d.vendor, d.resource_name.as_str()), ("mi300x", Vendor::Amd, "amd.com/gpu"));
         assert_eq!(quantity_mib("80Gi"), Some(81920));
         assert_eq!(quantity_mib("1G"), Some(954));

@@ -542,12 +542,16 @@ pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>
                 ));
                 continue;
             }
-            let used: u32 = pods_on
-                .get(node.name.as_str())
-                .into_iter()
-                .flatten()
-                .map(|p| p.requests.get(&used_resource).copied().unwrap_or(0))
-                .fold(0, u32::saturating_add);
+            let used: u32 = match &group.dra {
+                // DRA devices are held by allocated ResourceClaims, not by pod requests.
+                Some(src) => node.dra.used(&src.driver, &group.product, req.service.as_deref()),
+                None => pods_on
+                    .get(node.name.as_str())
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.requests.get(&used_resource).copied().unwrap_or(0))
+                    .fold(0, u32::saturating_add),
+            };
             let free = group.devices_per_node.saturating_sub(used);
             let key = (group.vendor, group.product.clone(), group.resource_name.clone(), group.devices_per_node);
             let entry = by_key.entry(key).or_insert_with(|| Group { nodes: BTreeMap::new(), ..group.clone() });
@@ -566,7 +570,7 @@ pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>
 }
 
 /// A node's groups of DRA devices (from ResourceSlices), or why it has none. Pods request no
-/// extended resource for them, so none is counted as used.
+/// extended resource for them: their use is the node's allocated claims.
 fn dra_groups(node: &NodeView, unusable: &mut Vec<Unusable>) -> Vec<(Group, String)> {
     if node.dra.devices.is_empty() {
         let mut why = format!(

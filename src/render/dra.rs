@@ -230,7 +230,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Container;
 
     use super::*;
-    use crate::hardware::slices::{ResourceSlice, by_node};
+    use crate::hardware::slices::{ResourceClaim as DraClaim, ResourceSlice, by_node};
     use crate::profile::catalog::DirCatalog;
     use crate::profile::engines::Engines;
     use crate::profile::select::{NodeView, Request, select};
@@ -253,10 +253,28 @@ mod tests {
 
     /// A node with no agent inventory and no extended resources: only its slices describe it.
     fn dra_node(name: &str, slices: &[ResourceSlice]) -> NodeView {
+        dra_node_with(name, slices, &[])
+    }
+
+    fn dra_node_with(name: &str, slices: &[ResourceSlice], claims: &[DraClaim]) -> NodeView {
         let mut view =
             NodeView { name: name.into(), ready: true, allocatable: Some(BTreeMap::new()), ..Default::default() };
-        view.dra = by_node(slices).remove(name).unwrap_or_default();
+        view.dra = by_node(slices, claims).remove(name).unwrap_or_default();
         view
+    }
+
+    /// A claim the scheduler allocated `device` of the node's pool to, made from `service`'s
+    /// template when given.
+    fn allocated(node: &str, device: &str, service: Option<&str>) -> DraClaim {
+        let labels = service
+            .map(|s| {
+                format!("  labels: {{app.kubernetes.io/managed-by: oim-operator, app.kubernetes.io/instance: {s}}}\n")
+            })
+            .unwrap_or_default();
+        serde_saphyr::from_str(&format!(
+            "metadata:\n  name: c-{device}\n  namespace: team-a\n{labels}status:\n  allocation:\n    devices:\n      results:\n        - {{driver: gpu.nvidia.com, pool: {node}, device: {device}, request: gpus}}\n"
+        ))
+        .unwrap()
     }
 
     fn service(extra: &str) -> OIMService {
@@ -353,6 +371,26 @@ mod tests {
         let at = |k| kinds.iter().position(|x| *x == k).unwrap();
         assert!(at("ResourceClaimTemplate") < at("Deployment"), "the template exists before pods need it");
         assert_eq!(objects[at("ResourceClaimTemplate")]["apiVersion"], "resource.k8s.io/v1");
+    }
+
+    #[test]
+    fn devices_allocated_to_other_claims_are_not_free_but_the_services_own_are() {
+        let slices = [slice("gpu-node-1", 2, "NVIDIA H100 80GB HBM3")];
+        let svc = service(GENERATED);
+        let req = Request::for_service(&svc);
+        for holder in [Some("someone-else"), None] {
+            let nodes = [dra_node_with("gpu-node-1", &slices, &[allocated("gpu-node-1", "gpu-1", holder)])];
+            let sel = select(&req, &catalog().list(&req.model), &nodes, &[], &Engines::builtin());
+            let tp2 = sel.rejected.iter().find(|r| r.name == "vllm-nvidia-h100-sxm-80gb-x2-latency-bf16").unwrap();
+            assert!(
+                tp2.reason.contains("InsufficientFreeAccelerators") && tp2.reason.contains("free: 1 on gpu-node-1"),
+                "{holder:?}: {}",
+                tp2.reason
+            );
+        }
+        // The service's own claim (its running replica) does not count against it.
+        let own = dra_node_with("gpu-node-1", &slices, &[allocated("gpu-node-1", "gpu-1", Some("llama70b"))]);
+        assert!(select_and_render(&svc, &[own]).is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Dynamic Resource Allocation on the local control plane: no DRA driver runs under kwok, so the
 //! test publishes the ResourceSlice a driver would. A node with no extended resources but two
-//! H100s in a slice serves Llama 3.1 70B on the TP2 profile through a resource claim; without the
-//! slice, the service says why nothing fits; `oim render` renders the same offline.
+//! H100s in a slice serves Llama 3.1 70B on the TP2 profile through a resource claim, whose
+//! allocation a second service sees as taken; without the slice, the service says why nothing
+//! fits; `oim render` renders the same offline.
 
 use std::time::Duration;
 
@@ -120,6 +121,20 @@ async fn two_h100s_published_in_a_resource_slice_serve_70b_through_a_claim_and_t
         s.status.as_ref().and_then(|s| s.state) == Some(ServiceState::Ready)
     })
     .await;
+
+    // The pod's claim holds both devices: a second service finds none free (its own would not
+    // count against it), and says so.
+    let mut second = service(Some(scenario));
+    second.metadata.name = Some("llama70b-b".into());
+    svcs.create(&PostParams::default(), &second).await.unwrap();
+    let waiting = cluster::wait_for(&svcs, "llama70b-b", Duration::from_secs(60), |s| {
+        condition(s, "ProfileSelected").is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let rejected = waiting.status.unwrap().profile.unwrap().rejected;
+    let tp2 = rejected.iter().find(|r| r.name == "vllm-nvidia-h100-sxm-80gb-x2-latency-bf16").unwrap();
+    assert!(tp2.reason.contains("InsufficientFreeAccelerators") && tp2.reason.contains("free: 0"), "{}", tp2.reason);
+    svcs.delete("llama70b-b", &DeleteParams::default()).await.unwrap();
 
     // Switched to the team's own template: the operator's is pruned, the pod claims the team's.
     let own = serde_json::json!({"spec": {"draResources": [{"resourceClaimTemplateName": "team-gpus"}]}});

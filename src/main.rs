@@ -149,7 +149,8 @@ fn operator(args: OperatorArgs) -> ExitCode {
     };
     let sources = oim::controller::source::Sources::new(catalog, args.allowed_registries.clone(), refresh);
     block_on(async move {
-        let (client, election) = match connect(&args).await {
+        let api_limit = oim::controller::limit::ApiLimit::default();
+        let (client, election) = match connect(&args, &api_limit).await {
             Ok(c) => c,
             Err((code, e)) => {
                 eprintln!("oim operator: {e}");
@@ -196,6 +197,7 @@ fn operator(args: OperatorArgs) -> ExitCode {
             metrics_bind,
             own_image: own,
             hf_endpoint: args.hf_endpoint.clone(),
+            api_limit,
             election,
         };
         match oim::controller::run(client, sources, engines, settings).await {
@@ -205,17 +207,23 @@ fn operator(args: OperatorArgs) -> ExitCode {
     })
 }
 
-/// The operator's client; with `--leader-elect` also the election, whose fence the client's
-/// writes go through (the election itself uses an unfenced client).
+/// The operator's client, its requests in flight limited by `limit`; with `--leader-elect` also
+/// the election, whose fence the client's writes go through (the election itself uses a client
+/// of its own, neither fenced nor waiting behind reconciles for a slot).
 async fn connect(
     args: &OperatorArgs,
+    limit: &oim::controller::limit::ApiLimit,
 ) -> Result<(kube::Client, Option<oim::controller::leader::Election>), (u8, String)> {
     use oim::controller::leader::{Election, LeaseConfig, identity};
     let unreachable = |e: &dyn std::fmt::Display| (exit::RUNTIME, format!("cannot reach the Kubernetes API: {e}"));
     let config = kube::Config::infer().await.map_err(|e| unreachable(&e))?;
     let plain = kube::Client::try_from(config.clone()).map_err(|e| unreachable(&e))?;
     if !args.leader_elect {
-        return Ok((plain, None));
+        let limited = kube::client::ClientBuilder::try_from(config)
+            .map_err(|e| unreachable(&e))?
+            .with_layer(&limit.layer())
+            .build();
+        return Ok((limited, None));
     }
     let lease = LeaseConfig {
         namespace: args
@@ -234,7 +242,9 @@ async fn connect(
     let election = Election::start(plain, lease);
     let fenced = kube::client::ClientBuilder::try_from(config)
         .map_err(|e| unreachable(&e))?
+        // The fence innermost: a write is checked when it leaves, after waiting for a slot.
         .with_layer(&election.fence.layer())
+        .with_layer(&limit.layer())
         .build();
     Ok((fenced, Some(election)))
 }

@@ -90,12 +90,27 @@ pub fn api_for(client: &kube::Client, obj: &Value) -> Option<(Api<DynamicObject>
 }
 
 /// The mark of a live object that moves when anyone changes it: generation where the API keeps
-/// one (status writes do not move it), else resourceVersion.
+/// one (status writes do not move it) with our own labels and annotations (edits of metadata do
+/// not move generation, and the stored selection rides on them), else resourceVersion. Other
+/// metadata (the Deployment controller's revision annotation) does not move it.
 pub fn mark(meta: &ObjectMeta) -> String {
+    use std::hash::{Hash, Hasher};
     match meta.generation {
-        Some(g) if g > 0 => format!("g{g}"),
+        Some(g) if g > 0 => {
+            fn ours(m: &Option<std::collections::BTreeMap<String, String>>) -> Vec<(&String, &String)> {
+                m.iter().flatten().filter(|(k, _)| is_ours(k)).collect()
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (ours(&meta.labels), ours(&meta.annotations)).hash(&mut h);
+            format!("g{g}/{:x}", h.finish())
+        }
         _ => meta.resource_version.clone().unwrap_or_default(),
     }
+}
+
+/// A label or annotation key the operator sets.
+fn is_ours(key: &str) -> bool {
+    key.starts_with("oim.opea.dev/") || key.starts_with("app.kubernetes.io/")
 }
 
 /// What to do with one object.
@@ -232,9 +247,22 @@ mod tests {
         assert_eq!(verdict(None, Some(&me), "h", None), Verdict::Apply, "missing");
         let ours = live(Some("u1"), "h", 3);
         assert_eq!(verdict(Some(&ours), Some(&me), "h", None), Verdict::Unchanged, "first sight after a restart");
-        assert_eq!(verdict(Some(&ours), Some(&me), "h", Some("g3")), Verdict::Unchanged, "steady state");
-        assert_eq!(verdict(Some(&ours), Some(&me), "h2", Some("g3")), Verdict::Apply, "the render changed");
-        assert_eq!(verdict(Some(&ours), Some(&me), "h", Some("g2")), Verdict::Apply, "edited by someone else");
+        let steady = mark(&ours);
+        assert_eq!(verdict(Some(&ours), Some(&me), "h", Some(&steady)), Verdict::Unchanged, "steady state");
+        assert_eq!(verdict(Some(&ours), Some(&me), "h2", Some(&steady)), Verdict::Apply, "the render changed");
+        let mut spec_edit = ours.clone();
+        spec_edit.generation = Some(4);
+        assert_eq!(verdict(Some(&spec_edit), Some(&me), "h", Some(&steady)), Verdict::Apply, "edited by someone else");
+        let mut revision = ours.clone();
+        revision.annotations.as_mut().unwrap().insert("deployment.kubernetes.io/revision".into(), "2".into());
+        assert_eq!(verdict(Some(&revision), Some(&me), "h", Some(&steady)), Verdict::Unchanged, "a controller's note");
+        let mut stored = ours.clone();
+        stored.annotations.as_mut().unwrap().insert("oim.opea.dev/profile".into(), "image: evil".into());
+        assert_eq!(
+            verdict(Some(&stored), Some(&me), "h", Some(&steady)),
+            Verdict::Apply,
+            "our annotation edited (generation does not move)"
+        );
         let mut edited = ours.clone();
         edited.managed_fields = Some(vec![
             ManagedFieldsEntry {

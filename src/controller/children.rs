@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures::{FutureExt, StreamExt};
+use futures::channel::mpsc;
+use futures::{FutureExt, SinkExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
@@ -18,6 +19,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
+use crate::api::OIMService;
+use crate::controller::decode;
+use crate::controller::watch::watch_backoff;
 use crate::render::{Capabilities, FIELD_MANAGER};
 
 /// The watch filter for everything we create.
@@ -55,19 +59,123 @@ fn optional(ar: &ApiResource) -> bool {
     matches!(ar.group.as_str(), "route.openshift.io" | "monitoring.coreos.com" | "resource.k8s.io")
 }
 
-/// Children in one watched scope: metadata per kind, and the Deployments (without their pod
-/// template) for the status.
-pub struct Children {
-    kinds: Vec<(ApiResource, Store<Meta>)>,
-    deployments: Store<Deployment>,
+/// A change to one of our children, for its owner's controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touched {
+    /// The child's kind, namespace and name.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Its resourceVersion after the change (our own writes are recognised by it).
+    pub resource_version: Option<String>,
+    /// The OIMService that controls it, if any.
+    pub owner: Option<String>,
 }
 
-fn metadata_cache(api: Api<Meta>, ar: &ApiResource) -> Store<Meta> {
-    let writer = reflector::store::Writer::<Meta>::new(ar.clone());
-    let store = writer.as_reader();
-    let stream = reflector::reflector(writer, watcher(api, ours()).default_backoff()).touched_objects();
-    tokio::spawn(stream.for_each(|_| async {}));
-    store
+impl Touched {
+    fn of(kind: &str, meta: &ObjectMeta) -> Touched {
+        let owner = decode::resource::<OIMService>();
+        Touched {
+            kind: kind.to_string(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone(),
+            owner: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true) && o.kind == owner.kind && o.api_version == owner.api_version)
+                .map(|o| o.name.clone()),
+        }
+    }
+}
+
+/// Where the changes of one scope's children go: the controller of that scope once it runs
+/// (a standby's caches stay warm without anyone to wake; the controller reconciles every
+/// service when it starts anyway).
+#[derive(Default)]
+struct Wakes(Mutex<Option<mpsc::Sender<Touched>>>);
+
+impl Wakes {
+    async fn send(&self, touched: Touched) {
+        let tx = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(mut tx) = tx {
+            // A full channel holds the watch back (backpressure), never drops a wake.
+            let _ = tx.send(touched).await;
+        }
+    }
+}
+
+/// One cached kind: metadata only, or (Deployments) the object without its pod template, which
+/// the status reads.
+enum Cache {
+    Meta(Store<Meta>),
+    Deployments(Store<Deployment>),
+}
+
+impl Cache {
+    fn store_ready(&self) -> bool {
+        let ready = match self {
+            Cache::Meta(s) => s.wait_until_ready().now_or_never(),
+            Cache::Deployments(s) => s.wait_until_ready().now_or_never(),
+        };
+        ready.is_some_and(|r| r.is_ok())
+    }
+
+    async fn listed(&self) -> bool {
+        match self {
+            Cache::Meta(s) => s.wait_until_ready().await.is_ok(),
+            Cache::Deployments(s) => s.wait_until_ready().await.is_ok(),
+        }
+    }
+
+    fn meta(&self, ar: &ApiResource, namespace: &str, name: &str) -> Option<ObjectMeta> {
+        match self {
+            Cache::Meta(s) => {
+                s.get(&ObjectRef::new_with(name, ar.clone()).within(namespace)).map(|o| o.metadata.clone())
+            }
+            Cache::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)).map(|d| d.metadata.clone()),
+        }
+    }
+
+    fn metas(&self) -> Vec<ObjectMeta> {
+        match self {
+            Cache::Meta(s) => s.state().iter().map(|o| o.metadata.clone()).collect(),
+            Cache::Deployments(s) => s.state().iter().map(|d| d.metadata.clone()).collect(),
+        }
+    }
+}
+
+/// Children in one watched scope. One watch per kind both fills the cache and wakes the owner,
+/// in that order: a woken reconcile always reads the change that woke it (with a second watch
+/// for wakes, a reconcile could run on a cache that had not caught up, and nothing woke it
+/// again; after an API server restart that left services NotReady for good).
+pub struct Children {
+    kinds: Vec<(ApiResource, Cache)>,
+    wakes: Arc<Wakes>,
+}
+
+/// Fills `writer` from the watch of `api` and forwards every change to `wakes`.
+fn cache_and_wake<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    kind: String,
+    wakes: Arc<Wakes>,
+    slim: fn(&mut K),
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let changes =
+        reflector::reflector(writer, watcher(api, ours()).backoff(watch_backoff()).modify(slim)).touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(changes);
+        while let Some(change) = changes.next().await {
+            if let Ok(obj) = change {
+                wakes.send(Touched::of(&kind, obj.meta())).await;
+            }
+        }
+    });
 }
 
 /// Only what the status reads: generation, status and replicas.
@@ -81,62 +189,70 @@ fn slim(d: &mut Deployment) {
 impl Children {
     /// Starts the caches for one namespace (None: all).
     pub fn watch(client: &Client, namespace: Option<&str>, capabilities: Capabilities) -> Children {
+        let wakes = Arc::new(Wakes::default());
         let kinds = service_child_kinds(capabilities)
             .into_iter()
             .map(|ar| {
-                let api = match namespace {
-                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-                    None => Api::all_with(client.clone(), &ar),
+                let cache = if ar.kind == "Deployment" {
+                    let api: Api<Deployment> = match namespace {
+                        Some(ns) => Api::namespaced(client.clone(), ns),
+                        None => Api::all(client.clone()),
+                    };
+                    let (store, writer) = reflector::store();
+                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), slim);
+                    Cache::Deployments(store)
+                } else {
+                    let api: Api<Meta> = match namespace {
+                        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                        None => Api::all_with(client.clone(), &ar),
+                    };
+                    let writer = reflector::store::Writer::<Meta>::new(ar.clone());
+                    let store = writer.as_reader();
+                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), |_| {});
+                    Cache::Meta(store)
                 };
-                let store = metadata_cache(api, &ar);
-                (ar, store)
+                (ar, cache)
             })
             .collect();
-        let api: Api<Deployment> = match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
-        let (deployments, writer) = reflector::store();
-        let stream =
-            reflector::reflector(writer, watcher(api, ours()).default_backoff().modify(slim)).touched_objects();
-        tokio::spawn(stream.for_each(|_| async {}));
-        Children { kinds, deployments }
+        Children { kinds, wakes }
+    }
+
+    /// The changes of these children, from now on, for the one controller of this scope.
+    pub fn subscribe(&self) -> impl futures::Stream<Item = Touched> + use<> {
+        let (tx, rx) = mpsc::channel(256);
+        *self.wakes.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
     }
 
     /// Whether every cache of a built-in kind has its first full listing. Route and
     /// ServiceMonitor caches are not waited for: their CRDs may be removed after start, and a
     /// cache that cannot list must not hold every reconcile (their lookups go to the API then).
     pub async fn ready(&self) -> bool {
-        for (ar, s) in &self.kinds {
-            if !optional(ar) && s.wait_until_ready().await.is_err() {
+        for (ar, cache) in &self.kinds {
+            if !optional(ar) && !cache.listed().await {
                 return false;
             }
         }
-        self.deployments.wait_until_ready().await.is_ok()
+        true
     }
 
     /// The cache of `kind`, once it has listed.
-    fn store(&self, kind: &str) -> Option<&(ApiResource, Store<Meta>)> {
-        self.kinds
-            .iter()
-            .find(|(ar, _)| ar.kind == kind)
-            .filter(|(_, s)| s.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()))
+    fn cache(&self, kind: &str) -> Option<&(ApiResource, Cache)> {
+        self.kinds.iter().find(|(ar, _)| ar.kind == kind).filter(|(_, c)| c.store_ready())
     }
 
     /// The metadata of our child, as cached: `Some(None)` when it is not there (or not labelled
     /// ours), `None` when its kind is not cached and the caller must look it up.
     pub fn meta(&self, kind: &str, namespace: &str, name: &str) -> Option<Option<ObjectMeta>> {
-        let (ar, store) = self.store(kind)?;
-        let key = ObjectRef::new_with(name, ar.clone()).within(namespace);
-        Some(store.get(&key).map(|o| o.metadata.clone()))
+        let (ar, cache) = self.cache(kind)?;
+        Some(cache.meta(ar, namespace, name))
     }
 
     /// Our children of `kind` in `namespace` controlled by the owner with `uid`; None when that
     /// kind's cache has not listed (the caller asks the API).
     pub fn owned_by(&self, kind: &str, namespace: &str, uid: &str) -> Option<Vec<String>> {
-        let (_, store) = self.store(kind)?;
-        let metas: Vec<ObjectMeta> = store.state().iter().map(|o| o.metadata.clone()).collect();
-        Some(owned_names(&metas, namespace, uid))
+        let (_, cache) = self.cache(kind)?;
+        Some(owned_names(&cache.metas(), namespace, uid))
     }
 
     /// The cached kinds, in a fixed order.
@@ -146,7 +262,10 @@ impl Children {
 
     /// Our Deployment of that name, without its pod template.
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
-        self.deployments.get(&ObjectRef::new(name).within(namespace))
+        self.kinds.iter().find_map(|(_, c)| match c {
+            Cache::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)),
+            Cache::Meta(_) => None,
+        })
     }
 }
 
@@ -184,6 +303,11 @@ impl ChildCaches {
     /// The caches covering `namespace`.
     pub fn of(&self, namespace: &str) -> Option<&Children> {
         self.scopes.get(&Some(namespace.to_string())).or_else(|| self.scopes.get(&None))
+    }
+
+    /// The caches of one watched scope (None: all namespaces).
+    pub fn scope(&self, scope: &Option<String>) -> Option<&Children> {
+        self.scopes.get(scope)
     }
 
     /// The mark we recorded for a child when we last applied (or first saw) it.

@@ -169,6 +169,8 @@ pub struct Context {
     pub placement: crate::controller::placement::Snapshots,
     /// Our own writes, so their watch events do not wake their owners again.
     pub echoes: crate::controller::echo::Echoes,
+    /// The client's requests in flight, sized by the API server's latency.
+    pub api_limit: crate::controller::limit::ApiLimit,
 }
 
 impl Context {

@@ -16,7 +16,9 @@ pub async fn publish(ctx: &Context, object: &ObjectReference, warning: bool, rea
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, object).await {
-        warn!(error = %e, "event not published");
+    match ctx.recorder.publish(&ev, object).await {
+        // An Event is an API write like any other (counted in `oim_operator_api_writes_total`).
+        Ok(()) => ctx.metrics.writes.add(),
+        Err(e) => warn!(error = %e, "event not published"),
     }
 }

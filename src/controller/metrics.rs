@@ -48,6 +48,8 @@ pub struct Metrics {
     pub agent_policy_missing: Gauge,
     /// 1 while this replica holds the leader lease (always 1 without leader election).
     pub leader: Gauge,
+    /// Requests the operator's client may have in flight now (see `controller::limit`).
+    pub api_limit: Gauge,
     registry_errors: Family<RegistryFailure, Counter>,
 }
 
@@ -76,13 +78,19 @@ impl Default for Metrics {
             "Whether this replica holds the leader lease and reconciles (1) or stands by (0)",
             leader.clone(),
         );
+        let api_limit = Gauge::default();
+        registry.register(
+            "api_concurrency_limit",
+            "Requests the operator keeps in flight at the API server, sized by its latency",
+            api_limit.clone(),
+        );
         let registry_errors = Family::<RegistryFailure, Counter>::default();
         registry.register(
             "registry_errors",
             "Profile registry lookups that failed (unreachable, timed out, refused, over a bound)",
             registry_errors.clone(),
         );
-        Metrics { registry, writes, reconciles, duration, agent_policy_missing, leader, registry_errors }
+        Metrics { registry, writes, reconciles, duration, agent_policy_missing, leader, api_limit, registry_errors }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod echo;
 pub mod events;
 pub mod health;
 pub mod leader;
+pub mod limit;
 pub mod metrics;
 pub mod model;
 pub mod placement;
@@ -25,6 +26,7 @@ pub mod run;
 pub mod service;
 pub mod source;
 pub mod status;
+pub mod watch;
 
 pub use context::{Context, Error};
 pub use run::{Settings, run};

@@ -12,7 +12,6 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::utils::Backoff as WatchBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -28,6 +27,7 @@ use crate::controller::leader::Election;
 use crate::controller::metrics::{self, Metrics};
 use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
+use crate::controller::watch::watch_backoff;
 use crate::hardware::slices::{ResourceClaim, ResourceSlice};
 use crate::profile::engines::Engines;
 use crate::profile::select::PodUse;
@@ -77,6 +77,8 @@ pub struct Settings {
     pub own_image: String,
     /// The hub model facts are read from.
     pub hf_endpoint: String,
+    /// The limit the operator's client was built with (reported in the metrics).
+    pub api_limit: crate::controller::limit::ApiLimit,
     /// The leader election this replica takes part in (its client is fenced by it); None:
     /// a single replica that always reconciles.
     pub election: Option<Election>,
@@ -95,9 +97,10 @@ pub enum Stopped {
 /// `/healthz` fails so the kubelet restarts the operator.
 const STUCK_AFTER: Duration = Duration::from_secs(600);
 
-/// Reconciles in flight per controller. Unbounded, a cold start over 1,000 services opens a
-/// connection per reconcile and swamps a small API server.
-const CONCURRENCY: u16 = 8;
+/// Reconciles in flight per controller: as many as the client may have requests in flight at
+/// most. How many of them write at once follows the API server (`controller::limit`); this
+/// only bounds memory.
+const CONCURRENCY: u16 = crate::controller::limit::MAX as u16;
 
 /// Runs the controllers until SIGTERM (or, with leader election, until the lease is lost): one
 /// OIMService and one OIMCache controller per watched namespace (or one pair for all), sharing
@@ -109,16 +112,16 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     let (pods, pod_writer) = reflector::store::<Pod>();
     let node_stream = reflector::reflector(
         node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).backoff(watch_backoff()),
     );
     // Every pod in the cluster may hold accelerators; keep only what accounting reads.
     let pod_stream = reflector::reflector(
         pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().modify(PodUse::slim),
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .backoff(watch_backoff())
+            .modify(PodUse::slim),
     )
     .touched_objects();
-    // DRA devices where the cluster serves resource.k8s.io/v1, each slice slimmed to what
-    // selection reads. A change wakes the controllers like a node change.
     // Allocated claims hold DRA devices like pod requests hold extended resources: a change
     // marks the view stale (as a pod change does) without waking every service.
     let (claims, claim_changes) = if settings.capabilities.dra {
@@ -126,7 +129,7 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         let api = Api::<ResourceClaim>::all(client.clone());
         let stream = reflector::reflector(
             writer,
-            watcher(api, watcher::Config::default()).default_backoff().modify(ResourceClaim::slim),
+            watcher(api, watcher::Config::default()).backoff(watch_backoff()).modify(ResourceClaim::slim),
         )
         .touched_objects()
         .boxed();
@@ -134,12 +137,14 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     } else {
         (None, None)
     };
+    // DRA devices where the cluster serves resource.k8s.io/v1, each slice slimmed to what
+    // selection reads. A change wakes the controllers like a node change.
     let (slices, slice_changes) = if settings.capabilities.dra {
         let (store, writer) = reflector::store::<ResourceSlice>();
         let api = Api::<ResourceSlice>::all(client.clone());
         let stream = reflector::reflector(
             writer,
-            watcher(api, watcher::Config::default()).default_backoff().modify(ResourceSlice::slim),
+            watcher(api, watcher::Config::default()).backoff(watch_backoff()).modify(ResourceSlice::slim),
         )
         .touched_objects()
         .filter_map(|r| futures::future::ready(r.ok().map(|_| ())))
@@ -181,6 +186,7 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         health: health.clone(),
         placement: Default::default(),
         echoes: Default::default(),
+        api_limit: settings.api_limit.clone(),
     });
     tokio::spawn(report_ready(ctx.clone(), scopes.clone()));
     let (senders, receivers) = node_channels(scopes.len());
@@ -344,6 +350,7 @@ fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) 
 
 async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _running = ctx.health.running(format!("OIMService {}", decode::id(&obj)));
+    ctx.metrics.api_limit.set(ctx.api_limit.current() as i64);
     match decode::decode::<OIMService>(&obj) {
         Ok(svc) => reconcile(Arc::new(svc), ctx).await,
         Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMService>(), "oimservice", &why).await),
@@ -358,38 +365,6 @@ fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(delay)
 }
 
-/// The backoff of a controller's trigger watches: 100 ms doubling to 5 s, back to 100 ms after
-/// any event. kube pauses *all* of a controller's triggers after an error of any one of them;
-/// after an API server restart each watch fails once (its resource version expired), one after
-/// the other, and kube's default (0.8 s doubling to 30 s, reset only after 2 quiet minutes) left
-/// services blind to their Deployments for minutes (the API server fault test saw 4).
-struct TriggerBackoff(Duration);
-
-impl TriggerBackoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-}
-
-impl Iterator for TriggerBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(TriggerBackoff::MAX);
-        Some(now)
-    }
-}
-
-impl WatchBackoff for TriggerBackoff {
-    fn reset(&mut self) {
-        self.0 = TriggerBackoff::FIRST;
-    }
-}
-
-fn trigger_backoff() -> TriggerBackoff {
-    TriggerBackoff(TriggerBackoff::FIRST)
-}
-
 fn controller_for(
     client: &Client,
     namespace: &Option<String>,
@@ -402,7 +377,7 @@ fn controller_for(
     let services = writer.as_reader();
     let echoes = ctx.clone();
     let kind = ar.kind.clone();
-    let trigger = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff())
+    let trigger = reflector::reflector(writer, watcher(api, watcher::Config::default()).backoff(watch_backoff()))
         .touched_objects()
         .try_filter(move |s| {
             let key = key(&kind, s.metadata.namespace.as_deref().unwrap_or_default(), &s.name_any());
@@ -429,32 +404,19 @@ fn controller_for(
     let mut controller = controller.watches_with(caches, cache_ar, watcher::Config::default(), users);
     // Every kind we may own wakes its owner when it changes (drift is repaired) or goes; not
     // when the change is our own apply coming back.
-    for child in crate::controller::children::service_child_kinds(ctx.capabilities) {
-        let api: Api<DynamicObject> = match namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &child),
-            None => Api::all_with(client.clone(), &child),
-        };
-        let (owner, echoes) = (ar.clone(), ctx.clone());
-        let kind = child.kind.clone();
-        let mapper = move |obj: DynamicObject| {
-            let ns = obj.metadata.namespace.clone().unwrap_or_default();
-            let echo =
-                echoes.echoes.is_echo(&key(&kind, &ns, &obj.name_any()), obj.metadata.resource_version.as_deref());
-            let owners = obj.metadata.owner_references.clone().unwrap_or_default();
-            owners
-                .into_iter()
-                .filter(|o| {
-                    !echo && o.controller == Some(true) && o.kind == owner.kind && o.api_version == owner.api_version
-                })
-                .map(|o| ObjectRef::new_with(&o.name, owner.clone()).within(&ns))
-                .collect::<Vec<_>>()
-        };
-        controller = controller.watches_with(api, child, ours(), mapper);
+    if let Some(children) = ctx.children.scope(namespace) {
+        let echoes = ctx.clone();
+        let wakes = children.subscribe().filter_map(move |t| {
+            let echo = echoes.echoes.is_echo(&key(&t.kind, &t.namespace, &t.name), t.resource_version.as_deref());
+            let owner = t.owner.filter(|_| !echo).map(|o| ObjectRef::new_with(&o, ar.clone()).within(&t.namespace));
+            futures::future::ready(owner)
+        });
+        controller = controller.reconcile_on(wakes);
     }
     controller
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .trigger_backoff(trigger_backoff())
+        .trigger_backoff(watch_backoff())
         .shutdown_on_signal()
         .run(reconcile_object, error_policy, ctx)
         .for_each(|res| async move {
@@ -489,7 +451,7 @@ fn cache_controller_for(
         .owns(scoped::<PartialObjectMeta<k8s_openapi::api::batch::v1::Job>>(client, namespace), ours())
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .trigger_backoff(trigger_backoff())
+        .trigger_backoff(watch_backoff())
         .shutdown_on_signal()
         .run(reconcile_cache_object, cache_error_policy, ctx)
         .for_each(|res| async move {

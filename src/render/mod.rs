@@ -12,8 +12,7 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServiceAccount, ServicePort, ServiceSpec,
-    VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
@@ -43,10 +42,19 @@ pub const DEFAULT_IMAGE: &str = concat!("docker.io/opea/oim:", env!("CARGO_PKG_V
 pub const FIELD_MANAGER: &str = "oim-operator";
 /// Annotation on a PVC saying what happens to it when its owner goes.
 pub const RETENTION_ANNOTATION: &str = "oim.opea.dev/retention-policy";
-/// Annotation on the profile ConfigMap: what the selection was made for.
+/// The stored selection rides on the Deployment's annotations (read first after a restart; a
+/// cache verified against the profile digest, never an authority): what it was made for,
 pub const SELECTION_KEY: &str = "oim.opea.dev/selection-key";
-/// Annotation on the profile ConfigMap: why this profile was chosen.
+/// why this profile was chosen,
 pub const REASON_ANNOTATION: &str = "oim.opea.dev/reason";
+/// the resolved profile document (YAML),
+pub const PROFILE_ANNOTATION: &str = "oim.opea.dev/profile";
+/// its digest (empty for a generated profile),
+pub const DIGEST_ANNOTATION: &str = "oim.opea.dev/profile-digest";
+/// where it came from,
+pub const SOURCE_ANNOTATION: &str = "oim.opea.dev/profile-source";
+/// and what was rejected then (JSON).
+pub const REJECTED_ANNOTATION: &str = "oim.opea.dev/rejected";
 
 /// Target platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -151,10 +159,6 @@ pub enum RenderError {
 /// All objects for one service, in apply order.
 #[derive(Debug, Clone)]
 pub struct Rendered {
-    /// ServiceAccount.
-    pub service_account: ServiceAccount,
-    /// The resolved profile, read first after a restart.
-    pub profile_config_map: ConfigMap,
     /// PVC from `storage.pvc.create` (no owner reference).
     pub pvc: Option<PersistentVolumeClaim>,
     /// ResourceClaimTemplates from `spec.draResources[].claimCreationSpec`.
@@ -178,8 +182,6 @@ impl Rendered {
     pub fn objects(&self) -> Vec<serde_json::Value> {
         let mut out = vec![];
         let mut push = |v: serde_json::Result<serde_json::Value>| out.push(v.expect("typed objects serialize"));
-        push(serde_json::to_value(with_kind(&self.service_account)));
-        push(serde_json::to_value(with_kind(&self.profile_config_map)));
         if let Some(p) = &self.pvc {
             push(serde_json::to_value(with_kind(p)));
         }
@@ -268,7 +270,6 @@ fn name_of(svc: &OIMService) -> String {
 pub fn render(input: &Input) -> Result<Rendered, RenderError> {
     let svc = input.service;
     checks::check_spec(svc)?;
-    let name = name_of(svc);
     let pvc = pvc(svc)?;
     if dra::uses_dra(svc) && !input.capabilities.dra {
         return Err(RenderError::InvalidSpec {
@@ -277,14 +278,9 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
         });
     }
     let resource_claim_templates = dra::templates(input)?;
-    let deployment = workload::deployment(input, pvc.as_ref())?;
+    let mut deployment = workload::deployment(input, pvc.as_ref())?;
+    deployment.metadata.annotations.get_or_insert_with(BTreeMap::new).extend(stored_selection(input));
     Ok(Rendered {
-        service_account: ServiceAccount {
-            metadata: meta(svc, &name, "inference"),
-            automount_service_account_token: Some(false),
-            ..Default::default()
-        },
-        profile_config_map: profile_config_map(input),
         pvc,
         resource_claim_templates,
         deployment,
@@ -296,26 +292,20 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
     })
 }
 
-fn profile_config_map(input: &Input) -> ConfigMap {
-    let svc = input.service;
-    let yaml = serde_saphyr::to_string(input.profile).unwrap_or_default();
-    let mut meta = meta(svc, &format!("{}-profile", name_of(svc)), "profile");
-    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
-    annotations.insert(SELECTION_KEY.into(), input.selection.key.into());
-    annotations.insert(REASON_ANNOTATION.into(), input.selection.reason.into());
-    ConfigMap {
-        metadata: meta,
-        data: Some(
-            [
-                ("profile.yaml".to_string(), yaml),
-                ("digest".to_string(), input.digest.to_string()),
-                ("source".to_string(), input.source.to_string()),
-                ("rejected".to_string(), serde_json::to_string(input.selection.rejected).unwrap_or_default()),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    }
+/// The selection as stored on the Deployment: an object written anyway, so storing it costs no
+/// write of its own.
+fn stored_selection(input: &Input) -> BTreeMap<String, String> {
+    [
+        (SELECTION_KEY, input.selection.key.to_string()),
+        (REASON_ANNOTATION, input.selection.reason.to_string()),
+        (PROFILE_ANNOTATION, serde_saphyr::to_string(input.profile).unwrap_or_default()),
+        (DIGEST_ANNOTATION, input.digest.to_string()),
+        (SOURCE_ANNOTATION, input.source.to_string()),
+        (REJECTED_ANNOTATION, serde_json::to_string(input.selection.rejected).unwrap_or_default()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The PVC from `storage.pvc.create`: no owner reference, so deleting the service never deletes

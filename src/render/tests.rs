@@ -121,7 +121,11 @@ fn nvidia_h100_latency_requests_one_gpu_with_the_right_args_probes_and_security(
     assert_eq!(strategy.max_surge, Some(IntOrString::Int(0)));
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1));
     assert_eq!(r.deployment.metadata.owner_references.as_ref().unwrap()[0].kind, "OIMService");
-    assert_eq!(r.profile_config_map.metadata.name.as_deref(), Some("llama31-8b-latency-profile"));
+    let stored = crate::controller::service::dereference::Stored::parse(&r.deployment).expect("a stored selection");
+    assert_eq!(stored.profile, profile, "the Deployment carries the chosen document for the next reconcile");
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name, None, "no ServiceAccount per service");
+    assert_eq!(pod.automount_service_account_token, Some(false), "and no token mounted");
 }
 
 #[test]

@@ -495,7 +495,9 @@ pub fn deployment(input: &Input, created_pvc: Option<&PersistentVolumeClaim>) ->
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    service_account_name: Some(name.clone()),
+                    // The namespace's default ServiceAccount, its token not mounted: vLLM never
+                    // talks to the API server, and an account per service was one more write
+                    // per service for nothing.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     containers: vec![container],

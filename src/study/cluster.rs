@@ -232,8 +232,6 @@ pub async fn deploy(t: &ClusterTarget, study: &Study, p: &Profile) -> Result<Dep
     let ns = &t.namespace;
     let c = &t.client;
     let applied = async {
-        apply(c, ns, &r.service_account, &labels).await?;
-        apply(c, ns, &r.profile_config_map, &labels).await?;
         apply(c, ns, &r.deployment, &labels).await?;
         apply(c, ns, &r.service, &labels).await
     }

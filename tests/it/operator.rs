@@ -340,11 +340,11 @@ async fn kpi_changes_roll_env_edits_keep_the_profile_scale_keeps_replicas_and_de
         ready(s) && s.status.as_ref().unwrap().available_replicas == Some(3)
     })
     .await;
-    let cm_digest = || async {
-        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-        cms.get("life-profile").await.unwrap().data.unwrap()["digest"].clone()
+    let stored_digest = || async {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        deployments.get("life").await.unwrap().metadata.annotations.unwrap()["oim.opea.dev/profile-digest"].clone()
     };
-    let first_digest = cm_digest().await;
+    let first_digest = stored_digest().await;
 
     // Editing env updates the Deployment but does not re-resolve the profile.
     let env = serde_json::json!({"spec": {"env": [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}]}});
@@ -353,7 +353,7 @@ async fn kpi_changes_roll_env_edits_keep_the_profile_scale_keeps_replicas_and_de
         container(d).env.unwrap_or_default().iter().any(|e| e.name == "VLLM_LOGGING_LEVEL")
     })
     .await;
-    assert_eq!(cm_digest().await, first_digest);
+    assert_eq!(stored_digest().await, first_digest);
 
     // Changing the KPI re-selects and rolls the Deployment.
     let kpi = serde_json::json!({"spec": {"profile": {"kpi": "throughput"}}});

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use oim::api::{OIMService, ServiceState};
@@ -19,20 +19,18 @@ async fn an_edited_stored_selection_is_ignored_reported_and_rewritten() {
     let crate::operator::Serving { ns, node, svcs, _operator } = crate::operator::serving_8b(&client, "trust-cm").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let legit = image(&deployments.get("llm").await.unwrap());
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let cm = cms.get("llm-profile").await.unwrap();
-    let doc = cm.data.as_ref().unwrap()["profile.yaml"].replace(&legit, "docker.io/evil/vllm:1.0");
-    assert!(doc.contains("evil"), "the profile document names the image");
-    let edit = json!({"data": {"profile.yaml": doc}});
+    const STORED: &str = "oim.opea.dev/profile";
+    let stored = |d: &Deployment| d.metadata.annotations.as_ref().unwrap()[STORED].clone();
+    let doc = stored(&deployments.get("llm").await.unwrap()).replace(&legit, "docker.io/evil/vllm:1.0");
+    assert!(doc.contains("evil"), "the stored profile document names the image");
+    // Only the stored selection is edited: the running pod template stays as it was.
+    let edit = json!({"metadata": {"annotations": {STORED: doc}}});
     let mallory = PatchParams { field_manager: Some("mallory".into()), ..Default::default() };
-    cms.patch("llm-profile", &mallory, &Patch::Merge(&edit)).await.unwrap();
-    // A resync reads the stored selection again.
-    let touch = json!({"metadata": {"annotations": {"oim.test/resync": "1"}}});
-    svcs.patch("llm", &PatchParams::default(), &Patch::Merge(&touch)).await.unwrap();
+    deployments.patch("llm", &mallory, &Patch::Merge(&edit)).await.unwrap();
 
-    cluster::wait_until("the edited ConfigMap rewritten", Duration::from_secs(30), || async {
-        let cm = cms.get("llm-profile").await.ok()?;
-        (!cm.data?["profile.yaml"].contains("evil")).then_some(())
+    cluster::wait_until("the edited stored selection rewritten", Duration::from_secs(30), || async {
+        let d = deployments.get("llm").await.ok()?;
+        (!stored(&d).contains("evil")).then_some(())
     })
     .await;
     let out = cluster::kubectl(&[

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
 use kube::api::Api;
-use kube::{Resource, ResourceExt};
 
 use crate::api::{CacheState, OIMCache, OIMService, RejectedProfile};
 use crate::controller::context::{Context, Error, ReadContext};
@@ -17,9 +16,11 @@ use crate::profile::Profile;
 use crate::profile::catalog::{Catalog, ProfileSummary};
 use crate::profile::oci::enum_str;
 use crate::profile::select::{NodeView, PodUse};
-use crate::render::{REASON_ANNOTATION, SELECTION_KEY};
+use crate::render::{
+    DIGEST_ANNOTATION, PROFILE_ANNOTATION, REASON_ANNOTATION, REJECTED_ANNOTATION, SELECTION_KEY, SOURCE_ANNOTATION,
+};
 
-/// The selection stored with the service's profile ConfigMap by an earlier reconcile.
+/// The selection an earlier reconcile stored on the service's Deployment.
 #[derive(Debug, Clone)]
 pub struct Stored {
     /// The selection key it was made for.
@@ -37,18 +38,18 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// The stored selection in a profile ConfigMap; None when it is missing or unreadable (then a
-    /// fresh selection is made and the ConfigMap rewritten).
-    pub fn parse(cm: &ConfigMap) -> Option<Stored> {
-        let ann = cm.metadata.annotations.as_ref()?;
-        let data = cm.data.as_ref()?;
-        let profile = Profile::parse(data.get("profile.yaml")?.as_bytes(), "profile ConfigMap").ok()?;
+    /// The stored selection in our Deployment's annotations; None when it is missing or
+    /// unreadable (then a fresh selection is made and stored again).
+    pub fn parse(deployment: &Deployment) -> Option<Stored> {
+        let ann = deployment.metadata.annotations.as_ref()?;
+        let profile =
+            Profile::parse(ann.get(PROFILE_ANNOTATION)?.as_bytes(), "the Deployment's stored profile").ok()?;
         Some(Stored {
             key: ann.get(SELECTION_KEY)?.clone(),
-            digest: data.get("digest").cloned().unwrap_or_default(),
-            source: data.get("source").cloned().unwrap_or_default(),
+            digest: ann.get(DIGEST_ANNOTATION).cloned().unwrap_or_default(),
+            source: ann.get(SOURCE_ANNOTATION).cloned().unwrap_or_default(),
             reason: ann.get(REASON_ANNOTATION).cloned().unwrap_or_else(|| "kept from the earlier selection".into()),
-            rejected: data.get("rejected").and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default(),
+            rejected: ann.get(REJECTED_ANNOTATION).and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default(),
             profile,
         })
     }
@@ -86,7 +87,7 @@ pub struct World {
     pub cache: CacheRef,
     /// The stored selection, verified against the catalog (published profiles) or the model.
     pub stored: Option<Stored>,
-    /// Why a stored selection was not trusted (its ConfigMap was changed by someone else).
+    /// Why a stored selection was not trusted (someone else changed it on the Deployment).
     pub distrusted: Option<String>,
     /// Our running Deployment (only if we created it for this service).
     pub deployment: Option<Arc<Deployment>>,
@@ -118,7 +119,13 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         Err(e) => return Ok(Read::Source(e)),
     };
     let cache = cache(ctx, svc, &ns).await?;
-    let stored = stored(ctx, svc, &ns).await?;
+    let uid = svc.uid().unwrap_or_default();
+    let deployment = ctx
+        .children
+        .of(&ns)
+        .and_then(|c| c.deployment(&ns, &svc.name_any()))
+        .filter(|d| crate::controller::children::controlled_by(&d.metadata, &uid));
+    let stored = deployment.as_deref().and_then(Stored::parse);
     let (mut listed, verdict) = registry(ctx, svc, &catalog, stored.as_ref()).await;
     let (stored, distrusted) = match (stored, verdict) {
         (Some(s), Some(Ok(()))) => (Some(s), None),
@@ -131,12 +138,6 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         }
         _ => (None, None),
     };
-    let uid = svc.uid().unwrap_or_default();
-    let deployment = ctx
-        .children
-        .of(&ns)
-        .and_then(|c| c.deployment(&ns, &svc.name_any()))
-        .filter(|d| crate::controller::children::controlled_by(&d.metadata, &uid));
     let placement = ctx.placement();
     Ok(Read::World(Box::new(World {
         catalog,
@@ -215,20 +216,9 @@ async fn cache(ctx: &Context, svc: &OIMService, ns: &str) -> Result<CacheRef, Er
     })
 }
 
-/// The stored selection, only from a ConfigMap we created for this service.
-async fn stored(ctx: &Context, svc: &OIMService, ns: &str) -> Result<Option<Stored>, Error> {
-    let name = format!("{}-profile", svc.name_any());
-    let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&name)
-        .await
-        .reading(|| format!("ConfigMap {ns}/{name}"))?;
-    let uid = svc.meta().uid.clone().unwrap_or_default();
-    Ok(cm.filter(|c| crate::controller::children::controlled_by(&c.metadata, &uid)).as_ref().and_then(Stored::parse))
-}
-
 /// The stored selection is a cache, never the authority: a published profile must be exactly
 /// the document its digest names in the service's catalog (the digest cache, else the registry);
-/// a generated one is checked again by selection. Whoever can edit the ConfigMap cannot change
+/// a generated one is checked again by selection. Whoever can edit the annotations cannot change
 /// the image, args or env this way.
 async fn verify(stored: &Stored, svc: &OIMService, catalog: &Catalog) -> Result<(), Distrust> {
     if stored.profile.model != svc.spec.model.name {
@@ -275,7 +265,7 @@ mod tests {
         let dir = DirCatalog::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/profiles"))).unwrap();
         let (path, bytes, p) =
             dir.entries().find(|(_, _, p)| p.name == "vllm-nvidia-h100-sxm-80gb-x1-latency-bf16").unwrap();
-        // What the profile ConfigMap carries: the document as the operator serialised it.
+        // What the Deployment carries: the document as the operator serialised it.
         let yaml = serde_saphyr::to_string(p).unwrap();
         let stored = Stored {
             key: "k".into(),

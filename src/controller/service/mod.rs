@@ -57,8 +57,7 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
         Read::World(w) => w,
     };
     if let Some(why) = &world.distrusted {
-        let note =
-            format!("the stored selection in ConfigMap {}-profile was ignored: {why}; selecting again", svc.name_any());
+        let note = format!("the selection stored on Deployment {} was ignored: {why}; selecting again", svc.name_any());
         publish(ctx, &svc.object_ref(&()), true, "StoredSelectionRejected", &note).await;
     }
     if select::needs_model_facts(svc, &world, &ctx.engines) {
@@ -164,8 +163,12 @@ async fn resolve(
     if let Some(note) = followed {
         publish(ctx, &svc.object_ref(&()), false, "ProfileUpdated", &note).await;
     }
-    let note = format!("{}: {}", profile.name, selected.reason);
-    publish(ctx, &svc.object_ref(&()), false, "ProfileSelected", &note).await;
+    // A first choice is in the status; an Event (one more write per service) only when a
+    // choice replaces the one that ran.
+    if world.deployment.is_some() {
+        let note = format!("{}: {}", profile.name, selected.reason);
+        publish(ctx, &svc.object_ref(&()), false, "ProfileSelected", &note).await;
+    }
     Ok(Chosen {
         digest: selected.profile.digest.clone(),
         source: selected.profile.source.clone(),
@@ -238,9 +241,6 @@ fn build(
     Ok((rendered, Box::new(serving)))
 }
 
-/// How often a service whose rollout runs is looked at again, whatever the watches say.
-const ROLLOUT_REVISIT: Duration = Duration::from_secs(15);
-
 /// Status: writes the status built from `outcome`, publishes an Event when a problem is new,
 /// and says when to look again.
 async fn finish(
@@ -252,7 +252,6 @@ async fn finish(
 ) -> Result<Action, Error> {
     let mut rollout = Rollout::of(running);
     rollout.done &= !rolling;
-    let rollout_done = rollout.done;
     let st = status::build(svc, &outcome, rollout, running.is_some());
     let changed = status::write(ctx, svc, &st).await?;
     let revisit = ctx.sources.refresh().clamp(Duration::from_secs(1), Duration::from_secs(600));
@@ -268,12 +267,9 @@ async fn finish(
             if changed && let Some(e) = &s.apply_error {
                 publish(ctx, &svc.object_ref(&()), true, "ApplyFailed", e).await;
             }
-            // Our Deployment's changes wake us during a rollout; the timer revisits the
-            // published profile (updatePolicy) and is the backstop, a short one while the
-            // rollout runs: after an API server restart some Deployment changes were seen to
-            // wake nothing (cause not found yet), and the status must not stay behind for the
-            // whole refresh period.
-            Action::requeue(if rollout_done { revisit } else { revisit.min(ROLLOUT_REVISIT) })
+            // Our Deployment's changes wake us during a rollout (the cache that woke us is the
+            // one we read); the timer only revisits the published profile (updatePolicy).
+            Action::requeue(revisit)
         }
     })
 }

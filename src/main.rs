@@ -158,9 +158,11 @@ fn operator(args: OperatorArgs) -> ExitCode {
             }
         };
         // OpenShift is recognised by its security API group; Route and ServiceMonitor by theirs.
-        let groups: Vec<String> =
-            client.list_api_groups().await.map(|g| g.groups.into_iter().map(|g| g.name).collect()).unwrap_or_default();
-        let has = |g: &str| groups.iter().any(|x| x == g);
+        let api_groups = client.list_api_groups().await.map(|g| g.groups).unwrap_or_default();
+        let has = |g: &str| api_groups.iter().any(|x| x.name == g);
+        // DRA by its GA version: the operator reads and writes resource.k8s.io/v1 only.
+        let has_version =
+            |g: &str, v: &str| api_groups.iter().any(|x| x.name == g && x.versions.iter().any(|x| x.version == v));
         let platform = if has("security.openshift.io") {
             oim::render::Platform::Openshift
         } else {
@@ -173,6 +175,7 @@ fn operator(args: OperatorArgs) -> ExitCode {
             inference_pools: has("inference.networking.k8s.io"),
             kserve: has("serving.kserve.io"),
             leader_worker_sets: has(oim::render::lws::LWS_GROUP),
+            dra: has_version("resource.k8s.io", "v1"),
         };
         let own = own_image(&client).await;
         let agent = if args.no_agent {

@@ -314,3 +314,56 @@ fn the_old_ingress_and_the_router_ingress_are_exclusive() {
     let old_off = "expose:\n  ingress: {enabled: false}\n  router:\n    hostDomainName: example.com\n    ingress: {ingressClass: nginx}";
     assert_accepted(svc_with("s", old_off).validate_cel());
 }
+
+#[test]
+fn dra_resources_name_exactly_one_source_and_a_positive_count() {
+    assert_accepted(svc_with("s", "draResources:\n  - resourceClaimName: shared-gpus").validate_cel());
+    assert_accepted(
+        svc_with(
+            "s",
+            "draResources:\n  - claimCreationSpec:\n      devices:\n        - name: gpus\n          count: 2",
+        )
+        .validate_cel(),
+    );
+    assert_rejected(
+        svc_with("s", "draResources:\n  - resourceClaimName: a\n    resourceClaimTemplateName: b").validate_cel(),
+        "set exactly one of resourceClaimName",
+    );
+    assert_rejected(svc_with("s", "draResources:\n  - requests: [gpus]").validate_cel(), "set exactly one of");
+    assert_rejected(
+        svc_with(
+            "s",
+            "draResources:\n  - claimCreationSpec:\n      devices:\n        - name: gpus\n          count: 0",
+        )
+        .validate_cel(),
+        "count must be between 1 and 64; leave it unset",
+    );
+    assert_rejected(
+        svc_with(
+            "s",
+            "draResources:\n  - claimCreationSpec:\n      devices:\n        - name: gpus\n          celExpressions: ['true']\n          attributeSelectors:\n            - key: productName\n              value: {stringValue: x}",
+        )
+        .validate_cel(),
+        "celExpressions cannot be combined",
+    );
+    assert_rejected(
+        svc_with(
+            "s",
+            "draResources:\n  - claimCreationSpec:\n      devices:\n        - name: gpus\n          attributeSelectors:\n            - key: productName\n              value: {stringValue: x, intValue: 1}",
+        )
+        .validate_cel(),
+        "set exactly one of boolValue, intValue",
+    );
+    assert_rejected(
+        svc_with(
+            "s",
+            "draResources:\n  - claimCreationSpec:\n      devices:\n        - name: gpus\n          capacitySelectors:\n            - key: memory\n              value: lots",
+        )
+        .validate_cel(),
+        "capacitySelectors[].value must be a quantity",
+    );
+    assert_rejected(
+        svc_with("s", "resources:\n  claims:\n    - name: gpus").validate_cel(),
+        "spec.resources.claims is filled by the operator from spec.draResources",
+    );
+}

@@ -1,11 +1,13 @@
 //! The `oim.opea.dev/v1alpha1` API: OIMService and OIMCache (DESIGN §3).
 
 pub mod common;
+pub mod dra;
 pub mod oimcache;
 pub mod oimservice;
 pub mod openapi;
 
 pub use common::*;
+pub use dra::*;
 pub use oimcache::*;
 pub use oimservice::*;
 

@@ -50,7 +50,9 @@ pub const FORBIDDEN_ARG_RULE: &str = "self.all(a, !a.startsWith('-') || size((a.
     validation = Rule::new("!has(self.args) || !self.args.exists(a, a == self.model.name)")
         .message("spec.args must not repeat the model as a positional argument: the operator passes the model (or its cached path) itself; remove it from args"),
     validation = Rule::new("!(has(self.inferencePlatform) && self.inferencePlatform == 'kserve' && has(self.expose) && has(self.expose.router) && has(self.expose.router.inferencePool))")
-        .message("spec.expose.router.inferencePool needs spec.inferencePlatform: standalone: KServe owns the pods of an InferenceService; remove inferencePool or serve standalone")
+        .message("spec.expose.router.inferencePool needs spec.inferencePlatform: standalone: KServe owns the pods of an InferenceService; remove inferencePool or serve standalone"),
+    validation = Rule::new("!has(self.resources) || !has(self.resources.claims) || size(self.resources.claims) == 0")
+        .message("spec.resources.claims is filled by the operator from spec.draResources; name the ResourceClaim or ResourceClaimTemplate there (resourceClaimName / resourceClaimTemplateName) instead")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OIMServiceSpec {
@@ -92,6 +94,12 @@ pub struct OIMServiceSpec {
     /// profile's tensor x pipeline parallelism.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Devices through Dynamic Resource Allocation (NIM's `draResources`): the pod gets these
+    /// claims instead of an extended-resource request, and selection counts the devices DRA
+    /// drivers publish in ResourceSlices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    pub dra_resources: Option<Vec<super::dra::DraResource>>,
     /// Number of replicas (1 when unset). Exclusive with `scale.enabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]

@@ -338,6 +338,11 @@ pub struct RenderArgs {
     /// Pod list for free-device accounting.
     #[arg(long, value_name = "FILE")]
     pub pods: Option<PathBuf>,
+    /// ResourceSlices DRA drivers publish (`kubectl get resourceslices -o yaml`): the devices
+    /// services with `spec.draResources` are placed on. A node only a slice names joins the
+    /// inventory.
+    #[arg(long, value_name = "FILE")]
+    pub resource_slices: Option<PathBuf>,
     /// Target platform.
     #[arg(long, value_enum, default_value_t = Platform::Kubernetes)]
     pub platform: Platform,

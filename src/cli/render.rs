@@ -5,6 +5,7 @@ use std::path::Path;
 use super::{Platform as CliPlatform, RenderArgs, exit};
 use crate::api::openapi::SchemaCheck;
 use crate::api::{OIMCache, OIMService};
+use crate::hardware::slices::ResourceSlice;
 use crate::profile::engines::Engines;
 use crate::profile::estimate::Arch;
 use crate::profile::select::{PodUse, Request, select_with};
@@ -67,6 +68,46 @@ fn read_pods(path: &Path) -> Result<Vec<PodUse>, String> {
         }
     }
     Ok(pods)
+}
+
+/// `--resource-slices`: ResourceSlice documents or a list of them.
+fn read_slices(path: &Path) -> Result<Vec<ResourceSlice>, String> {
+    let text = crate::bounded::read_text(path, crate::bounded::MAX_INPUT_BYTES)
+        .map_err(|e| format!("--resource-slices {e}"))?;
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+        .map_err(|e| format!("--resource-slices {}: not YAML: {e}", path.display()))?;
+    let mut slices = vec![];
+    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+        let items = match doc.get("items") {
+            Some(serde_json::Value::Array(items)) => items.clone(),
+            _ => vec![doc],
+        };
+        for item in items {
+            let kind = item.get("kind").and_then(|k| k.as_str()).unwrap_or("ResourceSlice");
+            if kind != "ResourceSlice" {
+                return Err(format!("--resource-slices {}: a {kind}, not a ResourceSlice", path.display()));
+            }
+            let slice: ResourceSlice = serde_path_to_error::deserialize(item)
+                .map_err(|e| format!("--resource-slices {}: {}: {}", path.display(), e.path(), e.inner()))?;
+            slices.push(slice);
+        }
+    }
+    Ok(slices)
+}
+
+/// Attaches each node's DRA devices; a node only the slices name is added (offline: all free).
+fn attach_slices(nodes: &mut Vec<crate::profile::select::NodeView>, slices: &[ResourceSlice]) {
+    for (name, devices) in crate::hardware::slices::by_node(slices, []) {
+        match nodes.iter_mut().find(|n| n.name == name) {
+            Some(n) => n.dra = devices,
+            None => {
+                let inventory = crate::hardware::inventory::Inventory { node: name, ..Default::default() };
+                let mut n = crate::profile::select::NodeView::offline(inventory);
+                n.dra = devices;
+                nodes.push(n);
+            }
+        }
+    }
 }
 
 /// Where a service's weights come from, given the caches known.
@@ -161,7 +202,10 @@ pub async fn run(args: RenderArgs) -> u8 {
 }
 
 fn environment(args: &RenderArgs) -> Result<Env, Failure> {
-    let nodes = super::profiles::read_nodes(&args.inventory).map_err(|e| (exit::BAD_INPUT, e))?;
+    let mut nodes = super::profiles::read_nodes(&args.inventory).map_err(|e| (exit::BAD_INPUT, e))?;
+    if let Some(path) = &args.resource_slices {
+        attach_slices(&mut nodes, &read_slices(path).map_err(|e| (exit::BAD_INPUT, e))?);
+    }
     let pods = args.pods.as_deref().map(read_pods).transpose().map_err(|e| (exit::BAD_INPUT, e))?.unwrap_or_default();
     let catalog = super::profiles::catalog(&args.source)?;
     let platform = match args.platform {
@@ -236,6 +280,7 @@ async fn render_service(env: &Env, svc: &OIMService, caches: &[OIMCache]) -> Res
             inference_pools: true,
             kserve: true,
             leader_worker_sets: true,
+            dra: true,
         },
         engines: &env.engines,
         device_groups: vec![],

@@ -72,6 +72,7 @@ fn known_kinds() -> Vec<ApiResource> {
         crate::render::routing::inference_pool_resource(),
         crate::render::routing::inference_service_resource(),
         crate::render::leader_worker_set_resource(),
+        ApiResource::erase::<crate::render::dra::ResourceClaimTemplate>(&()),
     ]
 }
 

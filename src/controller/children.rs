@@ -60,6 +60,9 @@ pub fn service_child_kinds(capabilities: Capabilities) -> Vec<ApiResource> {
     if capabilities.leader_worker_sets {
         kinds.push(crate::render::leader_worker_set_resource());
     }
+    if capabilities.dra {
+        kinds.push(ApiResource::erase::<crate::render::dra::ResourceClaimTemplate>(&()));
+    }
     kinds
 }
 
@@ -76,6 +79,7 @@ fn optional(ar: &ApiResource) -> bool {
             | "inference.networking.k8s.io"
             | "serving.kserve.io"
             | crate::render::lws::LWS_GROUP
+            | "resource.k8s.io"
     )
 }
 

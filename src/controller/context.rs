@@ -143,6 +143,10 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// Pods, watched (free-device accounting).
     pub pods: Store<Pod>,
+    /// ResourceSlices, watched where the cluster serves `resource.k8s.io/v1` (DRA devices).
+    pub slices: Option<Store<crate::hardware::slices::ResourceSlice>>,
+    /// ResourceClaims, watched beside the slices (allocated DRA devices are not free).
+    pub claims: Option<Store<crate::hardware::slices::ResourceClaim>>,
     /// Event recorder.
     pub recorder: Recorder,
     /// Writes, reconciles and their durations.
@@ -172,7 +176,7 @@ pub struct Context {
 impl Context {
     /// Nodes and pods as selection sees them now (shared, rebuilt only after a change).
     pub fn placement(&self) -> Arc<crate::controller::placement::Placement> {
-        self.placement.get(&self.nodes, &self.pods)
+        self.placement.get(&self.nodes, &self.pods, self.slices.as_ref().zip(self.claims.as_ref()))
     }
 }
 

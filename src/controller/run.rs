@@ -28,6 +28,7 @@ use crate::controller::metrics::{self, Metrics};
 use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
 use crate::controller::watch::watch_backoff;
+use crate::hardware::slices::{ResourceClaim, ResourceSlice};
 use crate::profile::engines::Engines;
 use crate::profile::select::PodUse;
 use crate::render::{Capabilities, FIELD_MANAGER, Platform};
@@ -131,6 +132,37 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
             .modify(PodUse::slim),
     )
     .touched_objects();
+    // Allocated claims hold DRA devices like pod requests hold extended resources: a change
+    // marks the view stale (as a pod change does) without waking every service.
+    let (claims, claim_changes) = if settings.capabilities.dra {
+        let (store, writer) = reflector::store::<ResourceClaim>();
+        let api = Api::<ResourceClaim>::all(client.clone());
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).backoff(watch_backoff()).modify(ResourceClaim::slim),
+        )
+        .touched_objects()
+        .boxed();
+        (Some(store), Some(stream))
+    } else {
+        (None, None)
+    };
+    // DRA devices where the cluster serves resource.k8s.io/v1, each slice slimmed to what
+    // selection reads. A change wakes the controllers like a node change.
+    let (slices, slice_changes) = if settings.capabilities.dra {
+        let (store, writer) = reflector::store::<ResourceSlice>();
+        let api = Api::<ResourceSlice>::all(client.clone());
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).backoff(watch_backoff()).modify(ResourceSlice::slim),
+        )
+        .touched_objects()
+        .filter_map(|r| futures::future::ready(r.ok().map(|_| ())))
+        .boxed();
+        (Some(store), stream)
+    } else {
+        (None, futures::stream::pending().boxed())
+    };
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
@@ -151,6 +183,8 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         engines,
         nodes,
         pods,
+        slices,
+        claims,
         recorder,
         metrics: metrics.clone(),
         platform: settings.platform,
@@ -166,7 +200,14 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
     });
     tokio::spawn(report_ready(ctx.clone(), scopes.clone()));
     let (senders, receivers) = node_channels(scopes.len());
-    tokio::spawn(fan_out_node_changes(node_stream, senders, ctx.clone()));
+    tokio::spawn(fan_out_node_changes(node_stream, slice_changes, senders, ctx.clone()));
+    if let Some(stream) = claim_changes {
+        let claims_changed = ctx.clone();
+        tokio::spawn(stream.for_each(move |_| {
+            claims_changed.placement.changed();
+            futures::future::ready(())
+        }));
+    }
     let pods_changed = ctx.clone();
     tokio::spawn(pod_stream.for_each(move |_| {
         pods_changed.placement.changed();
@@ -221,16 +262,15 @@ fn node_channels(scopes: usize) -> (Vec<futures::channel::mpsc::Sender<()>>, Vec
     (senders, receivers)
 }
 
-/// A node change (labels, inventory, allocatable, taints) may open or close placements for
-/// every service; it is fanned out to each controller.
+/// A node change (labels, inventory, allocatable, taints) or a ResourceSlice change (DRA
+/// devices) may open or close placements for every service; it is fanned out to each controller.
 async fn fan_out_node_changes(
     events: impl futures::Stream<Item = Result<watcher::Event<Node>, watcher::Error>>,
+    slice_changes: impl futures::Stream<Item = ()>,
     mut senders: Vec<futures::channel::mpsc::Sender<()>>,
     ctx: Arc<Context>,
 ) {
-    let mut seen = std::collections::HashMap::<String, u64>::new();
-    futures::pin_mut!(events);
-    while let Some(event) = events.next().await {
+    let node_changes = events.scan(std::collections::HashMap::<String, u64>::new(), |seen, event| {
         let changed = match event {
             Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
                 let fingerprint = placement_fingerprint(&node);
@@ -241,6 +281,11 @@ async fn fan_out_node_changes(
             Ok(watcher::Event::InitDone) => true,
             Ok(watcher::Event::Init) | Err(_) => false,
         };
+        futures::future::ready(Some(changed))
+    });
+    let changes = futures::stream::select(node_changes, slice_changes.map(|()| true));
+    futures::pin_mut!(changes);
+    while let Some(changed) = changes.next().await {
         if changed {
             ctx.placement.changed();
             for tx in &mut senders {

@@ -32,6 +32,11 @@ const GFD_PRODUCTS: &[(&str, &str)] = &[
     ("NVIDIA-B300-SXM6-AC", "b300"),
 ];
 
+/// The device-table slug of a GFD product name (`NVIDIA-H100-80GB-HBM3`), any case.
+pub fn gfd_slug(product: &str) -> Option<&'static str> {
+    GFD_PRODUCTS.iter().find(|(p, _)| p.eq_ignore_ascii_case(product)).map(|(_, s)| *s)
+}
+
 /// Accelerator groups read from vendor labels; empty when none are present.
 pub fn from_node_labels(
     labels: &BTreeMap<String, String>,

@@ -6,6 +6,7 @@ pub mod devices;
 pub mod inventory;
 pub mod labels;
 pub mod pci;
+pub mod slices;
 
 use std::path::{Path, PathBuf};
 

@@ -45,6 +45,8 @@ pub struct NodeView {
     pub unschedulable: bool,
     /// Ready condition.
     pub ready: bool,
+    /// Devices DRA drivers publish for this node in ResourceSlices.
+    pub dra: crate::hardware::slices::NodeDevices,
 }
 
 impl NodeView {
@@ -68,9 +70,15 @@ impl NodeView {
             .and_then(|a| a.get(INVENTORY_ANNOTATION))
             .ok_or(InventoryProblem::Missing)?;
         let inventory = Inventory::parse(text).map_err(|e| InventoryProblem::Unparseable(e.to_string()))?;
+        Ok(NodeView::with_inventory(node, inventory))
+    }
+
+    /// A Node object with `inventory` (an empty one for a node whose devices only DRA drivers
+    /// publish: no node agent needed there).
+    pub fn with_inventory(node: &Node, inventory: Inventory) -> NodeView {
         let status = node.status.as_ref();
         let spec = node.spec.as_ref();
-        Ok(NodeView {
+        NodeView {
             name: node.metadata.name.clone().unwrap_or_default(),
             inventory,
             allocatable: Some(
@@ -87,7 +95,8 @@ impl NodeView {
             ready: status
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-        })
+            dra: Default::default(),
+        }
     }
 }
 
@@ -291,6 +300,11 @@ pub struct Request {
     /// The cluster has no LeaderWorkerSet API: profiles spanning nodes are rejected. False
     /// offline (`oim render` prints what a cluster with the API would get).
     pub lws_missing: bool,
+    /// Devices come through DRA claims (`spec.draResources`): only devices DRA drivers publish
+    /// in ResourceSlices count, extended resources do not.
+    pub dra: bool,
+    /// Devices per replica the service's generated DRA claims request, when fixed.
+    pub devices: Option<u32>,
 }
 
 impl Request {
@@ -320,6 +334,10 @@ impl Request {
         req.service = svc.metadata.name.as_deref().map(|n| service_id(svc.metadata.namespace.as_deref(), n));
         req.node_selector = svc.spec.node_selector.clone().unwrap_or_default();
         req.tolerations = svc.spec.tolerations.clone().unwrap_or_default();
+        if let Some(dra) = svc.spec.dra_resources.as_deref().filter(|d| !d.is_empty()) {
+            req.dra = true;
+            req.devices = crate::api::dra::requested_count(dra);
+        }
         req
     }
 
@@ -339,8 +357,12 @@ impl Request {
 pub fn selection_key(svc: &crate::api::OIMService) -> String {
     use sha2::Digest;
     let s = &svc.spec;
-    let basis =
+    let mut basis =
         serde_json::json!([s.model, s.profile, s.node_selector, s.tolerations, s.affinity, s.replicas_to_fit()]);
+    // Only when set, so the keys of services without DRA stay what they were.
+    if let (Some(dra), Some(list)) = (&s.dra_resources, basis.as_array_mut()) {
+        list.push(serde_json::json!(dra));
+    }
     let d = sha2::Sha256::digest(basis.to_string().as_bytes());
     d.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
@@ -368,6 +390,20 @@ pub struct Group {
     pub cpu_perf: Option<DevicePerf>,
     /// Nodes and their free devices.
     pub nodes: BTreeMap<String, u32>,
+    /// Devices a DRA driver publishes in ResourceSlices (None: an extended resource, or CPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dra: Option<DraSource>,
+}
+
+/// Where a group's DRA devices come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DraSource {
+    /// The driver (and, by convention, its DeviceClass), e.g. `gpu.nvidia.com`.
+    pub driver: String,
+    /// The devices' `productName` attribute, for the claim's selector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
 }
 
 impl Group {
@@ -498,7 +534,8 @@ pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>
             unusable.push(skip("NodeSelector", format!("node {} does not match nodeSelector {k}={v}", node.name)));
             continue;
         }
-        for (group, used_resource) in node_groups(node, &mut unusable) {
+        let offered = if req.dra { dra_groups(node, &mut unusable) } else { node_groups(node, &mut unusable) };
+        for (group, used_resource) in offered {
             let mut tolerations = req.tolerations.clone();
             if !group.resource_name.is_empty() {
                 tolerations.push(accelerator_toleration(&group.resource_name));
@@ -520,12 +557,16 @@ pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>
                 ));
                 continue;
             }
-            let used: u32 = pods_on
-                .get(node.name.as_str())
-                .into_iter()
-                .flatten()
-                .map(|p| p.requests.get(&used_resource).copied().unwrap_or(0))
-                .fold(0, u32::saturating_add);
+            let used: u32 = match &group.dra {
+                // DRA devices are held by allocated ResourceClaims, not by pod requests.
+                Some(src) => node.dra.used(&src.driver, &group.product, req.service.as_deref()),
+                None => pods_on
+                    .get(node.name.as_str())
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.requests.get(&used_resource).copied().unwrap_or(0))
+                    .fold(0, u32::saturating_add),
+            };
             let free = group.devices_per_node.saturating_sub(used);
             let key = (group.vendor, group.product.clone(), group.resource_name.clone(), group.devices_per_node);
             let entry = by_key.entry(key).or_insert_with(|| Group { nodes: BTreeMap::new(), ..group.clone() });
@@ -541,6 +582,42 @@ pub fn groups(nodes: &[NodeView], pods: &[PodUse], req: &Request) -> (Vec<Group>
         }
     }
     (by_key.into_values().collect(), unusable)
+}
+
+/// A node's groups of DRA devices (from ResourceSlices), or why it has none. Pods request no
+/// extended resource for them: their use is the node's allocated claims.
+fn dra_groups(node: &NodeView, unusable: &mut Vec<Unusable>) -> Vec<(Group, String)> {
+    if node.dra.devices.is_empty() {
+        let mut why = format!(
+            "node {} publishes no accelerator in a ResourceSlice (resource.k8s.io/v1), and spec.draResources takes devices only from DRA drivers",
+            node.name
+        );
+        for line in &node.dra.unknown {
+            why.push_str("; ");
+            why.push_str(line);
+        }
+        why.push_str(": install the vendor's DRA driver on it (e.g. gpu.nvidia.com), or remove spec.draResources to use the device plugin");
+        unusable.push(Unusable { node: node.name.clone(), reason: "NoDraDevices".into(), message: why });
+        return vec![];
+    }
+    node.dra
+        .devices
+        .iter()
+        .map(|d| {
+            let g = Group {
+                vendor: d.vendor,
+                product: d.product.clone(),
+                resource_name: d.resource_name.clone(),
+                devices_per_node: d.count,
+                memory_mib: d.memory_mib,
+                cpu_flags: vec![],
+                cpu_perf: None,
+                nodes: BTreeMap::new(),
+                dra: Some(DraSource { driver: d.driver.clone(), product_name: d.product_name.clone() }),
+            };
+            (g, String::new())
+        })
+        .collect()
 }
 
 /// A node's offerable groups (before free-device accounting), with the resource pods use.
@@ -611,6 +688,7 @@ fn node_groups(node: &NodeView, unusable: &mut Vec<Unusable>) -> Vec<(Group, Str
             cpu_flags: vec![],
             cpu_perf: None,
             nodes: BTreeMap::new(),
+            dra: None,
         };
         out.push((g, resource.to_string()));
     }
@@ -628,6 +706,7 @@ fn node_groups(node: &NodeView, unusable: &mut Vec<Unusable>) -> Vec<(Group, Str
             cpu_flags: cpu.flags.clone(),
             cpu_perf: Some(DevicePerf::of_cpu(cpu)),
             nodes: BTreeMap::new(),
+            dra: None,
         };
         out.push((g, String::new()));
     }
@@ -724,6 +803,9 @@ fn filter(p: &ProfileSummary, req: &Request) -> Option<String> {
     }
     if let Some(want) = req.precision.filter(|w| *w != p.precision) {
         return Some(format!("precision {} is not the requested {}", enum_str(&p.precision), enum_str(&want)));
+    }
+    if let Some(n) = req.devices.filter(|n| *n != p.count) {
+        return Some(format!("uses {} devices per replica; spec.draResources requests {n}", p.count));
     }
     if let Some(tp) = req.tensor_parallelism.filter(|t| *t != p.tensor_parallelism) {
         return Some(format!("tensor parallelism {} is not the requested {tp}", p.tensor_parallelism));
@@ -1175,7 +1257,8 @@ fn generate(req: &Request, arch: Option<&Arch>, groups: &[Group], replicas: u32,
                     continue;
                 }
             };
-            if let Some(want) = req.tensor_parallelism {
+            // A fixed DRA device count fixes TP too: generated profiles are single-node, PP 1.
+            if let Some(want) = req.tensor_parallelism.or(req.devices) {
                 let sizes: Vec<String> = sized.iter().map(|s| format!("TP{}", s.tensor())).collect();
                 sized.retain(|s| s.tensor() == want);
                 if sized.is_empty() {

@@ -3,8 +3,9 @@
 
 pub mod cache;
 pub mod checks;
-pub mod routing;
+pub mod dra;
 pub mod lws;
+pub mod routing;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -83,6 +84,8 @@ pub struct Capabilities {
     pub kserve: bool,
     /// `leaderworkerset.x-k8s.io/v1` LeaderWorkerSet: profiles spanning nodes can run.
     pub leader_worker_sets: bool,
+    /// `resource.k8s.io/v1`: Dynamic Resource Allocation (ResourceSlice, ResourceClaimTemplate).
+    pub dra: bool,
 }
 
 /// Where the weights come from.
@@ -169,6 +172,8 @@ pub enum RenderError {
 pub struct Rendered {
     /// PVC from `storage.pvc.create` (no owner reference).
     pub pvc: Option<PersistentVolumeClaim>,
+    /// ResourceClaimTemplates from `spec.draResources[].claimCreationSpec`.
+    pub resource_claim_templates: Vec<dra::ResourceClaimTemplate>,
     /// The vLLM Deployment (a profile on one node).
     pub deployment: Option<k8s_openapi::api::apps::v1::Deployment>,
     /// The LeaderWorkerSet (a profile spanning nodes), instead of the Deployment.
@@ -200,6 +205,9 @@ impl Rendered {
         let mut push = |v: serde_json::Result<serde_json::Value>| out.push(v.expect("typed objects serialize"));
         if let Some(p) = &self.pvc {
             push(serde_json::to_value(with_kind(p)));
+        }
+        for t in &self.resource_claim_templates {
+            push(serde_json::to_value(with_kind(t)));
         }
         match &self.inference_service {
             Some(isvc) => push(serde_json::to_value(isvc)),
@@ -313,6 +321,13 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
     let svc = input.service;
     checks::check_spec(svc)?;
     let pvc = pvc(svc)?;
+    if dra::uses_dra(svc) && !input.capabilities.dra {
+        return Err(RenderError::InvalidSpec {
+            field: "spec.draResources".into(),
+            message: "this cluster does not serve resource.k8s.io/v1 (Dynamic Resource Allocation, Kubernetes 1.34 or later); remove spec.draResources to use the device plugin, or upgrade the cluster".into(),
+        });
+    }
+    let resource_claim_templates = dra::templates(input)?;
     let multi_node = input.profile.multi_node();
     // The stored selection rides on the workload: the Deployment, or the LeaderWorkerSet.
     let (deployment, leader_worker_set) = if multi_node {
@@ -341,6 +356,7 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
     let http_route = routing::http_route(input, inference_pool.as_ref());
     Ok(Rendered {
         pvc,
+        resource_claim_templates,
         deployment,
         leader_worker_set,
         service: service(svc, multi_node),

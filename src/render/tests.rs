@@ -62,6 +62,7 @@ fn render_with(
             inference_pools: true,
             kserve: true,
             leader_worker_sets: true,
+            dra: true,
         },
         engines: &engines,
         device_groups: vec![44, 110],
@@ -367,7 +368,20 @@ fn an_inference_pool_selects_the_service_pods_and_the_route_sends_traffic_to_it(
     );
     let pool = r.inference_pool.as_ref().expect("an InferencePool");
     assert_eq!(pool.types.as_ref().unwrap().api_version, "inference.networking.k8s.io/v1");
-    let pod_labels = r.deployment.as_ref().unwrap().spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let pod_labels = r
+        .deployment
+        .as_ref()
+        .unwrap()
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
     for (k, v) in pool.data["spec"]["selector"]["matchLabels"].as_object().unwrap() {
         assert_eq!(pod_labels.get(k).map(String::as_str), v.as_str(), "the pool selects the engine pods by {k}");
     }
@@ -455,7 +469,9 @@ fn kserve_renders_an_inference_service_with_the_same_container_instead_of_the_de
     expected["name"] = "kserve-container".into();
     assert_eq!(predictor["containers"][0], expected, "image, args, env, exact resources, probes and security");
     assert_eq!(predictor["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "1");
-    let pod = serde_json::to_value(r.deployment.as_ref().unwrap().spec.as_ref().unwrap().template.spec.as_ref().unwrap()).unwrap();
+    let pod =
+        serde_json::to_value(r.deployment.as_ref().unwrap().spec.as_ref().unwrap().template.spec.as_ref().unwrap())
+            .unwrap();
     for field in ["volumes", "nodeSelector", "tolerations", "securityContext", "serviceAccountName"] {
         assert_eq!(predictor[field], pod[field], "{field}");
     }

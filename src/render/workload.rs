@@ -103,7 +103,9 @@ fn resources(input: &Input, shm: &str) -> Result<ResourceRequirements, RenderErr
     let mut requests: BTreeMap<String, Quantity> = BTreeMap::new();
     let mut limits: BTreeMap<String, Quantity> = BTreeMap::new();
     let devices = profile.devices_per_pod();
-    if !group.resource_name.is_empty() {
+    // DRA claims supply the devices: no extended-resource request beside them.
+    let claimed = super::dra::uses_dra(input.service);
+    if !group.resource_name.is_empty() && !claimed {
         requests.insert(group.resource_name.clone(), q(&devices.to_string()));
         limits.insert(group.resource_name.clone(), q(&devices.to_string()));
     }
@@ -125,7 +127,11 @@ fn resources(input: &Input, shm: &str) -> Result<ResourceRequirements, RenderErr
     if let Some(user) = &input.service.spec.resources {
         for (user_map, target) in [(&user.requests, &mut requests), (&user.limits, &mut limits)] {
             for (k, v) in user_map.iter().flatten() {
-                if !group.resource_name.is_empty() && *k == group.resource_name && v.0 != devices.to_string() {
+                if !group.resource_name.is_empty()
+                    && !claimed
+                    && *k == group.resource_name
+                    && v.0 != devices.to_string()
+                {
                     return Err(RenderError::InvalidResources {
                         resource: k.clone(),
                         given: v.0.clone(),
@@ -137,7 +143,12 @@ fn resources(input: &Input, shm: &str) -> Result<ResourceRequirements, RenderErr
             }
         }
     }
-    Ok(ResourceRequirements { requests: Some(requests), limits: Some(limits), ..Default::default() })
+    let claims = super::dra::container_claims(input.service);
+    Ok(ResourceRequirements {
+        requests: Some(requests),
+        limits: Some(limits),
+        claims: Some(claims).filter(|c| !c.is_empty()),
+    })
 }
 
 /// `HF_TOKEN` from a Secret's key of that name: never inline.
@@ -329,7 +340,8 @@ fn placement(input: &Input) -> (BTreeMap<String, String>, Vec<Toleration>, Optio
                     .extend(term.match_expressions.clone().unwrap_or_default());
             }
         }
-    } else {
+    } else if group.dra.is_none() {
+        // DRA devices: the claim's selector picks the product, on nodes the agent may not label.
         selector.insert(LABEL_PRODUCT.into(), group.product.clone());
     }
     let mut tolerations = svc.spec.tolerations.clone().unwrap_or_default();
@@ -590,6 +602,7 @@ pub fn pod_template(
             node_selector: Some(node_selector).filter(|s| !s.is_empty()),
             tolerations: Some(tolerations).filter(|t| !t.is_empty()),
             affinity,
+            resource_claims: Some(super::dra::pod_claims(svc)).filter(|c| !c.is_empty()),
             runtime_class_name: svc.spec.runtime_class_name.clone(),
             priority_class_name: svc.spec.priority_class_name.clone(),
             scheduler_name: svc.spec.scheduler_name.clone(),

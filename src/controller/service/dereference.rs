@@ -150,7 +150,9 @@ pub async fn read(svc: &OIMService, ctx: &Context) -> Result<Read, Error> {
         .filter(|g| crate::controller::children::controlled_by(&g.metadata, &uid));
     // The selection rides on the workload; while one replaces the other, the newer one's holds.
     let carriers = deployment.as_deref().map(|d| &d.metadata).into_iter().chain(group.as_deref().map(|g| &g.metadata));
-    let stored = carriers.max_by_key(|m| m.creation_timestamp.clone()).and_then(Stored::parse)
+    let stored = carriers
+        .max_by_key(|m| m.creation_timestamp.clone())
+        .and_then(Stored::parse)
         .or_else(|| kserve_stored(ctx, svc, &ns, &uid));
     let (mut listed, verdict) = registry(ctx, svc, &catalog, stored.as_ref()).await;
     let (stored, distrusted) = match (stored, verdict) {

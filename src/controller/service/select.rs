@@ -168,6 +168,17 @@ fn fresh(
         if !world.unparseable.is_empty() {
             message = format!("{message}; left out: {}", world.unparseable.join("; "));
         }
+        // DRA devices come only from ResourceSlices: say which nodes publish none (a few).
+        let no_slices: Vec<&str> = selection
+            .unusable
+            .iter()
+            .filter(|u| u.reason == "NoDraDevices")
+            .take(3)
+            .map(|u| u.message.as_str())
+            .collect();
+        if req.dra && !no_slices.is_empty() {
+            message = format!("{message}; {}", no_slices.join("; "));
+        }
         let mut blocked = Blocked::new(Step::Selection, &reason, message);
         blocked.rejected = rejected;
         return Decision::Blocked(blocked);

@@ -106,6 +106,7 @@ fn an_inventory_whose_counts_overflow_makes_the_node_unusable_with_a_reason() {
         cpu_flags: vec![],
         cpu_perf: None,
         nodes: [("a".to_string(), u32::MAX), ("b".to_string(), u32::MAX)].into(),
+        dra: None,
     };
     assert_eq!(g.replicas_for(1), u32::MAX);
 }

@@ -168,6 +168,13 @@ async fn kserve_platform_renders_an_inference_service_and_the_status_follows_its
     cluster::wait_for(&deployments, "llm", Duration::from_secs(60), |_| true).await;
     let back = cluster::wait_for(&svcs, "llm", Duration::from_secs(90), ready).await;
     assert_eq!(back.status.unwrap().model.unwrap().cluster_endpoint, Some(format!("http://llm.{}.svc:8000", ns.name)));
+
+    // And to KServe again: the operator's own Deployment and Service are pruned, KServe makes its own.
+    let kserve = json!({"spec": {"inferencePlatform": "kserve"}});
+    svcs.patch("llm", &PatchParams::default(), &Patch::Merge(&kserve)).await.unwrap();
+    cluster::wait_for(&isvcs, "llm", Duration::from_secs(60), |_| true).await;
+    gone(&api(&client, &ns.name, "apps", "v1", "Deployment", "deployments"), "llm", "our Deployment pruned").await;
+    gone(&api(&client, &ns.name, "", "v1", "Service", "services"), "llm", "our Service pruned").await;
     ns.cleanup().await;
     cluster::platform_apis(false);
     node.delete(&client).await;

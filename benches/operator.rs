@@ -170,6 +170,27 @@ async fn nodes(client: &kube::Client, run: &str, count: usize) -> Vec<String> {
     names
 }
 
+/// Waits (up to 5 minutes) until the `count` nodes of `run` carry no not-ready taint.
+async fn schedulable(client: &kube::Client, run: &str, count: usize) {
+    let api: Api<Node> = Api::all(client.clone());
+    let params = kube::api::ListParams::default().labels(&format!("oim.bench/run={run}"));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(300) {
+        let nodes = api.list(&params).await.map(|l| l.items).unwrap_or_default();
+        let tainted = nodes.iter().filter(|n| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/not-ready"))
+        });
+        if nodes.len() >= count && tainted.count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the nodes of {run} are still not schedulable after 5 minutes");
+}
+
 /// Runs `work` over `items` with [`WORKERS`] in flight.
 async fn in_parallel<T, F, Fut>(items: Vec<T>, work: F)
 where
@@ -407,6 +428,17 @@ async fn main() {
     let large = env_usize("OIM_BENCH_LARGE", 10_000);
     let large_nodes = env_usize("OIM_BENCH_LARGE_NODES", 1000);
     let small_nodes = nodes(&client, &run, 4).await;
+    // The scale part's nodes too, before the control plane is paused: the node lifecycle
+    // controller (in the controller-manager) lifts the not-ready taint every new node gets.
+    let scale_run = format!("{run}-scale");
+    let mut large_node_names = vec![];
+    if large > 0 {
+        let started = Instant::now();
+        large_node_names = nodes(&client, &scale_run, large_nodes).await;
+        println!("{large_nodes} nodes created in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    schedulable(&client, &run, 4).await;
+    schedulable(&client, &scale_run, large_node_names.len()).await;
     let pair = rendered_pair(&client, &run).await;
 
     // 1-2. Floor and operator side by side, only they writing.
@@ -453,12 +485,7 @@ async fn main() {
     cleanup(&client, &namespaces, &[]).await;
 
     // 4. At scale, from a cold start.
-    let mut large_node_names = vec![];
     if large > 0 {
-        let scale_run = format!("{run}-scale");
-        let started = Instant::now();
-        large_node_names = nodes(&client, &scale_run, large_nodes).await;
-        println!("{large_nodes} nodes created in {:.1} s", started.elapsed().as_secs_f64());
         let ns = format!("{run}-scale");
         namespace(&client, &ns).await;
         let (op, r) = contender(&client, &ns, &scale_run, large, false).await;

@@ -273,15 +273,7 @@ async fn render_service(env: &Env, svc: &OIMService, caches: &[OIMCache]) -> Res
         weights,
         platform: env.platform,
         // Offline, render what the spec asks for, like `helm template`.
-        capabilities: Capabilities {
-            routes: env.platform == Platform::Openshift,
-            service_monitors: true,
-            gateway: true,
-            inference_pools: true,
-            kserve: true,
-            leader_worker_sets: true,
-            dra: true,
-        },
+        capabilities: Capabilities::offline(env.platform),
         engines: &env.engines,
         device_groups: vec![],
     };

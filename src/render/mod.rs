@@ -88,6 +88,22 @@ pub struct Capabilities {
     pub dra: bool,
 }
 
+impl Capabilities {
+    /// Offline (`oim render`), like `helm template`: every optional API present, Route only on
+    /// OpenShift.
+    pub fn offline(platform: Platform) -> Capabilities {
+        Capabilities {
+            routes: platform == Platform::Openshift,
+            service_monitors: true,
+            gateway: true,
+            inference_pools: true,
+            kserve: true,
+            leader_worker_sets: true,
+            dra: true,
+        }
+    }
+}
+
 /// Where the weights come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Weights {

@@ -55,15 +55,7 @@ fn render_with(
         group,
         weights,
         platform,
-        capabilities: Capabilities {
-            routes: platform == Platform::Openshift,
-            service_monitors: true,
-            gateway: true,
-            inference_pools: true,
-            kserve: true,
-            leader_worker_sets: true,
-            dra: true,
-        },
+        capabilities: Capabilities::offline(platform),
         engines: &engines,
         device_groups: vec![44, 110],
     })

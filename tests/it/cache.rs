@@ -228,14 +228,6 @@ async fn a_failed_download_says_why_and_a_delete_cache_keeps_its_pvc_while_a_ser
     node.delete(&client).await;
 }
 
-/// Events of `reason` in `ns`, their messages.
-fn events(ns: &str, reason: &str) -> Vec<String> {
-    let out =
-        cluster::kubectl(&["get", "events", "-n", ns, "--field-selector", &format!("reason={reason}"), "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str().map(str::to_string)).collect()
-}
-
 #[tokio::test]
 async fn a_failed_download_runs_again_when_its_token_secret_changes_or_after_a_backoff() {
     let client = cluster::client().await;
@@ -272,14 +264,14 @@ async fn a_failed_download_runs_again_when_its_token_secret_changes_or_after_a_b
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     secrets.replace("hf", &PostParams::default(), &token("hf_renewed")).await.unwrap();
     cluster::wait_for(&caches, "with-token", Duration::from_secs(60), |c| state(c) == Some(CacheState::Ready)).await;
-    let retried = events(&ns.name, "DownloadRetried");
+    let retried = cluster::events(&ns.name, "DownloadRetried");
     assert!(
         retried.iter().any(|m| m.contains("with-token-download") && m.contains("token Secret changed")),
         "{retried:?}"
     );
     // Nothing changed for the other: it runs again after its backoff (the hub is back by then).
     cluster::wait_for(&caches, "hub-back", Duration::from_secs(150), |c| state(c) == Some(CacheState::Ready)).await;
-    let retried = events(&ns.name, "DownloadRetried");
+    let retried = cluster::events(&ns.name, "DownloadRetried");
     assert!(
         retried.iter().any(|m| m.contains("hub-back-download") && m.contains("60s after it failed")),
         "{retried:?}"

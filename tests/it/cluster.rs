@@ -367,3 +367,10 @@ pub fn grant_agent_role(namespace: &str) {
     let (ok, _, err) = tool_stdin("kubectl", &["apply", "--server-side", "-f", "-"], &objects.to_string());
     assert!(ok, "agent role in {namespace}: {err}");
 }
+
+/// Events of `reason` in `ns`, their messages.
+pub fn events(ns: &str, reason: &str) -> Vec<String> {
+    let out = kubectl(&["get", "events", "-n", ns, "--field-selector", &format!("reason={reason}"), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str().map(str::to_string)).collect()
+}

@@ -27,14 +27,6 @@ async fn gone(api: &Api<DynamicObject>, name: &str, what: &str) {
     .await;
 }
 
-/// Events of `reason` in `ns`, their messages.
-fn events(ns: &str, reason: &str) -> Vec<String> {
-    let out =
-        cluster::kubectl(&["get", "events", "-n", ns, "--field-selector", &format!("reason={reason}"), "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str().map(str::to_string)).collect()
-}
-
 #[tokio::test]
 async fn router_gateway_gets_an_http_route_and_an_inference_pool_and_the_status_shows_the_routed_host() {
     let client = cluster::client().await;
@@ -200,7 +192,7 @@ async fn kserve_asked_for_where_it_is_not_installed_is_a_clear_reason_and_an_eve
     let message = &condition(&blocked, "Ready").unwrap().message;
     assert!(message.contains("spec.inferencePlatform") && message.contains("standalone"), "{message}");
     cluster::wait_until("a KServeNotInstalled event", Duration::from_secs(30), || async {
-        Some(()).filter(|_| !events(&ns.name, "KServeNotInstalled").is_empty())
+        Some(()).filter(|_| !cluster::events(&ns.name, "KServeNotInstalled").is_empty())
     })
     .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
@@ -207,7 +207,15 @@ async fn the_admission_policy_confines_the_agent_to_oim_keys_on_its_own_node() {
     assert!(ok, "the agent may set oim labels on its own node: {err}");
     let (ok, err) = as_agent(&["annotate", "node", &own.name, "oim.opea.dev/inventory={}", "--overwrite"]);
     assert!(ok, "the agent may set the inventory annotation: {err}");
-    let (ok, err) = as_agent(&["label", "node", &own.name, "team=ml", "--overwrite"]);
+    // The API server loads a new policy and binding asynchronously: wait until it enforces them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (ok, err) = loop {
+        let (ok, err) = as_agent(&["label", "node", &own.name, "team=ml", "--overwrite"]);
+        if !ok || Instant::now() > deadline {
+            break (ok, err);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     assert!(!ok && err.contains("may only change oim.opea.dev/* labels"), "{err}");
     let (ok, err) = as_agent(&["annotate", "node", &own.name, "note=x", "--overwrite"]);
     assert!(!ok && err.contains("may only change the oim.opea.dev/inventory annotation"), "{err}");

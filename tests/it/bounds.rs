@@ -1,13 +1,11 @@
 //! Every bound holds against the binary: `oim` run on crafted inputs (a registry or hub on
 //! 127.0.0.1 that never stops sending, catalog trees with symlink loops, a FIFO and `/dev/zero`,
 //! a sysfs tree with `cpuinfo -> /dev/urandom` and a 200 MB `vendor` file) ends within its
-//! deadline with a clear error, and its peak memory (the child's `ru_maxrss`, from `wait4`)
+//! deadline with a clear error, and its peak memory (its `ru_maxrss`, reaped by a small parent)
 //! stays under 100 MB.
 
-use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -44,53 +42,61 @@ impl Measured {
     }
 }
 
-/// Runs `cmd`, SIGKILLs it after `kill_after`, and reports its exit, output and peak RSS.
-#[expect(clippy::zombie_processes, reason = "the child is reaped by wait4, which also reports its rusage")]
+/// Forks the program in argv[3:], SIGKILLs it after argv[2] seconds, reaps it and writes its exit
+/// code and `ru_maxrss` to the file argv[1]. It runs in a small python3 parent because a process
+/// spawned straight from this test binary starts with the binary's own peak: exec records the
+/// peak of the address space it replaces, so the test process's RSS (often over 100 MB while
+/// other tests run) would count as oim's.
+const REAPER: &str = r#"
+import json, os, sys, time
+report, deadline, argv = sys.argv[1], time.monotonic() + float(sys.argv[2]), sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+while True:
+    got, status, usage = os.wait4(pid, os.WNOHANG)
+    if got:
+        break
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        _, status, usage = os.wait4(pid, 0)
+        break
+    time.sleep(0.01)
+code = os.waitstatus_to_exitcode(status)
+with open(report, "w") as f:
+    json.dump({"code": code if code >= 0 else None, "maxrss_kib": usage.ru_maxrss}, f)
+"#;
+
+/// Runs `cmd` (program, arguments, environment), SIGKILLs it after `kill_after`, and reports its
+/// exit, output and peak RSS.
 pub(crate) fn measured(cmd: &mut Command, kill_after: Duration) -> Measured {
+    let report = std::env::temp_dir().join(format!("oim-measured-{}", crate::cluster::unique("rss")));
+    let mut reaper = Command::new("python3");
+    reaper.args(["-c", REAPER]).arg(&report).arg(kill_after.as_secs_f64().to_string());
+    reaper.arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => reaper.env(key, v),
+            None => reaper.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        reaper.current_dir(dir);
+    }
     let started = Instant::now();
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run oim");
-    let pid = child.id() as libc::pid_t;
-    let pipes = [
-        child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
-        child.stderr.take().map(|e| Box::new(e) as _),
-    ];
-    let readers: Vec<_> = pipes
-        .into_iter()
-        .flatten()
-        .map(|mut p| {
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = p.read_to_string(&mut s);
-                s
-            })
-        })
-        .collect();
-    let done = Arc::new(AtomicBool::new(false));
-    let watching = done.clone();
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + kill_after;
-        while Instant::now() < deadline {
-            if watching.load(Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !watching.load(Ordering::SeqCst) {
-            // SAFETY: kill(2) on our own child, not yet reaped (done is set only after wait4).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it and reaps our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    done.store(true, Ordering::SeqCst);
-    assert_eq!(reaped, pid, "wait4 on the oim process");
+    let output = reaper.stdin(Stdio::null()).output().expect("run python3 with oim");
     let elapsed = started.elapsed();
-    let output = readers.into_iter().map(|r| r.join().unwrap_or_default()).collect::<Vec<_>>().join("");
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let written = std::fs::read(&report).unwrap_or_else(|e| panic!("the reaper wrote no report ({e}): {text}"));
+    let _ = std::fs::remove_file(&report);
+    let report: serde_json::Value = serde_json::from_slice(&written).expect("the reaper's report");
+    let code = report["code"].as_i64().map(|c| c as i32);
     // Linux reports ru_maxrss in KiB.
-    Measured { code, output, peak_mib: usage.ru_maxrss as f64 / 1024.0, elapsed }
+    let peak_mib = report["maxrss_kib"].as_f64().unwrap_or_default() / 1024.0;
+    Measured { code, output: text, peak_mib, elapsed }
 }
 
 fn oim(args: &[&str]) -> Command {

@@ -144,7 +144,7 @@ enum Placed {
 /// policy, [`crate::controller::apply::verdict`]). A Namespace someone else made is used as it
 /// is: its labels (Pod Security) are theirs.
 async fn ensure_one(client: &kube::Client, obj: &Value, seen: &mut Seen, writes: &WriteCounter) -> Placed {
-    let Some((api, name)) = api_for(client, obj) else { return Placed::No };
+    let Some((api, name)) = api_for::<kube::api::DynamicObject>(client, obj) else { return Placed::No };
     let key = format!("{}/{name}", obj["kind"].as_str().unwrap_or_default());
     let mut obj = obj.clone();
     let hash = stamp(&mut obj, None);

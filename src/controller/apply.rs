@@ -13,6 +13,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::discovery::ApiResource;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -83,8 +84,12 @@ pub fn resource_of(obj: &Value) -> Option<ApiResource> {
     known_kinds().into_iter().find(|ar| ar.api_version == api_version && ar.kind == kind)
 }
 
-/// The dynamic API of a full object (namespaced when it carries a namespace), and its name.
-pub fn api_for(client: &kube::Client, obj: &Value) -> Option<(Api<DynamicObject>, String)> {
+/// The dynamic API of a full object (namespaced when it carries a namespace), and its name;
+/// `K` is `DynamicObject`, or `PartialObjectMeta<DynamicObject>` for answers with metadata only.
+pub fn api_for<K>(client: &kube::Client, obj: &Value) -> Option<(Api<K>, String)>
+where
+    K: kube::Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>,
+{
     let ar = resource_of(obj)?;
     let api = match obj["metadata"]["namespace"].as_str() {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -252,6 +257,9 @@ pub async fn server_side_apply(
                 .with_code(404),
         )));
     };
+    // The API server answers with metadata only: the rest is what we sent, and parsing a whole
+    // Deployment per write would cost memory and CPU for nothing.
+    let api: Api<PartialObjectMeta<DynamicObject>> = api;
     let live = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?;
     writes.add();
     Ok(live.metadata)

@@ -21,7 +21,7 @@ use crate::controller::agent::{self, AgentConfig};
 use crate::controller::apply::key;
 use crate::controller::children::{ChildCaches, ours};
 use crate::controller::context::{Backoff, Context, Error};
-use crate::controller::decode;
+use crate::controller::decode::{self, Watched};
 use crate::controller::health::Health;
 use crate::controller::leader::Election;
 use crate::controller::metrics::{self, Metrics};
@@ -105,10 +105,10 @@ pub enum Stopped {
 /// `/healthz` fails so the kubelet restarts the operator.
 const STUCK_AFTER: Duration = Duration::from_secs(600);
 
-/// Reconciles in flight per controller: as many as the client may have requests in flight at
-/// most. How many of them write at once follows the API server (`controller::limit`); this
-/// only bounds memory.
-const CONCURRENCY: u16 = crate::controller::limit::MAX as u16;
+/// Reconciles in flight per controller. Each has one or two requests out at a time (the
+/// workload, then the rest together), so 32 keep the client's 64 slots (`controller::limit`)
+/// busy; more would only hold more rendered objects in memory while waiting for a slot.
+const CONCURRENCY: u16 = (crate::controller::limit::MAX / 2) as u16;
 
 /// Runs the controllers until SIGTERM (or, with leader election, until the lease is lost): one
 /// OIMService and one OIMCache controller per watched namespace (or one pair for all), sharing
@@ -348,7 +348,8 @@ where
     }
 }
 
-/// Our kinds, watched as dynamic objects (see `decode`).
+/// One of our kinds as dynamic objects: the OIMCache watch that only wakes services must not stop
+/// on a cache it cannot decode.
 fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) -> (Api<DynamicObject>, ApiResource) {
     let ar = decode::resource::<K>();
     let api = match ns {
@@ -358,20 +359,22 @@ fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) 
     (api, ar)
 }
 
-async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _running = ctx.health.running(format!("OIMService {}", decode::id(&obj)));
+async fn reconcile_object(obj: Arc<Watched<OIMService>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _running = ctx.health.running(format!("OIMService {}", decode::id(&*obj)));
     ctx.metrics.api_limit.set(ctx.api_limit.current() as i64);
-    match decode::decode::<OIMService>(&obj) {
-        Ok(svc) => reconcile(Arc::new(svc), ctx).await,
-        Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMService>(), "oimservice", &why).await),
+    match &*obj {
+        Watched::Typed(svc) => reconcile(svc.clone(), ctx).await,
+        Watched::Raw { obj, why } => {
+            Ok(decode::skip(&ctx, obj, &decode::resource::<OIMService>(), "oimservice", why).await)
+        }
     }
 }
 
 /// A failed reconcile is retried after a backoff by error class: transient errors back off
 /// exponentially with jitter, refusals wait (a change to the object wakes it sooner).
-fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.failures.failed(&format!("OIMService/{}", decode::id(&obj)), err);
-    warn!(service = %decode::id(&obj), error = %err, retry_in = ?delay, "reconcile failed");
+fn error_policy(obj: Arc<Watched<OIMService>>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.failures.failed(&format!("OIMService/{}", decode::id(&*obj)), err);
+    warn!(service = %decode::id(&*obj), error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -381,36 +384,41 @@ fn controller_for(
     node_changes: NodeChanges,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    let (api, ar) = dynamic::<OIMService>(client, namespace);
+    let api: Api<Watched<OIMService>> = scoped(client, namespace);
     // The services, minus the echoes of our own status writes.
-    let writer = reflector::store::Writer::new(ar.clone());
+    let writer = reflector::store::Writer::default();
     let services = writer.as_reader();
     let echoes = ctx.clone();
-    let kind = ar.kind.clone();
+    let kind = OIMService::kind(&()).to_string();
     // Nobody reads a service's managedFields; at 10,000 services they would be most of the cache.
     let watch = watcher(api, watcher::Config::default())
         .backoff(watch_backoff())
-        .modify(|s: &mut DynamicObject| s.metadata.managed_fields = None);
+        .modify(|s: &mut Watched<OIMService>| s.meta_mut().managed_fields = None);
     let trigger = reflector::reflector(writer, watch).touched_objects().try_filter(move |s| {
-        let key = key(&kind, s.metadata.namespace.as_deref().unwrap_or_default(), &s.name_any());
-        futures::future::ready(!echoes.echoes.is_echo(&key, s.metadata.resource_version.as_deref()))
+        let key = key(&kind, s.meta().namespace.as_deref().unwrap_or_default(), &s.name_any());
+        futures::future::ready(!echoes.echoes.is_echo(&key, s.meta().resource_version.as_deref()))
     });
-    let controller = Controller::for_stream_with(trigger, services.clone(), ar.clone());
+    let controller = Controller::for_stream(trigger, services.clone());
     // A cache becoming Ready (or going away) wakes the services that mount it.
-    let users = {
-        let ar = ar.clone();
-        move |cache: DynamicObject| {
-            let ns = cache.metadata.namespace.clone();
-            let name = cache.metadata.name.clone().unwrap_or_default();
-            services
-                .state()
-                .into_iter()
-                .filter(|s| {
-                    s.metadata.namespace == ns && s.data["spec"]["storage"]["oimCache"]["name"] == name.as_str()
+    let users = move |cache: DynamicObject| {
+        let ns = cache.metadata.namespace.clone();
+        let name = cache.metadata.name.clone().unwrap_or_default();
+        services
+            .state()
+            .into_iter()
+            .filter(|s| {
+                s.typed().is_some_and(|svc| {
+                    svc.metadata.namespace == ns
+                        && svc
+                            .spec
+                            .storage
+                            .as_ref()
+                            .and_then(|st| st.oim_cache.as_ref())
+                            .is_some_and(|c| c.name == name)
                 })
-                .map(|s| ObjectRef::from_obj_with(&*s, ar.clone()))
-                .collect::<Vec<_>>()
-        }
+            })
+            .map(|s| ObjectRef::from_obj(&*s))
+            .collect::<Vec<_>>()
     };
     let (caches, cache_ar) = dynamic::<OIMCache>(client, namespace);
     let mut controller = controller.watches_with(caches, cache_ar, watcher::Config::default(), users);
@@ -420,7 +428,7 @@ fn controller_for(
         let echoes = ctx.clone();
         let wakes = children.subscribe().filter_map(move |t| {
             let echo = echoes.echoes.is_echo(&key(&t.kind, &t.namespace, &t.name), t.resource_version.as_deref());
-            let owner = t.owner.filter(|_| !echo).map(|o| ObjectRef::new_with(&o, ar.clone()).within(&t.namespace));
+            let owner = t.owner.filter(|_| !echo).map(|o| ObjectRef::new(&o).within(&t.namespace));
             futures::future::ready(owner)
         });
         controller = controller.reconcile_on(wakes);
@@ -438,17 +446,19 @@ fn controller_for(
         })
 }
 
-async fn reconcile_cache_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _running = ctx.health.running(format!("OIMCache {}", decode::id(&obj)));
-    match decode::decode::<OIMCache>(&obj) {
-        Ok(cache) => super::cache::reconcile(Arc::new(cache), ctx).await,
-        Err(why) => Ok(decode::skip(&ctx, &obj, &decode::resource::<OIMCache>(), "oimcache", &why).await),
+async fn reconcile_cache_object(obj: Arc<Watched<OIMCache>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _running = ctx.health.running(format!("OIMCache {}", decode::id(&*obj)));
+    match &*obj {
+        Watched::Typed(cache) => super::cache::reconcile(cache.clone(), ctx).await,
+        Watched::Raw { obj, why } => {
+            Ok(decode::skip(&ctx, obj, &decode::resource::<OIMCache>(), "oimcache", why).await)
+        }
     }
 }
 
-fn cache_error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.failures.failed(&format!("OIMCache/{}", decode::id(&obj)), err);
-    warn!(cache = %decode::id(&obj), error = %err, retry_in = ?delay, "cache reconcile failed");
+fn cache_error_policy(obj: Arc<Watched<OIMCache>>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.failures.failed(&format!("OIMCache/{}", decode::id(&*obj)), err);
+    warn!(cache = %decode::id(&*obj), error = %err, retry_in = ?delay, "cache reconcile failed");
     Action::requeue(delay)
 }
 
@@ -458,8 +468,7 @@ fn cache_controller_for(
     node_changes: NodeChanges,
     ctx: Arc<Context>,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    let (api, ar) = dynamic::<OIMCache>(client, namespace);
-    Controller::new_with(api, watcher::Config::default(), ar)
+    Controller::new(scoped::<Watched<OIMCache>>(client, namespace), watcher::Config::default())
         .owns(scoped::<PartialObjectMeta<k8s_openapi::api::batch::v1::Job>>(client, namespace), ours())
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))

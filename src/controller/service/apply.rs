@@ -1,5 +1,5 @@
 //! Apply: the rendered set is applied — the workload (Deployment or LeaderWorkerSet) first, the
-//! rest together — and every
+//! rest together (beside the status write) — and every
 //! object this service owns that is no longer rendered is deleted (never a PVC: its retention
 //! is deliberate). Objects of our names that we did not create are a conflict: nothing is
 //! written then.
@@ -26,17 +26,15 @@ struct Planned {
     live: Option<ObjectMeta>,
 }
 
-/// What an apply wrote.
-pub struct Applied {
-    /// Objects written or deleted.
-    pub writes: usize,
-    /// The workload (Deployment or LeaderWorkerSet) was among them.
-    pub deployment: bool,
+/// What a reconcile will write: the workload (Deployment or LeaderWorkerSet) and the rest.
+pub struct Plan {
+    workload: Vec<Planned>,
+    rest: Vec<Planned>,
 }
 
-/// Applies `rendered` for `svc` and removes what it no longer renders. `Ok(Err(_))` is a
-/// conflict with an object we did not create; `Err(_)` an API error naming the object.
-pub async fn apply(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<Result<Applied, Blocked>, Error> {
+/// Plans `rendered` for `svc`: what is missing or changed is applied, the rest left. `Ok(Err(_))`
+/// is a conflict with an object we did not create (nothing is written then).
+pub async fn plan(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<Result<Plan, Blocked>, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let uid = svc.uid().unwrap_or_default();
     let name = svc.name_any();
@@ -58,24 +56,39 @@ pub async fn apply(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Resu
         );
         return Ok(Err(Blocked::new(Step::Conflict, "ConflictingObject", message)));
     }
-    let mut wrote = 0;
-    // The workload first: it is what users wait for.
-    let (first, rest): (Vec<_>, Vec<_>) =
-        planned.into_iter().partition(|p| p.kind == "Deployment" || p.kind == "LeaderWorkerSet");
-    let deployment = first.iter().any(|p| p.verdict == Verdict::Apply);
-    for p in &first {
-        if p.verdict == Verdict::Apply && svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true) {
-            hand_replicas_to_hpa(ctx, &ns, &p.obj).await?;
-        }
+    let (workload, rest) = planned.into_iter().partition(|p| p.kind == "Deployment" || p.kind == "LeaderWorkerSet");
+    Ok(Ok(Plan { workload, rest }))
+}
+
+impl Plan {
+    /// The workload is written in this pass: whatever the cache shows, it is not rolled out.
+    pub fn rolls_out(&self) -> bool {
+        self.workload.iter().any(|p| p.verdict == Verdict::Apply)
     }
-    for batch in [first, rest] {
-        let writes = batch.iter().map(|p| apply_one(ctx, &ns, p));
-        for r in join_all(writes).await {
-            wrote += usize::from(r?);
+
+    /// Applies the workload: it is what users wait for, so it goes first.
+    pub async fn workload(&self, ctx: &Context, svc: &OIMService) -> Result<(), Error> {
+        let ns = svc.namespace().unwrap_or_default();
+        for p in &self.workload {
+            if p.verdict == Verdict::Apply && svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true) {
+                hand_replicas_to_hpa(ctx, &ns, &p.obj).await?;
+            }
         }
+        for r in join_all(self.workload.iter().map(|p| apply_one(ctx, &ns, p))).await {
+            r?;
+        }
+        Ok(())
     }
-    wrote += prune(ctx, svc, rendered).await?;
-    Ok(Ok(Applied { writes: wrote, deployment }))
+
+    /// Applies everything else together and removes what `rendered` no longer has.
+    pub async fn rest(&self, ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<(), Error> {
+        let ns = svc.namespace().unwrap_or_default();
+        for r in join_all(self.rest.iter().map(|p| apply_one(ctx, &ns, p))).await {
+            r?;
+        }
+        prune(ctx, svc, rendered).await?;
+        Ok(())
+    }
 }
 
 /// The live metadata of a rendered object: from our caches, else (a kind we do not cache, or
@@ -86,7 +99,7 @@ async fn live_meta(ctx: &Context, ns: &str, obj: &Value) -> Result<Option<Object
     if let Some(Some(m)) = ctx.children.of(ns).and_then(|c| c.meta(kind, ns, name)) {
         return Ok(Some(m));
     }
-    let Some((api, name)) = api_for(&ctx.client, obj) else { return Ok(None) };
+    let Some((api, name)) = api_for::<DynamicObject>(&ctx.client, obj) else { return Ok(None) };
     let live = api
         .get_metadata_opt(&name)
         .await
@@ -94,7 +107,7 @@ async fn live_meta(ctx: &Context, ns: &str, obj: &Value) -> Result<Option<Object
     Ok(live.map(|l| l.metadata))
 }
 
-async fn apply_one(ctx: &Context, ns: &str, p: &Planned) -> Result<bool, Error> {
+async fn apply_one(ctx: &Context, ns: &str, p: &Planned) -> Result<(), Error> {
     let k = key(&p.kind, ns, &p.name);
     if p.verdict != Verdict::Apply {
         if ctx.children.recorded(&k).is_none()
@@ -102,7 +115,7 @@ async fn apply_one(ctx: &Context, ns: &str, p: &Planned) -> Result<bool, Error> 
         {
             ctx.children.record(k, mark(live));
         }
-        return Ok(false);
+        return Ok(());
     }
     let live = server_side_apply(&ctx.client, &p.obj, &ctx.metrics.writes).await.map_err(|source| Error::Apply {
         kind: p.kind.clone(),
@@ -112,15 +125,15 @@ async fn apply_one(ctx: &Context, ns: &str, p: &Planned) -> Result<bool, Error> 
     info!(namespace = %ns, kind = %p.kind, name = %p.name, "applied");
     ctx.echoes.wrote(k.clone(), live.resource_version.clone());
     ctx.children.record(k, mark(&live));
-    Ok(true)
+    Ok(())
 }
 
 /// Deletes what this service owns (by owner UID, among our labelled children) and no longer
-/// renders. Returns how many.
-async fn prune(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<usize, Error> {
+/// renders.
+async fn prune(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<(), Error> {
     let ns = svc.namespace().unwrap_or_default();
     let uid = svc.uid().unwrap_or_default();
-    let Some(children) = ctx.children.of(&ns) else { return Ok(0) };
+    let Some(children) = ctx.children.of(&ns) else { return Ok(()) };
     let wanted: Vec<(String, String)> = rendered
         .objects()
         .iter()
@@ -128,7 +141,6 @@ async fn prune(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<u
             (o["kind"].as_str().unwrap_or_default().into(), o["metadata"]["name"].as_str().unwrap_or_default().into())
         })
         .collect();
-    let mut deleted = 0;
     for ar in children.kinds() {
         let owned = match children.owned_by(&ar.kind, &ns, &uid) {
             Some(names) => names,
@@ -151,10 +163,9 @@ async fn prune(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Result<u
             let note = format!("{} {name} removed: the spec no longer asks for it", ar.kind);
             info!(namespace = %ns, kind = %ar.kind, %name, "removed");
             crate::controller::events::publish(ctx, &svc.object_ref(&()), false, "ChildRemoved", &note).await;
-            deleted += 1;
         }
     }
-    Ok(deleted)
+    Ok(())
 }
 
 /// Our children of a kind whose cache has not listed (an optional CRD installed late): asked of
@@ -177,7 +188,7 @@ async fn listed_owned(ctx: &Context, ar: &ApiResource, ns: &str, uid: &str) -> R
 /// the current value: the HPA then moves it from there and running replicas never drop.
 async fn hand_replicas_to_hpa(ctx: &Context, ns: &str, obj: &Value) -> Result<(), Error> {
     const HANDOFF: &str = "oim-operator-replicas-handoff";
-    let Some((api, name)) = api_for(&ctx.client, obj) else { return Ok(()) };
+    let Some((api, name)) = api_for::<DynamicObject>(&ctx.client, obj) else { return Ok(()) };
     let kind = obj["kind"].as_str().unwrap_or_default().to_string();
     let read = |source| Error::Read { what: format!("{kind} {ns}/{name}"), source };
     let Some(live) = api.get_opt(&name).await.map_err(read)? else { return Ok(()) };

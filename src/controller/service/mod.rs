@@ -85,28 +85,57 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
         Err(b) => return finish(ctx, svc, Outcome::Blocked(b), running, false).await,
     };
     let mut serving = *serving;
-    // A Deployment written in this pass has not been rolled out, whatever the cache still shows.
-    let rolling = match apply::apply(ctx, svc, &rendered).await {
-        Ok(Ok(applied)) => applied.deployment,
-        Ok(Err(conflict)) => return finish(ctx, svc, Outcome::Blocked(conflict), running, false).await,
-        Err(e @ (Error::Apply { .. } | Error::Delete { .. })) => {
-            serving.apply_error = Some(format!("{e}"));
-            finish(ctx, svc, Outcome::Serving(Box::new(serving)), running, false).await?;
-            return Err(e);
-        }
-        Err(e) => return Err(e),
+    let plan = match apply::plan(ctx, svc, &rendered).await? {
+        Ok(plan) => plan,
+        Err(conflict) => return finish(ctx, svc, Outcome::Blocked(conflict), running, false).await,
     };
+    let rolling = plan.rolls_out();
+    if let Err(e) = plan.workload(ctx, svc).await {
+        return apply_failed(ctx, svc, serving, running, e).await;
+    }
     if rendered.inference_service.is_some() {
+        // KServe's own status is read after its InferenceService is written.
+        if let Err(e) = plan.rest(ctx, svc, &rendered).await {
+            return apply_failed(ctx, svc, serving, running, e).await;
+        }
         let kserve = kserve_state(ctx, svc).await?;
         if let Some(address) = &kserve.address {
             serving.cluster_endpoint = address.clone();
         }
         serving.kserve = Some(kserve);
+        let mut assigned = assigned_address(ctx, &rendered).await?;
+        assigned.inference_service_url = serving.kserve.as_ref().and_then(|k| k.url.clone());
+        serving.external_endpoint = external_endpoint(&rendered, &assigned);
+        return finish(ctx, svc, Outcome::Serving(Box::new(serving)), running, rolling).await;
     }
-    let mut assigned = assigned_address(ctx, &rendered).await?;
-    assigned.inference_service_url = serving.kserve.as_ref().and_then(|k| k.url.clone());
-    serving.external_endpoint = external_endpoint(&rendered, &assigned);
-    finish(ctx, svc, Outcome::Serving(Box::new(serving)), running, rolling).await
+    serving.external_endpoint = external_endpoint(&rendered, &assigned_address(ctx, &rendered).await?);
+    // The status does not depend on the rest being written, unless writing it fails: then
+    // the status is written again with the error.
+    let serving_status = Outcome::Serving(Box::new(serving.clone()));
+    let (rest, done) =
+        futures::join!(plan.rest(ctx, svc, &rendered), finish(ctx, svc, serving_status, running, rolling));
+    match rest {
+        Ok(()) => done,
+        Err(e) => apply_failed(ctx, svc, serving, running, e).await,
+    }
+}
+
+/// An API error writing a child: said in the status (and an Event), then retried with backoff.
+async fn apply_failed(
+    ctx: &Context,
+    svc: &OIMService,
+    mut serving: Serving,
+    running: Option<Rollout>,
+    e: Error,
+) -> Result<Action, Error> {
+    match e {
+        Error::Apply { .. } | Error::Delete { .. } => {
+            serving.apply_error = Some(format!("{e}"));
+            finish(ctx, svc, Outcome::Serving(Box::new(serving)), running, false).await?;
+            Err(e)
+        }
+        e => Err(e),
+    }
 }
 
 /// The model's own architecture from the hub (with the service's token, through the cache's

@@ -2,7 +2,8 @@
 //! operator cannot read (written by a newer CRD version, or before validation tightened) is
 //! reported and skipped while every other object keeps reconciling. A typed watch would fail
 //! its whole list on that one object. Objects that decode are kept typed: a typed service takes
-//! a third of the memory of the same object as a JSON tree, and reconciles share it uncopied.
+//! less than half the memory of the same object as a JSON tree (measured: 9 against 22 KB), and
+//! reconciles share it uncopied.
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -91,12 +91,8 @@ impl Operator {
         self.status("VmHWM:")
     }
 
-    /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
-        ticks / clock_ticks()
+        cpu_seconds(self.child.id())
     }
 
     fn stop(mut self) {
@@ -110,6 +106,30 @@ impl Drop for Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User + system CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
+    ticks / clock_ticks()
+}
+
+/// The pids of the named control-plane processes (from the cluster's pid list).
+fn cluster_pids(names: &[&str]) -> Vec<u32> {
+    let state = std::env::var("OIM_CLUSTER_STATE").expect("OIM_CLUSTER_STATE: run `make bench`");
+    let pids = std::fs::read_to_string(format!("{state}/pids")).unwrap_or_default();
+    pids.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, name)| names.contains(name))
+        .filter_map(|(pid, _)| pid.parse().ok())
+        .collect()
+}
+
+/// CPU seconds the API server and etcd have used so far: what a contender costs the cluster.
+fn server_cpu() -> f64 {
+    cluster_pids(&["kube-apiserver", "etcd"]).into_iter().map(cpu_seconds).sum()
 }
 
 fn clock_ticks() -> f64 {
@@ -126,14 +146,8 @@ struct Paused(Vec<String>);
 
 impl Paused {
     fn control_plane() -> Paused {
-        let state = std::env::var("OIM_CLUSTER_STATE").expect("OIM_CLUSTER_STATE: run `make bench`");
-        let pids = std::fs::read_to_string(format!("{state}/pids")).unwrap_or_default();
-        let pids: Vec<String> = pids
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(_, name)| matches!(*name, "kube-controller-manager" | "kube-scheduler"))
-            .map(|(pid, _)| pid.to_string())
-            .collect();
+        let pids: Vec<String> =
+            cluster_pids(&["kube-controller-manager", "kube-scheduler"]).iter().map(u32::to_string).collect();
         for pid in &pids {
             let _ = Command::new("kill").args(["-STOP", pid]).status();
         }
@@ -222,17 +236,25 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// First sight of each Deployment in `ns`, by name.
-fn watch_deployments(
-    client: &kube::Client,
-    ns: &str,
-) -> (Arc<Mutex<HashMap<String, Instant>>>, tokio::task::JoinHandle<()>) {
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+fn watch_deployments(client: &kube::Client, ns: &str) -> (Seen, tokio::task::JoinHandle<()>) {
+    watch_seen(Api::<Deployment>::namespaced(client.clone(), ns), |_| true)
+}
+
+/// When each object of the namespace was first seen `done`.
+fn watch_seen<K>(api: Api<K>, done: fn(&K) -> bool) -> (Seen, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     let seen = Arc::new(Mutex::new(HashMap::new()));
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let into = seen.clone();
     let task = tokio::spawn(async move {
         let mut stream = watcher(api, watcher::Config::default()).applied_objects().boxed();
-        while let Some(Ok(d)) = stream.next().await {
-            into.lock().unwrap().entry(d.metadata.name.unwrap_or_default()).or_insert_with(Instant::now);
+        while let Some(Ok(o)) = stream.next().await {
+            if done(&o) {
+                into.lock().unwrap().entry(o.meta().name.clone().unwrap_or_default()).or_insert_with(Instant::now);
+            }
         }
     });
     (seen, task)
@@ -333,12 +355,22 @@ struct Run {
     cpu: f64,
     writes: f64,
     converged: bool,
+    /// How long creating the services took (while the operator ran, or before it started).
+    created_in: Duration,
+    /// CPU seconds the API server and etcd spent until all Deployments existed.
+    server_cpu: f64,
+    /// Until every service also had its Service and a status.
+    complete: Duration,
+    /// Reconciles that left the Service and status to a revisit (workloads first).
+    deferred: f64,
 }
 
 /// The operator: `n` services created by 8 workers while it runs (`live`) or before it starts.
 async fn contender(client: &kube::Client, ns: &str, run: &str, n: usize, live: bool) -> (Operator, Run) {
     let svcs: Api<OIMService> = Api::namespaced(client.clone(), ns);
     let (seen, task) = watch_deployments(client, ns);
+    let (services, services_task) = watch_seen(Api::<Service>::namespaced(client.clone(), ns), |_| true);
+    let (statuses, statuses_task) = watch_seen(svcs.clone(), |s: &OIMService| s.status.is_some());
     let created = Arc::new(Mutex::new(HashMap::new()));
     let create_all = async {
         in_parallel((0..n).collect(), |i| {
@@ -353,19 +385,32 @@ async fn contender(client: &kube::Client, ns: &str, run: &str, n: usize, live: b
     };
     let op;
     let started;
+    let created_in;
+    let server_at_start;
     if live {
         op = Operator::start(ns);
         op.ready().await;
+        server_at_start = server_cpu();
         started = Instant::now();
         create_all.await;
+        created_in = started.elapsed();
     } else {
+        let t = Instant::now();
         create_all.await;
+        created_in = t.elapsed();
+        server_at_start = server_cpu();
         started = Instant::now();
         op = Operator::start(ns);
     }
     let converged = wait_all(&seen, n, Duration::from_secs(3600)).await;
     let all = started.elapsed();
+    let server_cpu = server_cpu() - server_at_start;
+    let rest_complete = wait_all(&services, n, Duration::from_secs(3600)).await
+        && wait_all(&statuses, n, Duration::from_secs(3600)).await;
+    let complete = started.elapsed();
     task.abort();
+    services_task.abort();
+    statuses_task.abort();
     let writes = settle(&op, Duration::from_secs(15)).await;
     let seen = seen.lock().unwrap().clone();
     let created = created.lock().unwrap().clone();
@@ -382,7 +427,12 @@ async fn contender(client: &kube::Client, ns: &str, run: &str, n: usize, live: b
         cpu: op.cpu_seconds(),
         writes,
         converged,
+        created_in,
+        server_cpu,
+        complete,
+        deferred: op.counter("oim_operator_deferred_rest_total"),
     };
+    assert!(rest_complete, "not every service got its Service and a status");
     (op, result)
 }
 
@@ -403,6 +453,13 @@ fn print_run(label: &str, n: usize, r: &Run) {
         r.rss,
         r.cpu,
         r.writes
+    );
+    println!(
+        "  (its {n} services created in {:.1} s; API server + etcd used {:.1} CPU s until all Deployments existed; every Service and status written after {:.1} s; {} Services and statuses left to a revisit while others waited)",
+        r.created_in.as_secs_f64(),
+        r.server_cpu,
+        r.complete.as_secs_f64(),
+        r.deferred
     );
 }
 
@@ -437,13 +494,15 @@ async fn main() {
     let paused = Paused::control_plane();
     let floor_ns = format!("{run}-floor");
     namespace(&client, &floor_ns).await;
+    let server_at_start = server_cpu();
     let (floor_all, floor_lat) = floor(&client, &floor_ns, &pair, n).await;
     println!(
-        "floor (bare client, {WORKERS} workers): {n} Deployments + Services in {:.1} s; create p50 {:.0} ms, p99 {:.0} ms; {} API writes",
+        "floor (bare client, {WORKERS} workers): {n} Deployments + Services in {:.1} s; create p50 {:.0} ms, p99 {:.0} ms; {} API writes; API server + etcd {:.1} CPU s",
         floor_all.as_secs_f64(),
         ms(percentile(&floor_lat, 0.5)),
         ms(percentile(&floor_lat, 0.99)),
-        2 * n
+        2 * n,
+        server_cpu() - server_at_start
     );
     let op_ns = format!("{run}-operator");
     namespace(&client, &op_ns).await;

@@ -330,6 +330,14 @@ fn dra_resources_name_exactly_one_source_and_a_positive_count() {
         "set exactly one of resourceClaimName",
     );
     assert_rejected(svc_with("s", "draResources:\n  - requests: [gpus]").validate_cel(), "set exactly one of");
+    // One existing claim cannot serve several pods.
+    for many in ["replicas: 2", "scale: {enabled: true, hpa: {maxReplicas: 3}}"] {
+        assert_rejected(
+            svc_with("s", &format!("{many}\ndraResources:\n  - resourceClaimName: shared-gpus")).validate_cel(),
+            "every pod would share it; use claimCreationSpec or resourceClaimTemplateName",
+        );
+    }
+    assert_accepted(svc_with("s", "replicas: 2\ndraResources:\n  - resourceClaimTemplateName: per-pod").validate_cel());
     assert_rejected(
         svc_with(
             "s",

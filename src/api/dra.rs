@@ -59,8 +59,9 @@ pub struct DraDeviceSpec {
     /// Request name inside the claim (a DNS label).
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
-    /// Devices to allocate. Unset: the selected profile's device count (tensor x pipeline);
-    /// set: only profiles using exactly this many devices are considered.
+    /// Devices to allocate per pod. Unset: the selected profile's device count per pod (tensor x
+    /// pipeline over its nodes); set: only profiles using exactly this many devices per pod are
+    /// considered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 64")
         .message("spec.draResources[].claimCreationSpec.devices[].count must be between 1 and 64; leave it unset to request the selected profile's device count"))]

@@ -22,6 +22,11 @@ pub const MAX: usize = 64;
 /// An answer slower than this means the API server is queueing.
 pub const SLOW: Duration = Duration::from_millis(250);
 
+/// Reconciles in flight per controller. Each has one or two requests out at a time (the
+/// workload, then the rest together), so 32 keep the client's 64 slots busy; more would only
+/// hold more rendered objects in memory while waiting for a slot.
+pub const RECONCILES: usize = MAX / 2;
+
 /// The limit, shared by the client layer and the metrics.
 #[derive(Clone)]
 pub struct ApiLimit(Arc<Aimd>);

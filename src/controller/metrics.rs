@@ -51,6 +51,7 @@ pub struct Metrics {
     /// Requests the operator's client may have in flight now (see `controller::limit`).
     pub api_limit: Gauge,
     registry_errors: Family<RegistryFailure, Counter>,
+    deferred: Counter,
 }
 
 impl Default for Metrics {
@@ -90,7 +91,23 @@ impl Default for Metrics {
             "Profile registry lookups that failed (unreachable, timed out, refused, over a bound)",
             registry_errors.clone(),
         );
-        Metrics { registry, writes, reconciles, duration, agent_policy_missing, leader, api_limit, registry_errors }
+        let deferred = Counter::default();
+        registry.register(
+            "deferred_rest",
+            "Reconciles that wrote a workload while others waited and left its Service and status to a revisit",
+            deferred.clone(),
+        );
+        Metrics {
+            registry,
+            writes,
+            reconciles,
+            duration,
+            agent_policy_missing,
+            leader,
+            api_limit,
+            registry_errors,
+            deferred,
+        }
     }
 }
 
@@ -99,6 +116,11 @@ impl Metrics {
     pub fn reconciled(&self, controller: &str, outcome: &str, seconds: f64) {
         self.reconciles.get_or_create(&Outcome { controller: controller.into(), outcome: outcome.into() }).inc();
         self.duration.observe(seconds);
+    }
+
+    /// Counts one reconcile that left its Service and status to a revisit.
+    pub fn deferred(&self) {
+        self.deferred.inc();
     }
 
     /// Counts one failed lookup in `registry`.

@@ -22,6 +22,7 @@ pub mod limit;
 pub mod metrics;
 pub mod model;
 pub mod placement;
+pub mod priority;
 pub mod run;
 pub mod service;
 pub mod source;

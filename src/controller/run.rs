@@ -105,10 +105,8 @@ pub enum Stopped {
 /// `/healthz` fails so the kubelet restarts the operator.
 const STUCK_AFTER: Duration = Duration::from_secs(600);
 
-/// Reconciles in flight per controller. Each has one or two requests out at a time (the
-/// workload, then the rest together), so 32 keep the client's 64 slots (`controller::limit`)
-/// busy; more would only hold more rendered objects in memory while waiting for a slot.
-const CONCURRENCY: u16 = (crate::controller::limit::MAX / 2) as u16;
+/// Reconciles in flight per controller (`controller::limit`).
+const CONCURRENCY: u16 = crate::controller::limit::RECONCILES as u16;
 
 /// Runs the controllers until SIGTERM (or, with leader election, until the lease is lost): one
 /// OIMService and one OIMCache controller per watched namespace (or one pair for all), sharing
@@ -197,8 +195,11 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         placement: Default::default(),
         echoes: Default::default(),
         api_limit: settings.api_limit.clone(),
+        reconciles: Default::default(),
     });
     tokio::spawn(report_ready(ctx.clone(), scopes.clone()));
+    let releasing = ctx.clone();
+    tokio::spawn(async move { releasing.reconciles.keep_releasing().await });
     let (senders, receivers) = node_channels(scopes.len());
     tokio::spawn(fan_out_node_changes(node_stream, slice_changes, senders, ctx.clone()));
     if let Some(stream) = claim_changes {
@@ -433,7 +434,10 @@ fn controller_for(
         });
         controller = controller.reconcile_on(wakes);
     }
+    // A service owed its Service and status, once the backlog drained (`priority`).
+    let owed = ctx.reconciles.wakes(namespace).map(|(ns, name)| ObjectRef::new(&name).within(&ns));
     controller
+        .reconcile_on(owed)
         .reconcile_all_on(node_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .trigger_backoff(watch_backoff())

@@ -805,7 +805,7 @@ fn filter(p: &ProfileSummary, req: &Request) -> Option<String> {
         return Some(format!("precision {} is not the requested {}", enum_str(&p.precision), enum_str(&want)));
     }
     if let Some(n) = req.devices.filter(|n| *n != p.count) {
-        return Some(format!("uses {} devices per replica; spec.draResources requests {n}", p.count));
+        return Some(format!("uses {} devices per pod; spec.draResources requests {n}", p.count));
     }
     if let Some(tp) = req.tensor_parallelism.filter(|t| *t != p.tensor_parallelism) {
         return Some(format!("tensor parallelism {} is not the requested {tp}", p.tensor_parallelism));
@@ -1257,7 +1257,8 @@ fn generate(req: &Request, arch: Option<&Arch>, groups: &[Group], replicas: u32,
                     continue;
                 }
             };
-            // A fixed DRA device count fixes TP too: generated profiles are single-node, PP 1.
+            // A fixed TP or DRA device count per pod fixes each pod's TP (a group keeps its PP
+            // across nodes).
             if let Some(want) = req.tensor_parallelism.or(req.devices) {
                 let sizes: Vec<String> = sized.iter().map(|s| format!("TP{}", s.tensor())).collect();
                 sized.retain(|s| s.tensor() == want);

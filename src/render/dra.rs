@@ -72,6 +72,29 @@ pub fn template_name(svc: &OIMService, i: usize, generate_name: Option<&str>) ->
     format!("{}-{}-{i}", name_of(svc), generate_name.unwrap_or("dra"))
 }
 
+/// Refuses a named ResourceClaim (`resourceClaimName`) the service would share between pods: a
+/// claim is allocated once, on one node, so a second pod either lands on the same devices (two
+/// engines on one GPU) or waits forever on another node.
+pub fn check_shared_claims(input: &Input) -> Result<(), RenderError> {
+    let spec = &input.service.spec;
+    let pods_per_replica = input.profile.nodes.max(1) as i64;
+    let pods = i64::from(spec.max_replicas().max(1)) * pods_per_replica;
+    if pods <= 1 {
+        return Ok(());
+    }
+    match entries(input.service).iter().position(|e| e.resource_claim_name.is_some()) {
+        None => Ok(()),
+        Some(i) => Err(RenderError::InvalidSpec {
+            field: format!("spec.draResources[{i}].resourceClaimName"),
+            message: format!(
+                "one ResourceClaim is allocated once, on one node, but this service runs up to {pods} pods ({} replica(s) x {pods_per_replica} pod(s) of profile {}); use claimCreationSpec or resourceClaimTemplateName so each pod gets its own claim, or run one replica of a single-node profile",
+                spec.max_replicas().max(1),
+                input.profile.name
+            ),
+        }),
+    }
+}
+
 /// `spec.resourceClaims` of the pod: the user's claim or template, or the operator's template.
 pub fn pod_claims(svc: &OIMService) -> Vec<PodResourceClaim> {
     entries(svc)
@@ -105,7 +128,8 @@ pub fn container_claims(svc: &OIMService) -> Vec<ResourceClaim> {
 /// The templates the operator owns, one per `claimCreationSpec`.
 pub fn templates(input: &Input) -> Result<Vec<ResourceClaimTemplate>, RenderError> {
     let svc = input.service;
-    let devices = input.profile.parallelism.tensor.saturating_mul(input.profile.parallelism.pipeline);
+    // Each pod claims its own node's share: a group spanning nodes splits the devices.
+    let devices = input.profile.devices_per_pod();
     let mut out = vec![];
     for (i, e) in entries(svc).iter().enumerate() {
         let Some(spec) = &e.claim_creation_spec else { continue };
@@ -278,8 +302,12 @@ mod tests {
     }
 
     fn service(extra: &str) -> OIMService {
+        service_of("llama70b", "meta-llama/Llama-3.1-70B-Instruct", "latency", extra)
+    }
+
+    fn service_of(name: &str, model: &str, kpi: &str, extra: &str) -> OIMService {
         let mut svc: OIMService = serde_saphyr::from_str(&format!(
-            "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {{name: llama70b}}\nspec:\n  model: {{name: meta-llama/Llama-3.1-70B-Instruct}}\n  profile: {{kpi: latency}}\n{extra}"
+            "apiVersion: oim.opea.dev/v1alpha1\nkind: OIMService\nmetadata: {{name: {name}}}\nspec:\n  model: {{name: {model}}}\n  profile: {{kpi: {kpi}}}\n{extra}"
         ))
         .unwrap();
         svc.metadata.namespace = Some("team-a".into());
@@ -317,7 +345,8 @@ mod tests {
             let nodes: Vec<String> = sel.unusable.iter().map(|u| u.message.clone()).collect();
             nodes.join("\n")
         })?;
-        let profile = cat.fetch(&chosen.profile).unwrap();
+        // A generated profile comes with its document; a published one from the catalog.
+        let profile = chosen.document.clone().or_else(|| cat.fetch(&chosen.profile)).unwrap();
         render(&Input {
             service: svc,
             profile: &profile,
@@ -327,7 +356,7 @@ mod tests {
             group: &chosen.group,
             weights: Weights::Hub,
             platform: Platform::Kubernetes,
-            capabilities: Capabilities { dra: true, ..Default::default() },
+            capabilities: Capabilities { dra: true, leader_worker_sets: true, ..Default::default() },
             engines: &engines,
             device_groups: vec![],
         })
@@ -475,5 +504,38 @@ mod tests {
             err.to_string().starts_with("spec.draResources: this cluster does not serve resource.k8s.io/v1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_group_spanning_two_slice_published_h100_nodes_claims_eight_devices_per_pod() {
+        let nodes = ["h100-a", "h100-b"].map(|n| dra_node(n, &[slice(n, 8, "NVIDIA H100 80GB HBM3")]));
+        let svc = service_of("big", "meta-llama/Llama-3.1-405B-Instruct", "throughput", GENERATED);
+        let r = select_and_render(&svc, &nodes).unwrap();
+        assert!(r.leader_worker_set.is_some(), "405B in bf16 needs both nodes: a LeaderWorkerSet group");
+        let exact = r.resource_claim_templates[0].spec.spec.devices.as_ref().unwrap().requests.as_ref().unwrap()[0]
+            .exactly
+            .clone()
+            .unwrap();
+        assert_eq!(exact.count, Some(8), "each pod claims its own node's 8 GPUs, not the group's 16");
+    }
+
+    #[test]
+    fn an_existing_claim_shared_by_several_pods_is_refused_with_the_field_and_the_fix() {
+        let nodes = [dra_node("n", &[slice("n", 4, "NVIDIA H100 80GB HBM3")])];
+        let named = "  draResources:\n    - resourceClaimName: shared-gpus\n";
+        assert!(select_and_render(&service(named), &nodes).is_ok(), "one pod may use an existing claim");
+        let two = select_and_render(&service(&format!("  replicas: 2\n{named}")), &nodes).unwrap_err();
+        assert!(
+            two.starts_with("spec.draResources[0].resourceClaimName: one ResourceClaim is allocated once"),
+            "{two}"
+        );
+        assert!(
+            two.contains("up to 2 pods") && two.contains("use claimCreationSpec or resourceClaimTemplateName"),
+            "{two}"
+        );
+        let group = ["h100-a", "h100-b"].map(|n| dra_node(n, &[slice(n, 8, "NVIDIA H100 80GB HBM3")]));
+        let big = service_of("big", "meta-llama/Llama-3.1-405B-Instruct", "throughput", named);
+        let err = select_and_render(&big, &group).unwrap_err();
+        assert!(err.contains("1 replica(s) x 2 pod(s)"), "{err}");
     }
 }

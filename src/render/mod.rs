@@ -161,7 +161,7 @@ pub struct Selection<'a> {
 pub enum RenderError {
     /// The accelerator override contradicts the profile.
     #[error(
-        "spec.resources sets {resource}={given}, but the profile {profile} needs exactly {needed} (tensor x pipeline); remove it from spec.resources or pin another profile"
+        "spec.resources sets {resource}={given}, but the profile {profile} needs exactly {needed} per pod; remove it from spec.resources or pin another profile"
     )]
     InvalidResources {
         /// Resource.
@@ -343,6 +343,7 @@ pub fn render(input: &Input) -> Result<Rendered, RenderError> {
             message: "this cluster does not serve resource.k8s.io/v1 (Dynamic Resource Allocation, Kubernetes 1.34 or later); remove spec.draResources to use the device plugin, or upgrade the cluster".into(),
         });
     }
+    dra::check_shared_claims(input)?;
     let resource_claim_templates = dra::templates(input)?;
     let multi_node = input.profile.multi_node();
     // The stored selection rides on the workload: the Deployment, or the LeaderWorkerSet.

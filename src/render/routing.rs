@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::{
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
 
-use super::{Input, PORT, RenderError, dynamic, meta, name_of, selector_labels};
+use super::{Capabilities, Input, PORT, RenderError, dynamic, meta, name_of, selector_labels};
 use crate::api::{FailureMode, InferencePlatform, OIMService, RouterSpec};
 
 /// The KServe annotation choosing the deployment mode.
@@ -57,6 +57,20 @@ pub fn inference_service_resource() -> ApiResource {
 /// Whether the service runs on KServe.
 pub fn on_kserve(svc: &OIMService) -> bool {
     svc.spec.inference_platform == Some(InferencePlatform::Kserve)
+}
+
+/// Why the router is not rendered as asked: it names an API (Gateway API, Inference Extension)
+/// the cluster did not serve when the operator started. The service still serves in-cluster.
+pub fn missing_router_api(svc: &OIMService, caps: &Capabilities) -> Option<String> {
+    let router = router(svc)?;
+    let wants_route = router.gateway.as_ref().is_some_and(|g| g.http_routes_enabled != Some(false));
+    if wants_route && !caps.gateway {
+        return Some("spec.expose.router.gateway: the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) was not found when the operator started, so no HTTPRoute is rendered and the service has no external endpoint; install the Gateway API CRDs and restart the operator, or use spec.expose.router.ingress".into());
+    }
+    if router.inference_pool.is_some() && !caps.inference_pools && !on_kserve(svc) {
+        return Some("spec.expose.router.inferencePool: the Gateway API Inference Extension (inference.networking.k8s.io/v1 InferencePool) was not found when the operator started, so the HTTPRoute sends traffic to the Service; install the Inference Extension CRDs and restart the operator, or remove inferencePool".into());
+    }
+    None
 }
 
 fn router(svc: &OIMService) -> Option<&RouterSpec> {

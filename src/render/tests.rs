@@ -390,7 +390,7 @@ fn an_inference_pool_selects_the_service_pods_and_the_route_sends_traffic_to_it(
 }
 
 #[test]
-fn without_the_gateway_apis_no_route_or_pool_is_rendered() {
+fn without_the_gateway_apis_no_route_or_pool_is_rendered_and_the_service_is_told_why() {
     let svc = service(&format!(
         "{LLAMA8B_LATENCY}  expose:\n    router:\n      hostDomainName: example.com\n      gateway: {{namespace: gw, name: inference}}\n      inferencePool:\n        endpointPickerRef: {{name: epp}}\n"
     ));
@@ -412,10 +412,18 @@ fn without_the_gateway_apis_no_route_or_pool_is_rendered() {
     };
     let none = render(&input(Capabilities::default())).unwrap();
     assert!(none.http_route.is_none() && none.inference_pool.is_none());
+    let why = crate::render::routing::missing_router_api(&svc, &Capabilities::default()).expect("a reason");
+    assert!(why.starts_with("spec.expose.router.gateway: the Gateway API"), "{why}");
+    assert!(why.contains("install the Gateway API CRDs and restart the operator"), "{why}");
     // Gateway API without the Inference Extension: the route goes to the Service.
-    let gateway_only = render(&input(Capabilities { gateway: true, ..Default::default() })).unwrap();
+    let gateway_only = Capabilities { gateway: true, ..Default::default() };
+    let why = crate::render::routing::missing_router_api(&svc, &gateway_only).expect("a reason");
+    assert!(why.starts_with("spec.expose.router.inferencePool: the Gateway API Inference Extension"), "{why}");
+    let gateway_only = render(&input(gateway_only)).unwrap();
     assert!(gateway_only.inference_pool.is_none());
     assert_eq!(gateway_only.http_route.unwrap().data["spec"]["rules"][0]["backendRefs"][0]["kind"], "Service");
+    let both = Capabilities { gateway: true, inference_pools: true, ..Default::default() };
+    assert_eq!(crate::render::routing::missing_router_api(&svc, &both), None, "everything asked for is rendered");
 }
 
 #[test]

@@ -177,6 +177,24 @@ async fn the_api_server_enforces_every_cel_rule_with_the_message_that_says_the_f
             ),
             "needs spec.inferencePlatform: standalone",
         ),
+        (
+            svc(
+                "dra-two-kinds",
+                json!({"draResources": [{"resourceClaimName": "gpus", "resourceClaimTemplateName": "gpu-template"}]}),
+            ),
+            "set exactly one of resourceClaimName",
+        ),
+        (
+            svc("dra-shared", json!({"replicas": 2, "draResources": [{"resourceClaimName": "gpus"}]})),
+            "every pod would share it; use claimCreationSpec or resourceClaimTemplateName",
+        ),
+        (
+            svc(
+                "dra-count",
+                json!({"draResources": [{"claimCreationSpec": {"devices": [{"name": "gpus", "count": 0}]}}]}),
+            ),
+            "count must be between 1 and 64",
+        ),
     ];
     for (obj, message) in cases {
         let err = dry_run_create(&svcs, &obj).await.unwrap_or_else(|| panic!("{:?} was admitted", obj.metadata.name));

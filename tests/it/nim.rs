@@ -1,5 +1,5 @@
-//! NIM users move over by the table in docs/nim-conversion.md: the table itself converts a full
-//! NIMService (tests/fixtures/nim/nimservice.yaml); the result is an OIMService field for field
+//! NIM users move over by the table in docs/nim-conversion.md: the table itself converts full
+//! NIMServices (tests/fixtures/nim/); the result is an OIMService field for field
 //! — in the Rust types, under CEL, in the API server (nothing pruned) — and renders into the pod
 //! and objects the API server accepts, with the platform's CRDs installed.
 
@@ -97,9 +97,40 @@ fn convert(path: &str, value: &Value, rows: &[(String, Option<String>)], out: &m
     }
 }
 
-/// The fixture converted by the table, plus the one field OIM needs that NIM lacks.
-fn converted() -> (Value, Vec<String>) {
-    let text = std::fs::read_to_string(format!("{ROOT}/tests/fixtures/nim/nimservice.yaml")).unwrap();
+/// The NIMService fixtures, the model each serves (the one field OIM needs that NIM lacks), and
+/// exactly the fields the table leaves out of it.
+const FIXTURES: &[(&str, &str, &[&str])] = &[
+    (
+        "nimservice.yaml",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        &[
+            "spec.command",
+            "spec.initContainers",
+            "spec.sidecarContainers",
+            "spec.storage.pvc.annotations",
+            "spec.scale.annotations",
+            "spec.expose.service.name",
+            "spec.expose.service.grpcPort",
+            "spec.expose.service.metricsPort",
+            "spec.expose.service.labels",
+            "spec.expose.ingress.spec",
+        ],
+    ),
+    (
+        "nimservice-405b.yaml",
+        "meta-llama/Llama-3.1-405B-Instruct",
+        &[
+            "spec.storage.nimCache.profile",
+            "spec.multiNode.backendType",
+            "spec.multiNode.parallelism.pipeline",
+            "spec.multiNode.ray",
+        ],
+    ),
+];
+
+/// A fixture converted by the table, plus the model; and the paths the table left out.
+fn converted_from(fixture: &str, model: &str) -> (Value, Vec<String>) {
+    let text = std::fs::read_to_string(format!("{ROOT}/tests/fixtures/nim/{fixture}")).unwrap();
     let nim: Value = serde_saphyr::from_str(&text).unwrap();
     let rows = table();
     let mut spec = json!({});
@@ -108,13 +139,18 @@ fn converted() -> (Value, Vec<String>) {
         convert(&format!("spec.{k}"), v, &rows, &mut spec, &mut dropped);
     }
     let mut spec = spec["spec"].take();
-    spec["model"] = json!({"name": "meta-llama/Llama-3.1-8B-Instruct"});
+    spec["model"] = json!({"name": model});
     let obj = json!({
         "apiVersion": "oim.opea.dev/v1alpha1", "kind": "OIMService",
         "metadata": {"name": nim["metadata"]["name"]},
         "spec": spec,
     });
     (obj, dropped)
+}
+
+/// The single-node fixture, converted.
+fn converted() -> (Value, Vec<String>) {
+    converted_from(FIXTURES[0].0, FIXTURES[0].1)
 }
 
 #[test]
@@ -127,22 +163,35 @@ fn the_table_covers_every_nimservice_field_and_converts_the_full_fixture_into_a_
             "NIMService field {p} is missing from docs/nim-conversion.md"
         );
     }
-    let (obj, dropped) = converted();
-    // What has no counterpart is dropped, and only that.
-    for d in ["spec.command", "spec.initContainers", "spec.expose.service.grpcPort", "spec.storage.pvc.annotations"] {
-        assert!(dropped.contains(&d.to_string()), "{d} has no counterpart: {dropped:?}");
+    for (fixture, model, left_out) in FIXTURES {
+        let (obj, mut dropped) = converted_from(fixture, model);
+        // What has no counterpart is dropped, and only that: a field the table wrongly marks `—`
+        // (or a counterpart it forgets) fails here.
+        dropped.sort();
+        let mut want: Vec<String> = left_out.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(dropped, want, "{fixture}: the fields the table leaves out");
+        // Field for field: the typed OIMService reads every converted field and writes it back.
+        let svc: oim::api::OIMService = serde_json::from_value(obj.clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&svc).unwrap()["spec"],
+            obj["spec"],
+            "{fixture}: a converted field the OIM types do not know"
+        );
+        if let Err(e) = svc.validate_cel() {
+            panic!("{fixture}: the converted NIMService fails OIM's CEL rules: {e}");
+        }
     }
+    let (obj, _) = converted();
     assert_eq!(
         obj["spec"]["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"],
         5
     );
     assert!(obj["spec"]["affinity"]["nodeAffinity"].is_object(), "podAffinity joins, never replaces, affinity");
-    // Field for field: the typed OIMService reads every converted field and writes it back.
-    let svc: oim::api::OIMService = serde_json::from_value(obj.clone()).unwrap();
-    assert_eq!(serde_json::to_value(&svc).unwrap()["spec"], obj["spec"], "a converted field the OIM types do not know");
-    if let Err(e) = svc.validate_cel() {
-        panic!("the converted NIMService fails OIM's CEL rules: {e}");
-    }
+    let (multi, _) = converted_from(FIXTURES[1].0, FIXTURES[1].1);
+    assert_eq!(multi["spec"]["profile"]["tensorParallelism"], 8, "NIM's GPUs per pod narrow the profiles");
+    assert_eq!(multi["spec"]["draResources"][0]["claimCreationSpec"]["devices"][0]["count"], 8);
+    assert_eq!(multi["spec"]["storage"]["oimCache"]["name"], "llama31-405b");
 }
 
 fn oim(args: &[&str]) -> (bool, String, String) {
@@ -158,14 +207,18 @@ async fn a_converted_nimservice_is_accepted_by_the_api_server_as_written_and_ren
     cluster::platform_apis(true);
     cluster::optional_apis(true);
     let ns = cluster::TestNs::new(&client, "nim-convert", &[]).await;
+    // The API server keeps every field of each: nothing is pruned or rewritten.
+    for (fixture, model, _) in FIXTURES {
+        let (mut obj, _) = converted_from(fixture, model);
+        obj["metadata"]["namespace"] = json!(ns.name);
+        let (ok, out, err) =
+            cluster::tool_stdin("kubectl", &["create", "--dry-run=server", "-o", "json", "-f", "-"], &obj.to_string());
+        assert!(ok, "{fixture}: {err}");
+        let stored: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(stored["spec"], obj["spec"], "{fixture}: the API server pruned or changed a converted field");
+    }
     let (mut obj, _) = converted();
     obj["metadata"]["namespace"] = json!(ns.name);
-    // The API server keeps every field: nothing is pruned or rewritten.
-    let (ok, out, err) =
-        cluster::tool_stdin("kubectl", &["create", "--dry-run=server", "-o", "json", "-f", "-"], &obj.to_string());
-    assert!(ok, "{err}");
-    let stored: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(stored["spec"], obj["spec"], "the API server pruned or changed a converted field");
 
     // Rendered offline for a node in the zone the NIMService asks for, standalone and on KServe:
     // the objects pass server-side dry-run.
@@ -180,6 +233,12 @@ async fn a_converted_nimservice_is_accepted_by_the_api_server_as_written_and_ren
     std::fs::write(&inventory, list.to_string()).unwrap();
     for platform in ["standalone", "kserve"] {
         obj["spec"]["inferencePlatform"] = json!(platform);
+        // Standalone, the OIM-only inferencePool joins the router (KServe refuses it).
+        let router = obj["spec"]["expose"]["router"].as_object_mut().unwrap();
+        match platform {
+            "standalone" => router.insert("inferencePool".into(), json!({"endpointPickerRef": {"name": "vllm-epp"}})),
+            _ => router.remove("inferencePool"),
+        };
         let file = dir.join(format!("{platform}.yaml"));
         std::fs::write(&file, obj.to_string()).unwrap();
         let (ok, yaml, err) = oim(&[
@@ -195,6 +254,7 @@ async fn a_converted_nimservice_is_accepted_by_the_api_server_as_written_and_ren
         let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
         let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).cloned();
         assert!(kind("HTTPRoute").is_some(), "router.gateway renders an HTTPRoute");
+        assert_eq!(kind("InferencePool").is_some(), platform == "standalone", "{platform}: the InferencePool");
         let pod = match platform {
             "standalone" => kind("Deployment").expect("a Deployment")["spec"]["template"]["spec"].clone(),
             _ => {
@@ -235,6 +295,9 @@ async fn a_converted_nimservice_is_accepted_by_the_api_server_as_written_and_ren
         );
         assert!(ok, "{platform}: {err}");
         assert!(out.contains("httproute.gateway.networking.k8s.io/llama31-8b"), "{out}");
+        if platform == "standalone" {
+            assert!(out.contains("inferencepool.inference.networking.k8s.io/llama31-8b"), "{out}");
+        }
         if platform == "kserve" {
             assert!(out.contains("inferenceservice.serving.kserve.io/llama31-8b"), "{out}");
         }

@@ -173,7 +173,7 @@ async fn kserve_platform_renders_an_inference_service_and_the_status_follows_its
 }
 
 #[tokio::test]
-async fn kserve_asked_for_where_it_is_not_installed_is_a_clear_reason_and_an_event() {
+async fn kserve_or_a_gateway_route_asked_for_where_it_is_not_installed_is_a_clear_reason_and_an_event() {
     let client = cluster::client().await;
     let _serial = cluster::serial().await;
     cluster::install_oim_crds();
@@ -197,6 +197,26 @@ async fn kserve_asked_for_where_it_is_not_installed_is_a_clear_reason_and_an_eve
     .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     assert!(deployments.get_opt("llm").await.unwrap().is_none(), "nothing is served in its place");
+
+    // A Gateway route without the Gateway API: served in-cluster, Degraded with the reason.
+    let mut routed = service("routed", "meta-llama/Llama-3.1-8B-Instruct", "latency", "no-kserve");
+    routed.spec.expose = Some(
+        serde_json::from_value(serde_json::json!({"router": {"hostDomainName": "example.com", "gateway": {"namespace": "gw", "name": "inference"}}}))
+            .unwrap(),
+    );
+    svcs.create(&PostParams::default(), &routed).await.unwrap();
+    let degraded = cluster::wait_for(&svcs, "routed", Duration::from_secs(90), |s| {
+        condition(s, "Degraded").is_some_and(|c| c.reason == "RouterAPIMissing")
+    })
+    .await;
+    let message = &condition(&degraded, "Degraded").unwrap().message;
+    assert!(message.starts_with("spec.expose.router.gateway: the Gateway API"), "{message}");
+    assert!(degraded.status.as_ref().unwrap().model.as_ref().unwrap().external_endpoint.is_none());
+    assert!(deployments.get_opt("routed").await.unwrap().is_some(), "it still serves in the cluster");
+    cluster::wait_until("a RouterAPIMissing event", Duration::from_secs(30), || async {
+        Some(()).filter(|_| !cluster::events(&ns.name, "RouterAPIMissing").is_empty())
+    })
+    .await;
     ns.cleanup().await;
     node.delete(&client).await;
 }

@@ -33,6 +33,7 @@ use crate::render::{Input, Rendered, Selection, Weights, render};
 /// Reconciles one OIMService, counted in the metrics by outcome.
 pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let _running = ctx.reconciles.start();
     let result = pipeline(&svc, &ctx).await;
     let outcome = result.as_ref().err().map_or("ok", Error::label);
     ctx.metrics.reconciled("oimservice", outcome, started.elapsed().as_secs_f64());
@@ -48,6 +49,8 @@ pub fn failure_key(svc: &OIMService) -> String {
 }
 
 async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
+    let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+    let owed = ctx.reconciles.revisited(&key);
     if svc.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -92,6 +95,11 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
     let rolling = plan.rolls_out();
     if let Err(e) = plan.workload(ctx, svc).await {
         return apply_failed(ctx, svc, serving, running, e).await;
+    }
+    if rolling && !owed && rendered.inference_service.is_none() && ctx.reconciles.defer_rest(&key) {
+        // Others wait for a slot: their workloads go before this Service and status.
+        ctx.metrics.deferred();
+        return Ok(Action::requeue(crate::controller::priority::MAX_DEFERRAL));
     }
     if rendered.inference_service.is_some() {
         // KServe's own status is read after its InferenceService is written.
@@ -267,7 +275,9 @@ fn build(
         cluster_endpoint: format!("http://{backend}.{ns}.svc:{port}"),
         external_endpoint: None,
         cache,
-        shared_rwo,
+        warning: shared_rwo.map(|why| ("RWOSharedAcrossNodes", why)).or_else(|| {
+            crate::render::routing::missing_router_api(svc, &ctx.capabilities).map(|why| ("RouterAPIMissing", why))
+        }),
         update,
         auto: svc.spec.profile.as_ref().and_then(|p| p.update_policy) == Some(UpdatePolicy::Auto),
         apply_error: None,
@@ -302,6 +312,8 @@ async fn finish(
         Outcome::Serving(s) => {
             if changed && let Some(e) = &s.apply_error {
                 publish(ctx, &svc.object_ref(&()), true, "ApplyFailed", e).await;
+            } else if changed && let Some((reason, why)) = &s.warning {
+                publish(ctx, &svc.object_ref(&()), true, reason, why).await;
             }
             // Our Deployment's changes wake us during a rollout (the cache that woke us is the
             // one we read); the timer only revisits the published profile (updatePolicy).

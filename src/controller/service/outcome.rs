@@ -86,8 +86,9 @@ pub struct Serving {
     pub external_endpoint: Option<String>,
     /// With an OIMCache: where the weights come from.
     pub cache: Option<String>,
-    /// A ReadWriteOnce cache shared by several replicas.
-    pub shared_rwo: Option<String>,
+    /// Serving, but not as asked: (reason, message) for `Degraded` — a ReadWriteOnce volume
+    /// shared across nodes, a router whose API the cluster lacks.
+    pub warning: Option<(&'static str, String)>,
     /// A re-published digest not followed (`updatePolicy: Pinned`).
     pub update: Option<String>,
     /// `updatePolicy: Auto`.

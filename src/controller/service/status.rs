@@ -160,9 +160,9 @@ fn serving(svc: &OIMService, s: &Serving, rollout: Rollout) -> OIMServiceStatus 
 }
 
 fn degraded(s: &Serving) -> Cond<'static> {
-    match (&s.apply_error, &s.shared_rwo) {
+    match (&s.apply_error, &s.warning) {
         (Some(e), _) => Cond("Degraded", true, "ApplyFailed", e.clone()),
-        (None, Some(why)) => Cond("Degraded", true, "RWOSharedAcrossNodes", why.clone()),
+        (None, Some((reason, why))) => Cond("Degraded", true, reason, why.clone()),
         (None, None) => Cond("Degraded", false, "AsExpected", "no problem detected".into()),
     }
 }

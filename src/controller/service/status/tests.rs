@@ -47,7 +47,7 @@ fn serving(apply_error: Option<&str>) -> Outcome {
         cluster_endpoint: "http://llm.team.svc:8000".into(),
         external_endpoint: Some("https://llm.example.com".into()),
         cache: Some("weights from OIMCache weights".into()),
-        shared_rwo: None,
+        warning: None,
         update: None,
         auto: false,
         apply_error: apply_error.map(str::to_string),

@@ -171,8 +171,8 @@ pub struct Context {
     pub echoes: crate::controller::echo::Echoes,
     /// The client's requests in flight, sized by the API server's latency.
     pub api_limit: crate::controller::limit::ApiLimit,
-    /// Service reconciles in flight: when all slots are taken, workloads are written first.
-    pub reconciles: crate::controller::priority::Reconciles,
+    /// Services waiting for a first look: while any wait, workloads are written first.
+    pub backlog: crate::controller::priority::Backlog,
 }
 
 impl Context {

@@ -94,7 +94,7 @@ impl Default for Metrics {
         let deferred = Counter::default();
         registry.register(
             "deferred_rest",
-            "Reconciles that wrote a workload while others waited and left its Service and status to a revisit",
+            "Reconciles that wrote a workload while other services waited and left its Service and status to a revisit",
             deferred.clone(),
         );
         Metrics {

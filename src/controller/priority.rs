@@ -1,87 +1,100 @@
-//! Workloads first under load. When every reconcile slot of the service controllers is taken,
-//! other services are waiting, and on a small control plane the API server is the bottleneck: a
+//! Workloads first under load. On a small control plane the API server is the bottleneck, and a
 //! Service create and a status write each cost it more than the Deployment that starts the pods.
-//! So a reconcile that has just written a workload then leaves its Service and status owed and
-//! returns; once the slots are no longer all taken (the backlog drained), every owed service is
-//! woken and its revisit writes the rest, whatever the load. A revisit also comes after
-//! [`MAX_DEFERRAL`] at the latest. kube's scheduler picks among waiting services in no order, so
-//! the deferral, not a revisit timer, is what lets the workloads go first.
+//! So while other services wait for their first look at a change (their watch event has come,
+//! their reconcile has not started), a reconcile that has just written a workload leaves its
+//! Service and status owed and returns. Once nobody waits, every owed service is woken and its
+//! revisit writes the rest, whatever the load; [`MAX_DEFERRAL`] bounds the wait. (kube's
+//! scheduler picks among waiting services in no order, so only the deferral lets the workloads
+//! go first.)
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use tokio::sync::Notify;
 
-use crate::controller::limit::RECONCILES;
-
-/// The longest a service waits for its Service and status while the backlog lasts.
+/// The longest a service waits for its Service and status while others wait.
 pub const MAX_DEFERRAL: Duration = Duration::from_secs(30);
 
-/// How often a backlog is looked at while services are owed their rest.
+/// A change not looked at for this long no longer holds others back: its event was for an
+/// object the controller no longer has (a deletion the watch missed).
+const STALE: Duration = Duration::from_secs(60);
+
+/// How often the owed services are looked at while there are any.
 const LOOK: Duration = Duration::from_millis(500);
 
 /// (namespace, name) of a service.
 pub type Key = (String, String);
 
-/// Service reconciles in flight, and the services owed their Service and status.
+/// Services waiting for a first look at a change, and those owed their Service and status.
 #[derive(Default)]
-pub struct Reconciles {
-    running: AtomicUsize,
+pub struct Backlog {
+    waiting: Mutex<HashMap<Key, Instant>>,
     owed: Mutex<HashMap<Key, Instant>>,
     /// One wake channel per controller scope (`None`: every namespace).
     wakes: Mutex<Vec<(Option<String>, UnboundedSender<Key>)>>,
     owing: Notify,
 }
 
-/// One reconcile counted while it lives.
-pub struct Running<'a>(&'a Reconciles);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::Relaxed);
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Reconciles {
-    /// Counts a reconcile until the guard drops.
-    pub fn start(&self) -> Running<'_> {
-        self.running.fetch_add(1, Ordering::Relaxed);
-        Running(self)
+impl Backlog {
+    /// A change of `key` came from the watch (not our own echo): its reconcile is due.
+    pub fn arrived(&self, key: Key) {
+        lock(&self.waiting).entry(key).or_insert_with(Instant::now);
     }
 
-    /// Whether this reconcile of `key` is a revisit owed the rest (asked once, first): it then
-    /// writes everything whatever the load.
-    pub fn revisited(&self, key: &Key) -> bool {
-        self.owed.lock().unwrap_or_else(|e| e.into_inner()).remove(key).is_some()
+    /// `key` was deleted: nothing of it is due.
+    pub fn gone(&self, key: &Key) {
+        lock(&self.waiting).remove(key);
+        lock(&self.owed).remove(key);
+    }
+
+    /// The watch lists again: what it lists arrives anew.
+    pub fn relisting(&self) {
+        lock(&self.waiting).clear();
+    }
+
+    /// The reconcile of `key` starts. Whether it is a revisit owed the rest: then it writes
+    /// everything whatever the backlog.
+    pub fn looked_at(&self, key: &Key) -> bool {
+        lock(&self.waiting).remove(key);
+        lock(&self.owed).remove(key).is_some()
     }
 
     /// Whether the reconcile of `key`, having just written its workload, leaves the rest owed:
-    /// when every slot is taken. The caller never asks on a revisit.
+    /// while other services wait for their first look. The caller never asks on a revisit.
     pub fn defer_rest(&self, key: &Key) -> bool {
-        if self.running.load(Ordering::Relaxed) < RECONCILES {
+        if !self.others_wait(Instant::now()) {
             return false;
         }
-        self.owed.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Instant::now());
+        lock(&self.owed).insert(key.clone(), Instant::now());
         self.owing.notify_one();
         true
+    }
+
+    fn others_wait(&self, now: Instant) -> bool {
+        let mut waiting = lock(&self.waiting);
+        waiting.retain(|_, since| now.duration_since(*since) < STALE);
+        !waiting.is_empty()
     }
 
     /// The wakes of owed services in `scope`, for that controller's `reconcile_on`.
     pub fn wakes(&self, scope: &Option<String>) -> UnboundedReceiver<Key> {
         let (tx, rx) = unbounded();
-        self.wakes.lock().unwrap_or_else(|e| e.into_inner()).push((scope.clone(), tx));
+        lock(&self.wakes).push((scope.clone(), tx));
         rx
     }
 
-    /// Wakes the owed services once the slots are no longer all taken, and any owed longer than
-    /// [`MAX_DEFERRAL`]. Returns whether none is owed any more.
+    /// Wakes the owed services once nobody waits, and any owed for [`MAX_DEFERRAL`]. Returns
+    /// whether none is owed any more.
     pub fn release(&self, now: Instant) -> bool {
-        let quiet = self.running.load(Ordering::Relaxed) < RECONCILES;
+        let quiet = !self.others_wait(now);
         let due: Vec<Key> = {
-            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut owed = lock(&self.owed);
             let due: Vec<Key> = owed
                 .iter()
                 .filter(|(_, since)| quiet || now.duration_since(**since) >= MAX_DEFERRAL)
@@ -92,14 +105,14 @@ impl Reconciles {
             }
             due
         };
-        let wakes = self.wakes.lock().unwrap_or_else(|e| e.into_inner());
+        let wakes = lock(&self.wakes);
         for key in due {
             if let Some((_, tx)) = wakes.iter().find(|(scope, _)| scope.as_ref().is_none_or(|s| *s == key.0)) {
                 // A closed channel is a stopped controller: nothing to wake.
                 let _ = tx.unbounded_send(key);
             }
         }
-        self.owed.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        lock(&self.owed).is_empty()
     }
 
     /// Runs for the operator's life: while services are owed, looks every [`LOOK`] whether they
@@ -127,33 +140,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn while_every_slot_is_taken_the_rest_waits_and_is_woken_once_a_slot_frees() {
-        let r = Reconciles::default();
-        let mut wakes = r.wakes(&Some("team-a".into()));
-        let one = r.start();
-        assert!(!r.defer_rest(&key("a")), "alone: the Service and status are written at once");
-        let others: Vec<_> = (1..RECONCILES).map(|_| r.start()).collect();
-        assert!(r.defer_rest(&key("a")), "every slot taken: the rest is owed");
-        assert!(!r.release(Instant::now()), "still a backlog: nobody is woken");
-        drop(others);
-        assert!(r.release(Instant::now()), "a slot free: every owed service is woken");
-        assert_eq!(wakes.next().await, Some(key("a")));
-        assert!(!r.revisited(&key("a")), "woken once, owed no more");
-        drop(one);
+    async fn while_others_wait_for_a_first_look_the_rest_is_owed_and_woken_once_none_waits() {
+        let b = Backlog::default();
+        let mut wakes = b.wakes(&Some("team-a".into()));
+        b.arrived(key("a"));
+        assert!(!b.looked_at(&key("a")), "a first look owes nothing");
+        assert!(!b.defer_rest(&key("a")), "nobody else waits: the Service and status are written at once");
+        b.arrived(key("b"));
+        b.arrived(key("c"));
+        assert!(!b.looked_at(&key("b")));
+        assert!(b.defer_rest(&key("b")), "c still waits: b's rest is owed");
+        assert!(!b.release(Instant::now()), "c waits: nobody is woken");
+        b.gone(&key("c"));
+        assert!(b.release(Instant::now()), "nobody waits: every owed service is woken");
+        assert_eq!(wakes.next().await, Some(key("b")));
+        assert!(!b.looked_at(&key("b")), "woken once, owed no more");
     }
 
     #[tokio::test]
-    async fn a_revisit_writes_whatever_the_load_and_nobody_waits_longer_than_the_bound() {
-        let r = Reconciles::default();
-        let mut everywhere = r.wakes(&None);
-        let _all: Vec<_> = (0..RECONCILES).map(|_| r.start()).collect();
-        assert!(r.defer_rest(&key("a")));
-        assert!(r.revisited(&key("a")), "the revisit is told it owes the rest");
-        assert!(!r.revisited(&key("a")), "and only once");
-        assert!(!r.revisited(&key("b")), "a service never deferred owes nothing");
-        assert!(r.defer_rest(&key("b")));
-        assert!(!r.release(Instant::now()), "the backlog lasts");
-        assert!(r.release(Instant::now() + MAX_DEFERRAL), "past the bound it is woken under load too");
+    async fn a_revisit_writes_whatever_the_backlog_and_nobody_waits_past_the_bound() {
+        let b = Backlog::default();
+        let mut everywhere = b.wakes(&None);
+        b.arrived(key("waiting"));
+        assert!(b.defer_rest(&key("a")));
+        assert!(b.looked_at(&key("a")), "the revisit is told it owes the rest");
+        assert!(!b.looked_at(&key("a")), "and only once");
+        assert!(b.defer_rest(&key("b")));
+        assert!(!b.release(Instant::now()), "the backlog lasts");
+        assert!(b.release(Instant::now() + MAX_DEFERRAL), "past the bound it is woken all the same");
         assert_eq!(everywhere.next().await, Some(key("b")));
+        // A change the controller never looks at (a deletion the watch missed) stops holding.
+        assert!(b.defer_rest(&key("c")));
+        assert!(b.release(Instant::now() + STALE), "a stale change holds nobody");
+        assert_eq!(everywhere.next().await, Some(key("c")));
+        b.arrived(key("d"));
+        b.relisting();
+        assert!(!b.defer_rest(&key("e")), "after a relist only what is listed again waits");
     }
 }

@@ -195,11 +195,11 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
         placement: Default::default(),
         echoes: Default::default(),
         api_limit: settings.api_limit.clone(),
-        reconciles: Default::default(),
+        backlog: Default::default(),
     });
     tokio::spawn(report_ready(ctx.clone(), scopes.clone()));
     let releasing = ctx.clone();
-    tokio::spawn(async move { releasing.reconciles.keep_releasing().await });
+    tokio::spawn(async move { releasing.backlog.keep_releasing().await });
     let (senders, receivers) = node_channels(scopes.len());
     tokio::spawn(fan_out_node_changes(node_stream, slice_changes, senders, ctx.clone()));
     if let Some(stream) = claim_changes {
@@ -389,15 +389,37 @@ fn controller_for(
     // The services, minus the echoes of our own status writes.
     let writer = reflector::store::Writer::default();
     let services = writer.as_reader();
-    let echoes = ctx.clone();
+    let due_ctx = ctx.clone();
     let kind = OIMService::kind(&()).to_string();
     // Nobody reads a service's managedFields; at 10,000 services they would be most of the cache.
     let watch = watcher(api, watcher::Config::default())
         .backoff(watch_backoff())
         .modify(|s: &mut Watched<OIMService>| s.meta_mut().managed_fields = None);
-    let trigger = reflector::reflector(writer, watch).touched_objects().try_filter(move |s| {
-        let key = key(&kind, s.meta().namespace.as_deref().unwrap_or_default(), &s.name_any());
-        futures::future::ready(!echoes.echoes.is_echo(&key, s.meta().resource_version.as_deref()))
+    // Each change that is not our own echo is due for a look (`priority`: the backlog).
+    let trigger = reflector::reflector(writer, watch).try_filter_map(move |event| {
+        let due = |s: &Watched<OIMService>| (s.meta().namespace.clone().unwrap_or_default(), s.name_any());
+        let touched = match event {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                let echo = due_ctx.echoes.is_echo(
+                    &key(&kind, s.meta().namespace.as_deref().unwrap_or_default(), &s.name_any()),
+                    s.meta().resource_version.as_deref(),
+                );
+                if !echo {
+                    due_ctx.backlog.arrived(due(&s));
+                }
+                Some(s).filter(|_| !echo)
+            }
+            watcher::Event::Delete(s) => {
+                due_ctx.backlog.gone(&due(&s));
+                Some(s)
+            }
+            watcher::Event::Init => {
+                due_ctx.backlog.relisting();
+                None
+            }
+            watcher::Event::InitDone => None,
+        };
+        futures::future::ready(Ok(touched))
     });
     let controller = Controller::for_stream(trigger, services.clone());
     // A cache becoming Ready (or going away) wakes the services that mount it.
@@ -435,7 +457,7 @@ fn controller_for(
         controller = controller.reconcile_on(wakes);
     }
     // A service owed its Service and status, once the backlog drained (`priority`).
-    let owed = ctx.reconciles.wakes(namespace).map(|(ns, name)| ObjectRef::new(&name).within(&ns));
+    let owed = ctx.backlog.wakes(namespace).map(|(ns, name)| ObjectRef::new(&name).within(&ns));
     controller
         .reconcile_on(owed)
         .reconcile_all_on(node_changes)

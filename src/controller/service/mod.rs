@@ -33,7 +33,6 @@ use crate::render::{Input, Rendered, Selection, Weights, render};
 /// Reconciles one OIMService, counted in the metrics by outcome.
 pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let _running = ctx.reconciles.start();
     let result = pipeline(&svc, &ctx).await;
     let outcome = result.as_ref().err().map_or("ok", Error::label);
     ctx.metrics.reconciled("oimservice", outcome, started.elapsed().as_secs_f64());
@@ -50,7 +49,7 @@ pub fn failure_key(svc: &OIMService) -> String {
 
 async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
     let key = (svc.namespace().unwrap_or_default(), svc.name_any());
-    let owed = ctx.reconciles.revisited(&key);
+    let owed = ctx.backlog.looked_at(&key);
     if svc.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -96,7 +95,7 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
     if let Err(e) = plan.workload(ctx, svc).await {
         return apply_failed(ctx, svc, serving, running, e).await;
     }
-    if rolling && !owed && rendered.inference_service.is_none() && ctx.reconciles.defer_rest(&key) {
+    if rolling && !owed && rendered.inference_service.is_none() && ctx.backlog.defer_rest(&key) {
         // Others wait for a slot: their workloads go before this Service and status.
         ctx.metrics.deferred();
         return Ok(Action::requeue(crate::controller::priority::MAX_DEFERRAL));

@@ -366,6 +366,8 @@ async fn reconcile_object(obj: Arc<Watched<OIMService>>, ctx: Arc<Context>) -> R
     match &*obj {
         Watched::Typed(svc) => reconcile(svc.clone(), ctx).await,
         Watched::Raw { obj, why } => {
+            // Looked at, though not decodable: it holds no workload back (`priority`).
+            ctx.backlog.looked_at(&(obj.namespace().unwrap_or_default(), obj.name_any()));
             Ok(decode::skip(&ctx, obj, &decode::resource::<OIMService>(), "oimservice", why).await)
         }
     }

@@ -5,7 +5,9 @@
 //!    the operator renders for one OIMService (1x H100, Llama 3.1 8B, latency);
 //! 2. the operator: N OIMServices created by 8 workers while it runs; time until every
 //!    Deployment exists, create->Deployment p50/p99, peak RSS, CPU seconds, API writes, and what
-//!    an idle minute costs; then the ratio to the floor;
+//!    an idle minute costs; then the ratio to the floor. Beside it, what the API server and etcd
+//!    spent (CPU seconds, for both contenders: the bottleneck on a small machine) and when every
+//!    Service and status existed too (workloads go first, see `controller::priority`);
 //! 3. a fresh operator resyncing those N services writes nothing;
 //! 4. at scale: N_LARGE services over 1,000 nodes of the benchmark's own, from a cold start.
 //!

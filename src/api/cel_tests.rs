@@ -338,6 +338,11 @@ fn dra_resources_name_exactly_one_source_and_a_positive_count() {
         );
     }
     assert_accepted(svc_with("s", "replicas: 2\ndraResources:\n  - resourceClaimTemplateName: per-pod").validate_cel());
+    for one_pod in ["scale: {enabled: true, hpa: {maxReplicas: 1}}", "scale: {enabled: false, hpa: {maxReplicas: 3}}"] {
+        assert_accepted(
+            svc_with("s", &format!("{one_pod}\ndraResources:\n  - resourceClaimName: shared-gpus")).validate_cel(),
+        );
+    }
     assert_rejected(
         svc_with(
             "s",

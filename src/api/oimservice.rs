@@ -51,8 +51,8 @@ pub const FORBIDDEN_ARG_RULE: &str = "self.all(a, !a.startsWith('-') || size((a.
         .message("spec.args must not repeat the model as a positional argument: the operator passes the model (or its cached path) itself; remove it from args"),
     validation = Rule::new("!(has(self.inferencePlatform) && self.inferencePlatform == 'kserve' && has(self.expose) && has(self.expose.router) && has(self.expose.router.inferencePool))")
         .message("spec.expose.router.inferencePool needs spec.inferencePlatform: standalone: KServe owns the pods of an InferenceService; remove inferencePool or serve standalone"),
-    validation = Rule::new("!has(self.draResources) || !self.draResources.exists(d, has(d.resourceClaimName)) || ((!has(self.replicas) || self.replicas <= 1) && !(has(self.scale) && has(self.scale.enabled) && self.scale.enabled))")
-        .message("spec.draResources[].resourceClaimName names one ResourceClaim, allocated once on one node: with spec.replicas > 1 or spec.scale.enabled every pod would share it; use claimCreationSpec or resourceClaimTemplateName so each pod gets its own claim"),
+    validation = Rule::new("!has(self.draResources) || !self.draResources.exists(d, has(d.resourceClaimName)) || ((!has(self.replicas) || self.replicas <= 1) && !(has(self.scale) && has(self.scale.enabled) && self.scale.enabled && has(self.scale.hpa) && self.scale.hpa.maxReplicas > 1))")
+        .message("spec.draResources[].resourceClaimName names one ResourceClaim, allocated once on one node: with spec.replicas > 1 or autoscaling to more than one replica every pod would share it; use claimCreationSpec or resourceClaimTemplateName so each pod gets its own claim"),
     validation = Rule::new("!has(self.resources) || !has(self.resources.claims) || size(self.resources.claims) == 0")
         .message("spec.resources.claims is filled by the operator from spec.draResources; name the ResourceClaim or ResourceClaimTemplate there (resourceClaimName / resourceClaimTemplateName) instead")
 )]

@@ -1,13 +1,14 @@
 //! Workloads first under load. On a small control plane the API server is the bottleneck, and a
 //! Service create and a status write each cost it more than the Deployment that starts the pods.
 //! So while other services wait for their first look at a change (their watch event has come,
-//! their reconcile has not started), a reconcile that has just written a workload leaves its
-//! Service and status owed and returns. Once nobody waits, every owed service is woken and its
-//! revisit writes the rest, whatever the load; [`MAX_DEFERRAL`] bounds the wait. (kube's
-//! scheduler picks among waiting services in no order, so only the deferral lets the workloads
-//! go first.)
+//! their reconcile has not started), a reconcile that has written a workload (and what its pods
+//! need: PVC, claim templates) leaves the rest — Service, autoscaler, routes, pruning — and its
+//! status owed, and returns. Its passes while owed write nothing more, whatever woke them, until
+//! nobody waits or [`MAX_DEFERRAL`] has passed: then it is woken, and that revisit writes
+//! everything. (kube's scheduler picks among waiting reconciles in no order, so only the
+//! deferral lets the workloads go first.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,9 @@ use tokio::sync::Notify;
 /// The longest a service waits for its Service and status while others wait.
 pub const MAX_DEFERRAL: Duration = Duration::from_secs(30);
 
-/// A change not looked at for this long no longer holds others back: its event was for an
-/// object the controller no longer has (a deletion the watch missed).
-const STALE: Duration = Duration::from_secs(60);
+/// A change not looked at for this long no longer holds others back (longer than any backlog
+/// measured: 10,000 services took 8 minutes); deletions and relists clear the rest.
+const STALE: Duration = Duration::from_secs(600);
 
 /// How often the owed services are looked at while there are any.
 const LOOK: Duration = Duration::from_millis(500);
@@ -27,11 +28,23 @@ const LOOK: Duration = Duration::from_millis(500);
 /// (namespace, name) of a service.
 pub type Key = (String, String);
 
-/// Services waiting for a first look at a change, and those owed their Service and status.
+/// What a reconcile of a service is, as the backlog sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// Nothing owed: write everything, unless others wait after the workload is written.
+    Fresh,
+    /// The rest is owed since then, and not yet released: write nothing more while others wait.
+    Owed(Instant),
+    /// Released: write everything now, whatever the backlog.
+    Released,
+}
+
+/// Services waiting for a first look at a change, and those owed their rest.
 #[derive(Default)]
 pub struct Backlog {
     waiting: Mutex<HashMap<Key, Instant>>,
     owed: Mutex<HashMap<Key, Instant>>,
+    released: Mutex<HashSet<Key>>,
     /// One wake channel per controller scope (`None`: every namespace).
     wakes: Mutex<Vec<(Option<String>, UnboundedSender<Key>)>>,
     owing: Notify,
@@ -41,39 +54,58 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn in_scope(scope: &Option<String>, key: &Key) -> bool {
+    scope.as_ref().is_none_or(|s| *s == key.0)
+}
+
 impl Backlog {
     /// A change of `key` came from the watch (not our own echo): its reconcile is due.
     pub fn arrived(&self, key: Key) {
         lock(&self.waiting).entry(key).or_insert_with(Instant::now);
     }
 
-    /// `key` was deleted: nothing of it is due.
+    /// `key` was deleted: nothing of it is due or owed.
     pub fn gone(&self, key: &Key) {
         lock(&self.waiting).remove(key);
         lock(&self.owed).remove(key);
+        lock(&self.released).remove(key);
     }
 
-    /// The watch lists again: what it lists arrives anew.
-    pub fn relisting(&self) {
-        lock(&self.waiting).clear();
+    /// The watch of `scope` lists again: what it lists arrives anew.
+    pub fn relisting(&self, scope: &Option<String>) {
+        lock(&self.waiting).retain(|k, _| !in_scope(scope, k));
     }
 
-    /// The reconcile of `key` starts. Whether it is a revisit owed the rest: then it writes
-    /// everything whatever the backlog.
-    pub fn looked_at(&self, key: &Key) -> bool {
+    /// The reconcile of `key` starts: it is no longer waiting. Says what it owes.
+    pub fn start_look(&self, key: &Key) -> Look {
         lock(&self.waiting).remove(key);
-        lock(&self.owed).remove(key).is_some()
+        if lock(&self.released).remove(key) {
+            return Look::Released;
+        }
+        lock(&self.owed).get(key).map_or(Look::Fresh, |since| Look::Owed(*since))
     }
 
-    /// Whether the reconcile of `key`, having just written its workload, leaves the rest owed:
-    /// while other services wait for their first look. The caller never asks on a revisit.
-    pub fn defer_rest(&self, key: &Key) -> bool {
-        if !self.others_wait(Instant::now()) {
-            return false;
+    /// After the workload: whether the reconcile of `key` (seen as `look`) leaves the rest owed
+    /// — while others wait, and not past [`MAX_DEFERRAL`]. Otherwise it writes the rest and
+    /// owes nothing any more.
+    pub fn defer_rest(&self, key: &Key, look: Look) -> bool {
+        let now = Instant::now();
+        let since = match look {
+            Look::Released => None,
+            Look::Fresh => Some(now),
+            Look::Owed(since) => Some(since).filter(|s| now.duration_since(*s) < MAX_DEFERRAL),
+        };
+        let defer = since.filter(|_| self.others_wait(now));
+        match defer {
+            Some(since) => {
+                lock(&self.owed).insert(key.clone(), since);
+                self.owing.notify_one();
+            }
+            None => {
+                lock(&self.owed).remove(key);
+            }
         }
-        lock(&self.owed).insert(key.clone(), Instant::now());
-        self.owing.notify_one();
-        true
+        defer.is_some()
     }
 
     fn others_wait(&self, now: Instant) -> bool {
@@ -89,8 +121,8 @@ impl Backlog {
         rx
     }
 
-    /// Wakes the owed services once nobody waits, and any owed for [`MAX_DEFERRAL`]. Returns
-    /// whether none is owed any more.
+    /// Releases and wakes the owed services once nobody waits, and any owed for
+    /// [`MAX_DEFERRAL`]. Returns whether none is owed any more.
     pub fn release(&self, now: Instant) -> bool {
         let quiet = !self.others_wait(now);
         let due: Vec<Key> = {
@@ -105,9 +137,10 @@ impl Backlog {
             }
             due
         };
+        lock(&self.released).extend(due.iter().cloned());
         let wakes = lock(&self.wakes);
         for key in due {
-            if let Some((_, tx)) = wakes.iter().find(|(scope, _)| scope.as_ref().is_none_or(|s| *s == key.0)) {
+            if let Some((_, tx)) = wakes.iter().find(|(scope, _)| in_scope(scope, &key)) {
                 // A closed channel is a stopped controller: nothing to wake.
                 let _ = tx.unbounded_send(key);
             }
@@ -116,7 +149,7 @@ impl Backlog {
     }
 
     /// Runs for the operator's life: while services are owed, looks every [`LOOK`] whether they
-    /// can be woken.
+    /// can be released.
     pub async fn keep_releasing(&self) {
         loop {
             self.owing.notified().await;
@@ -133,48 +166,72 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
     use futures::StreamExt;
 
-    fn key(name: &str) -> Key {
-        ("team-a".into(), name.into())
+    fn key(ns: &str, name: &str) -> Key {
+        (ns.into(), name.into())
     }
 
-    #[tokio::test]
-    async fn while_others_wait_for_a_first_look_the_rest_is_owed_and_woken_once_none_waits() {
+    fn woken(rx: &mut UnboundedReceiver<Key>) -> Option<Key> {
+        rx.next().now_or_never().flatten()
+    }
+
+    #[test]
+    fn while_others_wait_the_rest_stays_owed_whatever_wakes_it_and_is_released_once_none_waits() {
         let b = Backlog::default();
         let mut wakes = b.wakes(&Some("team-a".into()));
-        b.arrived(key("a"));
-        assert!(!b.looked_at(&key("a")), "a first look owes nothing");
-        assert!(!b.defer_rest(&key("a")), "nobody else waits: the Service and status are written at once");
-        b.arrived(key("b"));
-        b.arrived(key("c"));
-        assert!(!b.looked_at(&key("b")));
-        assert!(b.defer_rest(&key("b")), "c still waits: b's rest is owed");
-        assert!(!b.release(Instant::now()), "c waits: nobody is woken");
-        b.gone(&key("c"));
-        assert!(b.release(Instant::now()), "nobody waits: every owed service is woken");
-        assert_eq!(wakes.next().await, Some(key("b")));
-        assert!(!b.looked_at(&key("b")), "woken once, owed no more");
+        let (a, c, d) = (key("team-a", "a"), key("team-a", "c"), key("team-a", "d"));
+        b.arrived(a.clone());
+        let look = b.start_look(&a);
+        assert_eq!(look, Look::Fresh);
+        assert!(!b.defer_rest(&a, look), "nobody else waits: the rest is written at once");
+        b.arrived(c.clone());
+        b.arrived(d.clone());
+        let look = b.start_look(&c);
+        assert!(b.defer_rest(&c, look), "d still waits: c's rest is owed");
+        // Something else wakes c (its Deployment's status): still owed while d waits.
+        let look = b.start_look(&c);
+        assert!(matches!(look, Look::Owed(_)));
+        assert!(b.defer_rest(&c, look), "owed and d waits: nothing more is written");
+        assert!(!b.release(Instant::now()), "d waits: nobody is released");
+        assert_eq!(woken(&mut wakes), None);
+        b.start_look(&d);
+        assert!(b.release(Instant::now()), "nobody waits: every owed service is released");
+        assert_eq!(woken(&mut wakes), Some(c.clone()));
+        b.arrived(key("team-a", "e"));
+        let look = b.start_look(&c);
+        assert_eq!(look, Look::Released);
+        assert!(!b.defer_rest(&c, look), "the released revisit writes everything, whatever waits");
+        assert_eq!(b.start_look(&c), Look::Fresh, "and owes nothing after");
     }
 
-    #[tokio::test]
-    async fn a_revisit_writes_whatever_the_backlog_and_nobody_waits_past_the_bound() {
+    #[test]
+    fn nobody_waits_past_the_bound_and_relists_and_deletions_clear_only_their_own() {
         let b = Backlog::default();
-        let mut everywhere = b.wakes(&None);
-        b.arrived(key("waiting"));
-        assert!(b.defer_rest(&key("a")));
-        assert!(b.looked_at(&key("a")), "the revisit is told it owes the rest");
-        assert!(!b.looked_at(&key("a")), "and only once");
-        assert!(b.defer_rest(&key("b")));
+        let mut team_b = b.wakes(&Some("team-b".into()));
+        let mut team_a = b.wakes(&Some("team-a".into()));
+        let (a, x) = (key("team-a", "a"), key("team-b", "x"));
+        b.arrived(key("team-a", "waiting"));
+        assert!(b.defer_rest(&x, b.start_look(&x)));
         assert!(!b.release(Instant::now()), "the backlog lasts");
-        assert!(b.release(Instant::now() + MAX_DEFERRAL), "past the bound it is woken all the same");
-        assert_eq!(everywhere.next().await, Some(key("b")));
-        // A change the controller never looks at (a deletion the watch missed) stops holding.
-        assert!(b.defer_rest(&key("c")));
-        assert!(b.release(Instant::now() + STALE), "a stale change holds nobody");
-        assert_eq!(everywhere.next().await, Some(key("c")));
-        b.arrived(key("d"));
-        b.relisting();
-        assert!(!b.defer_rest(&key("e")), "after a relist only what is listed again waits");
+        assert!(b.release(Instant::now() + MAX_DEFERRAL), "past the bound it is released all the same");
+        assert_eq!(woken(&mut team_b), Some(x.clone()), "woken in its own namespace's controller");
+        assert_eq!(woken(&mut team_a), None);
+        assert_eq!(b.start_look(&x), Look::Released);
+        // An owed service past the bound writes the rest itself, backlog or not.
+        let since = Instant::now() - MAX_DEFERRAL;
+        assert!(!b.defer_rest(&a, Look::Owed(since)));
+        // team-b relisting does not forget team-a's backlog; team-a's does.
+        b.relisting(&Some("team-b".into()));
+        assert!(b.defer_rest(&a, Look::Fresh), "team-a still waits");
+        b.gone(&a);
+        b.relisting(&Some("team-a".into()));
+        assert!(!b.defer_rest(&a, Look::Fresh), "after its relist only what is listed again waits");
+        // A change never looked at stops holding others back after STALE.
+        b.arrived(key("team-a", "ghost"));
+        assert!(b.defer_rest(&a, Look::Fresh));
+        assert!(b.release(Instant::now() + STALE));
+        assert_eq!(woken(&mut team_a), Some(a));
     }
 }

@@ -360,6 +360,36 @@ fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, ns: &Option<String>) 
     (api, ar)
 }
 
+/// The service a watch event is about, if its reconcile is due: not the echo of our own write.
+/// Keeps the backlog (`priority`) of services waiting for a first look.
+fn mark_due(
+    event: watcher::Event<Watched<OIMService>>,
+    ctx: &Context,
+    kind: &str,
+    scope: &Option<String>,
+) -> Option<Watched<OIMService>> {
+    let backlog_key = |s: &Watched<OIMService>| (s.meta().namespace.clone().unwrap_or_default(), s.name_any());
+    match event {
+        watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+            let own = key(kind, s.meta().namespace.as_deref().unwrap_or_default(), &s.name_any());
+            if ctx.echoes.is_echo(&own, s.meta().resource_version.as_deref()) {
+                return None;
+            }
+            ctx.backlog.arrived(backlog_key(&s));
+            Some(s)
+        }
+        watcher::Event::Delete(s) => {
+            ctx.backlog.gone(&backlog_key(&s));
+            Some(s)
+        }
+        watcher::Event::Init => {
+            ctx.backlog.relisting(scope);
+            None
+        }
+        watcher::Event::InitDone => None,
+    }
+}
+
 async fn reconcile_object(obj: Arc<Watched<OIMService>>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _running = ctx.health.running(format!("OIMService {}", decode::id(&*obj)));
     ctx.metrics.api_limit.set(ctx.api_limit.current() as i64);
@@ -367,7 +397,7 @@ async fn reconcile_object(obj: Arc<Watched<OIMService>>, ctx: Arc<Context>) -> R
         Watched::Typed(svc) => reconcile(svc.clone(), ctx).await,
         Watched::Raw { obj, why } => {
             // Looked at, though not decodable: it holds no workload back (`priority`).
-            ctx.backlog.looked_at(&(obj.namespace().unwrap_or_default(), obj.name_any()));
+            ctx.backlog.start_look(&(obj.namespace().unwrap_or_default(), obj.name_any()));
             Ok(decode::skip(&ctx, obj, &decode::resource::<OIMService>(), "oimservice", why).await)
         }
     }
@@ -398,31 +428,9 @@ fn controller_for(
         .backoff(watch_backoff())
         .modify(|s: &mut Watched<OIMService>| s.meta_mut().managed_fields = None);
     // Each change that is not our own echo is due for a look (`priority`: the backlog).
-    let trigger = reflector::reflector(writer, watch).try_filter_map(move |event| {
-        let due = |s: &Watched<OIMService>| (s.meta().namespace.clone().unwrap_or_default(), s.name_any());
-        let touched = match event {
-            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                let echo = due_ctx.echoes.is_echo(
-                    &key(&kind, s.meta().namespace.as_deref().unwrap_or_default(), &s.name_any()),
-                    s.meta().resource_version.as_deref(),
-                );
-                if !echo {
-                    due_ctx.backlog.arrived(due(&s));
-                }
-                Some(s).filter(|_| !echo)
-            }
-            watcher::Event::Delete(s) => {
-                due_ctx.backlog.gone(&due(&s));
-                Some(s)
-            }
-            watcher::Event::Init => {
-                due_ctx.backlog.relisting();
-                None
-            }
-            watcher::Event::InitDone => None,
-        };
-        futures::future::ready(Ok(touched))
-    });
+    let scope = namespace.clone();
+    let trigger = reflector::reflector(writer, watch)
+        .try_filter_map(move |event| futures::future::ready(Ok(mark_due(event, &due_ctx, &kind, &scope))));
     let controller = Controller::for_stream(trigger, services.clone());
     // A cache becoming Ready (or going away) wakes the services that mount it.
     let users = move |cache: DynamicObject| {

@@ -77,8 +77,14 @@ pub fn template_name(svc: &OIMService, i: usize, generate_name: Option<&str>) ->
 /// engines on one GPU) or waits forever on another node.
 pub fn check_shared_claims(input: &Input) -> Result<(), RenderError> {
     let spec = &input.service.spec;
+    // As the CEL rule counts them: the autoscaler's bound only while it is on.
+    let replicas = match spec.scale.as_ref().filter(|s| s.enabled == Some(true)) {
+        Some(scale) => scale.hpa.as_ref().map_or(1, |h| h.max_replicas),
+        None => spec.replicas.unwrap_or(1),
+    }
+    .max(1);
     let pods_per_replica = input.profile.nodes.max(1) as i64;
-    let pods = i64::from(spec.max_replicas().max(1)) * pods_per_replica;
+    let pods = i64::from(replicas) * pods_per_replica;
     if pods <= 1 {
         return Ok(());
     }
@@ -87,8 +93,7 @@ pub fn check_shared_claims(input: &Input) -> Result<(), RenderError> {
         Some(i) => Err(RenderError::InvalidSpec {
             field: format!("spec.draResources[{i}].resourceClaimName"),
             message: format!(
-                "one ResourceClaim is allocated once, on one node, but this service runs up to {pods} pods ({} replica(s) x {pods_per_replica} pod(s) of profile {}); use claimCreationSpec or resourceClaimTemplateName so each pod gets its own claim, or run one replica of a single-node profile",
-                spec.max_replicas().max(1),
+                "one ResourceClaim is allocated once, on one node, but this service runs up to {pods} pods ({replicas} replica(s) x {pods_per_replica} pod(s) of profile {}); use claimCreationSpec or resourceClaimTemplateName so each pod gets its own claim, or run one replica of a single-node profile",
                 input.profile.name
             ),
         }),
@@ -524,6 +529,11 @@ mod tests {
         let nodes = [dra_node("n", &[slice("n", 4, "NVIDIA H100 80GB HBM3")])];
         let named = "  draResources:\n    - resourceClaimName: shared-gpus\n";
         assert!(select_and_render(&service(named), &nodes).is_ok(), "one pod may use an existing claim");
+        let autoscaler_off = format!("  scale: {{enabled: false, hpa: {{maxReplicas: 3}}}}\n{named}");
+        assert!(
+            select_and_render(&service(&autoscaler_off), &nodes).is_ok(),
+            "an autoscaler switched off runs one pod"
+        );
         let two = select_and_render(&service(&format!("  replicas: 2\n{named}")), &nodes).unwrap_err();
         assert!(
             two.starts_with("spec.draResources[0].resourceClaimName: one ResourceClaim is allocated once"),

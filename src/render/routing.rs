@@ -68,7 +68,7 @@ pub fn missing_router_api(svc: &OIMService, caps: &Capabilities) -> Option<Strin
         return Some("spec.expose.router.gateway: the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) was not found when the operator started, so no HTTPRoute is rendered and the service has no external endpoint; install the Gateway API CRDs and restart the operator, or use spec.expose.router.ingress".into());
     }
     if router.inference_pool.is_some() && !caps.inference_pools && !on_kserve(svc) {
-        return Some("spec.expose.router.inferencePool: the Gateway API Inference Extension (inference.networking.k8s.io/v1 InferencePool) was not found when the operator started, so the HTTPRoute sends traffic to the Service; install the Inference Extension CRDs and restart the operator, or remove inferencePool".into());
+        return Some("spec.expose.router.inferencePool: the Gateway API Inference Extension (inference.networking.k8s.io/v1 InferencePool) was not found when the operator started, so no InferencePool is rendered (an HTTPRoute goes to the Service); install the Inference Extension CRDs and restart the operator, or remove inferencePool".into());
     }
     None
 }

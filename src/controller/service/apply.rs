@@ -26,10 +26,19 @@ struct Planned {
     live: Option<ObjectMeta>,
 }
 
-/// What a reconcile will write: the workload (Deployment or LeaderWorkerSet) and the rest.
+/// What a reconcile will write: what the pods need (PVC, ResourceClaimTemplates), the workload
+/// (Deployment or LeaderWorkerSet), and the rest.
 pub struct Plan {
+    needed: Vec<Planned>,
     workload: Vec<Planned>,
     rest: Vec<Planned>,
+    /// The workload changes kind (Deployment <-> LeaderWorkerSet): the old one, pruned with the
+    /// rest, still holds its devices.
+    replaces_workload: bool,
+}
+
+fn is_workload(kind: &str) -> bool {
+    kind == "Deployment" || kind == "LeaderWorkerSet"
 }
 
 /// Plans `rendered` for `svc`: what is missing or changed is applied, the rest left. `Ok(Err(_))`
@@ -56,8 +65,12 @@ pub async fn plan(ctx: &Context, svc: &OIMService, rendered: &Rendered) -> Resul
         );
         return Ok(Err(Blocked::new(Step::Conflict, "ConflictingObject", message)));
     }
-    let (workload, rest) = planned.into_iter().partition(|p| p.kind == "Deployment" || p.kind == "LeaderWorkerSet");
-    Ok(Ok(Plan { workload, rest }))
+    let other = if rendered.deployment.is_some() { "LeaderWorkerSet" } else { "Deployment" };
+    let replaces_workload = ctx.children.of(&ns).and_then(|c| c.meta(other, &ns, &name)).is_some_and(|m| m.is_some());
+    let (needed, planned): (Vec<Planned>, Vec<Planned>) =
+        planned.into_iter().partition(|p| p.kind == "PersistentVolumeClaim" || p.kind == "ResourceClaimTemplate");
+    let (workload, rest) = planned.into_iter().partition(|p| is_workload(&p.kind));
+    Ok(Ok(Plan { needed, workload, rest, replaces_workload }))
 }
 
 impl Plan {
@@ -66,9 +79,18 @@ impl Plan {
         self.workload.iter().any(|p| p.verdict == Verdict::Apply)
     }
 
-    /// Applies the workload: it is what users wait for, so it goes first.
+    /// Whether the rest may wait for a revisit: nothing the new pods need is left in it.
+    pub fn rest_can_wait(&self) -> bool {
+        !self.replaces_workload
+    }
+
+    /// Applies the workload, after what its pods need: it is what users wait for, so it goes
+    /// first.
     pub async fn workload(&self, ctx: &Context, svc: &OIMService) -> Result<(), Error> {
         let ns = svc.namespace().unwrap_or_default();
+        for r in join_all(self.needed.iter().map(|p| apply_one(ctx, &ns, p))).await {
+            r?;
+        }
         for p in &self.workload {
             if p.verdict == Verdict::Apply && svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true) {
                 hand_replicas_to_hpa(ctx, &ns, &p.obj).await?;

@@ -20,6 +20,7 @@ use crate::api::{OIMService, UpdatePolicy};
 use crate::controller::context::{Context, Error};
 use crate::controller::events::publish;
 use crate::controller::model::{self, Facts};
+use crate::controller::priority::Look;
 use crate::controller::source::SourceError;
 use crate::controller::status::{Assigned, external_endpoint};
 use dereference::{CacheRef, Read, World};
@@ -42,14 +43,37 @@ pub async fn reconcile(svc: Arc<OIMService>, ctx: Arc<Context>) -> Result<Action
     result
 }
 
+/// Whether the status already says `Degraded` for this reason and message (its Event was sent).
+fn degraded_already(svc: &OIMService, reason: &str, message: &str) -> bool {
+    svc.status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason && c.message == message)
+}
+
+/// After the workload: whether this reconcile leaves the rest and the status owed, because other
+/// services wait for their workloads (`controller::priority`). Not on KServe (its status is
+/// read from the InferenceService), nor when the workload changes kind (the old one holds its
+/// devices until pruned with the rest).
+fn leaves_rest_owed(ctx: &Context, svc: &OIMService, plan: &apply::Plan, rendered: &Rendered, look: Look) -> bool {
+    let owes = plan.rolls_out() || matches!(look, Look::Owed(_));
+    let deferred = owes
+        && rendered.inference_service.is_none()
+        && plan.rest_can_wait()
+        && ctx.backlog.defer_rest(&(svc.namespace().unwrap_or_default(), svc.name_any()), look);
+    if deferred {
+        ctx.metrics.deferred();
+    }
+    deferred
+}
+
 /// The backoff key of a service.
 pub fn failure_key(svc: &OIMService) -> String {
     format!("OIMService/{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())
 }
 
 async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
-    let key = (svc.namespace().unwrap_or_default(), svc.name_any());
-    let owed = ctx.backlog.looked_at(&key);
+    let look = ctx.backlog.start_look(&(svc.namespace().unwrap_or_default(), svc.name_any()));
     if svc.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -95,9 +119,7 @@ async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
     if let Err(e) = plan.workload(ctx, svc).await {
         return apply_failed(ctx, svc, serving, running, e).await;
     }
-    if rolling && !owed && rendered.inference_service.is_none() && ctx.backlog.defer_rest(&key) {
-        // Others wait for a slot: their workloads go before this Service and status.
-        ctx.metrics.deferred();
+    if leaves_rest_owed(ctx, svc, &plan, &rendered, look) {
         return Ok(Action::requeue(crate::controller::priority::MAX_DEFERRAL));
     }
     if rendered.inference_service.is_some() {
@@ -311,7 +333,10 @@ async fn finish(
         Outcome::Serving(s) => {
             if changed && let Some(e) = &s.apply_error {
                 publish(ctx, &svc.object_ref(&()), true, "ApplyFailed", e).await;
-            } else if changed && let Some((reason, why)) = &s.warning {
+            } else if changed
+                && let Some((reason, why)) = &s.warning
+                && !degraded_already(svc, reason, why)
+            {
                 publish(ctx, &svc.object_ref(&()), true, reason, why).await;
             }
             // Our Deployment's changes wake us during a rollout (the cache that woke us is the

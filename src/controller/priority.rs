@@ -28,6 +28,11 @@ const LOOK: Duration = Duration::from_millis(500);
 /// (namespace, name) of a service.
 pub type Key = (String, String);
 
+/// The backlog's key of a service (typed or not).
+pub fn key_of<K: kube::Resource>(o: &K) -> Key {
+    (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())
+}
+
 /// What a reconcile of a service is, as the backlog sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Look {

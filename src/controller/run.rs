@@ -25,6 +25,7 @@ use crate::controller::decode::{self, Watched};
 use crate::controller::health::Health;
 use crate::controller::leader::Election;
 use crate::controller::metrics::{self, Metrics};
+use crate::controller::priority;
 use crate::controller::service::reconcile;
 use crate::controller::source::Sources;
 use crate::controller::watch::watch_backoff;
@@ -368,18 +369,17 @@ fn mark_due(
     kind: &str,
     scope: &Option<String>,
 ) -> Option<Watched<OIMService>> {
-    let backlog_key = |s: &Watched<OIMService>| (s.meta().namespace.clone().unwrap_or_default(), s.name_any());
     match event {
         watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
             let own = key(kind, s.meta().namespace.as_deref().unwrap_or_default(), &s.name_any());
             if ctx.echoes.is_echo(&own, s.meta().resource_version.as_deref()) {
                 return None;
             }
-            ctx.backlog.arrived(backlog_key(&s));
+            ctx.backlog.arrived(priority::key_of(&s));
             Some(s)
         }
         watcher::Event::Delete(s) => {
-            ctx.backlog.gone(&backlog_key(&s));
+            ctx.backlog.gone(&priority::key_of(&s));
             Some(s)
         }
         watcher::Event::Init => {
@@ -397,7 +397,7 @@ async fn reconcile_object(obj: Arc<Watched<OIMService>>, ctx: Arc<Context>) -> R
         Watched::Typed(svc) => reconcile(svc.clone(), ctx).await,
         Watched::Raw { obj, why } => {
             // Looked at, though not decodable: it holds no workload back (`priority`).
-            ctx.backlog.start_look(&(obj.namespace().unwrap_or_default(), obj.name_any()));
+            ctx.backlog.start_look(&priority::key_of(&**obj));
             Ok(decode::skip(&ctx, obj, &decode::resource::<OIMService>(), "oimservice", why).await)
         }
     }

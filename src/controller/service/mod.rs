@@ -20,7 +20,7 @@ use crate::api::{OIMService, UpdatePolicy};
 use crate::controller::context::{Context, Error};
 use crate::controller::events::publish;
 use crate::controller::model::{self, Facts};
-use crate::controller::priority::Look;
+use crate::controller::priority::{Look, key_of};
 use crate::controller::source::SourceError;
 use crate::controller::status::{Assigned, external_endpoint};
 use dereference::{CacheRef, Read, World};
@@ -60,7 +60,7 @@ fn leaves_rest_owed(ctx: &Context, svc: &OIMService, plan: &apply::Plan, rendere
     let deferred = owes
         && rendered.inference_service.is_none()
         && plan.rest_can_wait()
-        && ctx.backlog.defer_rest(&(svc.namespace().unwrap_or_default(), svc.name_any()), look);
+        && ctx.backlog.defer_rest(&key_of(svc), look);
     if deferred {
         ctx.metrics.deferred();
     }
@@ -73,7 +73,7 @@ pub fn failure_key(svc: &OIMService) -> String {
 }
 
 async fn pipeline(svc: &OIMService, ctx: &Context) -> Result<Action, Error> {
-    let look = ctx.backlog.start_look(&(svc.namespace().unwrap_or_default(), svc.name_any()));
+    let look = ctx.backlog.start_look(&key_of(svc));
     if svc.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

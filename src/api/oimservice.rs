@@ -65,7 +65,7 @@ pub struct OIMServiceSpec {
     pub profile: Option<ProfileSelector>,
     /// Overrides the engine image the profile names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<ImageSpec>,
+    pub image: Option<Box<ImageSpec>>,
     /// Secret holding `HF_TOKEN` for gated models; mounted as an env var, never inlined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
@@ -91,11 +91,11 @@ pub struct OIMServiceSpec {
     /// Where weights are stored: at most one of `oimCache`, `pvc` or `emptyDir`. Absent =
     /// an emptyDir sized from the profile's `ephemeralStorage`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage: Option<StorageSpec>,
+    pub storage: Option<Box<StorageSpec>>,
     /// Overrides the computed resources per key. The accelerator count must equal the
     /// profile's tensor x pipeline parallelism.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Box<ResourceRequirements>>,
     /// Devices through Dynamic Resource Allocation (NIM's `draResources`): the pod gets these
     /// claims instead of an extended-resource request, and selection counts the devices DRA
     /// drivers publish in ResourceSlices.
@@ -108,14 +108,14 @@ pub struct OIMServiceSpec {
     pub replicas: Option<i32>,
     /// Horizontal autoscaling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scale: Option<ScaleSpec>,
+    pub scale: Option<Box<ScaleSpec>>,
     /// Deployment rollout strategy. Default RollingUpdate with maxSurge 0, maxUnavailable 1,
     /// because accelerators are scarce.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<DeploymentStrategy>,
+    pub strategy: Option<Box<DeploymentStrategy>>,
     /// How the service is reached: Service, Ingress, OpenShift Route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expose: Option<ExposeSpec>,
+    pub expose: Option<Box<ExposeSpec>>,
     /// Extra node selector, merged with the operator's placement (the operator's accelerator
     /// product key wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,7 +126,7 @@ pub struct OIMServiceSpec {
     pub tolerations: Option<Vec<Toleration>>,
     /// Pod affinity; required node affinity also narrows the candidate nodes for selection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity: Option<Affinity>,
+    pub affinity: Option<Box<Affinity>>,
     /// RuntimeClass for the pod (e.g. `nvidia`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
@@ -149,7 +149,7 @@ pub struct OIMServiceSpec {
     pub group_id: Option<i64>,
     /// Pod security overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<SecurityOverrides>,
+    pub security_context: Option<Box<SecurityOverrides>>,
     /// Extra labels on every rendered object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
@@ -158,19 +158,19 @@ pub struct OIMServiceSpec {
     pub annotations: Option<BTreeMap<String, String>>,
     /// Startup probe (default: `/health` every 10 s, 180 failures; 360 while weights download).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub startup_probe: Option<ProbeSpec>,
+    pub startup_probe: Option<Box<ProbeSpec>>,
     /// Readiness probe (default: `/health` every 5 s, timeout 5 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub readiness_probe: Option<ProbeSpec>,
+    pub readiness_probe: Option<Box<ProbeSpec>>,
     /// Liveness probe (default: `/health` every 15 s, timeout 10 s, 4 failures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness_probe: Option<ProbeSpec>,
+    pub liveness_probe: Option<Box<ProbeSpec>>,
     /// Prometheus metrics and ServiceMonitor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<MetricsSpec>,
+    pub metrics: Option<Box<MetricsSpec>>,
     /// HTTP proxy for pulling weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ProxySpec>,
+    pub proxy: Option<Box<ProxySpec>>,
     /// What runs the engine: `standalone` (default) renders a Deployment and a Service;
     /// `kserve` a KServe `InferenceService` (RawDeployment mode) with the same container,
     /// resources and scaling, where the KServe API is installed.

@@ -11,7 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::discovery::ApiResource;
@@ -118,7 +118,7 @@ pub fn mark(meta: &ObjectMeta) -> String {
 }
 
 /// A label or annotation key the operator sets.
-fn is_ours(key: &str) -> bool {
+pub fn is_ours(key: &str) -> bool {
     key.starts_with("oim.opea.dev/") || key.starts_with("app.kubernetes.io/")
 }
 
@@ -183,15 +183,18 @@ pub fn verdict(live: Option<&ObjectMeta>, owner: Option<&Owner>, hash: &str, rec
 /// but metadata and status) or one of our own labels or annotations through the object itself —
 /// not through a status or scale subresource, which controllers and autoscalers write.
 fn edited_by_others(live: &ObjectMeta) -> bool {
-    live.managed_fields.iter().flatten().any(|m| {
-        let ours = m.manager.as_deref().is_some_and(|n| n.starts_with(FIELD_MANAGER));
-        let subresource = m.subresource.as_deref().is_some_and(|s| !s.is_empty());
-        let content = m.fields_v1.as_ref().and_then(|f| f.0.as_object()).is_some_and(|f| {
-            f.keys().any(|k| k != "f:metadata" && k != "f:status" && k != "f:apiVersion" && k != "f:kind")
-                || holds_our_metadata(f.get("f:metadata"))
-        });
-        !ours && !subresource && content
-    })
+    live.managed_fields.iter().flatten().any(edits)
+}
+
+/// Whether this managedFields entry is such an edit.
+fn edits(m: &ManagedFieldsEntry) -> bool {
+    let ours = m.manager.as_deref().is_some_and(|n| n.starts_with(FIELD_MANAGER));
+    let subresource = m.subresource.as_deref().is_some_and(|s| !s.is_empty());
+    let content = m.fields_v1.as_ref().and_then(|f| f.0.as_object()).is_some_and(|f| {
+        f.keys().any(|k| k != "f:metadata" && k != "f:status" && k != "f:apiVersion" && k != "f:kind")
+            || holds_our_metadata(f.get("f:metadata"))
+    });
+    !ours && !subresource && content
 }
 
 /// Whether a managedFields `f:metadata` tree holds a label or annotation key of ours.
@@ -204,35 +207,21 @@ fn holds_our_metadata(metadata: Option<&Value>) -> bool {
     })
 }
 
-/// The managedFields as far as [`verdict`] reads them: who wrote, through which subresource, and
-/// which top-level fields (and which of our labels and annotations) each holds. The caches keep
-/// only this: a manager's full field set is as large as the object.
-pub fn slim_managed_fields(meta: &mut ObjectMeta) {
-    for m in meta.managed_fields.iter_mut().flatten() {
-        m.time = None;
-        let Some(fields) = m.fields_v1.as_mut().and_then(|f| f.0.as_object_mut()) else { continue };
-        for (key, value) in fields.iter_mut() {
-            *value = if key == "f:metadata" { our_metadata(value) } else { Value::Object(Default::default()) };
-        }
-    }
+/// The field manager that edited the object as [`verdict`] counts an edit, if any: all the
+/// caches keep of managedFields (a manager's full field set is as large as the object).
+pub fn editor(meta: &ObjectMeta) -> Option<String> {
+    meta.managed_fields.iter().flatten().find(|m| edits(m)).map(|m| m.manager.clone().unwrap_or_default())
 }
 
-fn our_metadata(metadata: &Value) -> Value {
-    let mut out = serde_json::Map::new();
-    for set in ["f:labels", "f:annotations"] {
-        let keys: serde_json::Map<String, Value> = metadata
-            .get(set)
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| k.strip_prefix("f:").is_some_and(is_ours))
-            .map(|(k, _)| (k.clone(), Value::Object(Default::default())))
-            .collect();
-        if !keys.is_empty() {
-            out.insert(set.to_string(), Value::Object(keys));
-        }
-    }
-    Value::Object(out)
+/// The managedFields of an object whose [`editor`] is `manager`, as [`verdict`] reads them.
+pub fn edited_by(manager: Option<&str>) -> Option<Vec<ManagedFieldsEntry>> {
+    manager.map(|m| {
+        vec![ManagedFieldsEntry {
+            manager: Some(m.to_string()),
+            fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {}}))),
+            ..Default::default()
+        }]
+    })
 }
 
 /// Adds the hash annotation and namespace to a rendered object; returns the hash.
@@ -273,7 +262,7 @@ pub fn key(kind: &str, namespace: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, OwnerReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn live(owner_uid: Option<&str>, hash: &str, generation: i64) -> ObjectMeta {
         ObjectMeta {
@@ -341,7 +330,7 @@ mod tests {
         });
         assert_eq!(verdict(Some(&edited), Some(&me), "h", None), Verdict::Apply, "edited while we were not looking");
         let mut slimmed = edited.clone();
-        slim_managed_fields(&mut slimmed);
+        slimmed.managed_fields = edited_by(editor(&slimmed).as_deref());
         assert_eq!(verdict(Some(&slimmed), Some(&me), "h", None), Verdict::Apply, "as the cache keeps it");
         let mut annotated = ours.clone();
         annotated.managed_fields = Some(vec![ManagedFieldsEntry {
@@ -352,7 +341,7 @@ mod tests {
             }}}))),
             ..Default::default()
         }]);
-        slim_managed_fields(&mut annotated);
+        annotated.managed_fields = edited_by(editor(&annotated).as_deref());
         assert_eq!(verdict(Some(&annotated), Some(&me), "h", None), Verdict::Apply, "our annotation edited meanwhile");
         annotated.managed_fields.as_mut().unwrap()[0].fields_v1 =
             Some(FieldsV1(serde_json::json!({"f:metadata": {"f:annotations": {"f:team": {}}}})));

@@ -17,6 +17,7 @@ pub mod decode;
 pub mod echo;
 pub mod events;
 pub mod health;
+pub mod intern;
 pub mod leader;
 pub mod limit;
 pub mod metrics;

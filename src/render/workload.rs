@@ -232,7 +232,7 @@ fn env(input: &Input) -> Vec<EnvVar> {
     if let Some(secret) = &svc.spec.auth_secret {
         put(token_env(secret));
     }
-    for e in svc.spec.proxy.as_ref().map(proxy_env).unwrap_or_default() {
+    for e in svc.spec.proxy.as_deref().map(proxy_env).unwrap_or_default() {
         put(e);
     }
     for (k, v) in &input.profile.env {
@@ -325,7 +325,7 @@ fn placement(input: &Input) -> (BTreeMap<String, String>, Vec<Toleration>, Optio
             ]),
             ..Default::default()
         };
-        let a = affinity.get_or_insert_with(Affinity::default);
+        let a = affinity.get_or_insert_with(Box::default);
         let na = a.node_affinity.get_or_insert_with(NodeAffinity::default);
         let required = na
             .required_during_scheduling_ignored_during_execution
@@ -356,7 +356,7 @@ fn placement(input: &Input) -> (BTreeMap<String, String>, Vec<Toleration>, Optio
             tolerations.push(t);
         }
     }
-    (selector, tolerations, affinity)
+    (selector, tolerations, affinity.map(|a| *a))
 }
 
 /// Which pod of a replica a template is for.
@@ -416,7 +416,7 @@ pub fn deployment(input: &Input, created_pvc: Option<&PersistentVolumeClaim>) ->
     let name = name_of(svc);
     let template = pod_template(input, created_pvc, Role::Single)?;
     let scaled = svc.spec.scale.as_ref().and_then(|s| s.enabled) == Some(true);
-    let strategy = svc.spec.strategy.clone().unwrap_or(DeploymentStrategy {
+    let strategy = svc.spec.strategy.as_deref().cloned().unwrap_or(DeploymentStrategy {
         type_: Some("RollingUpdate".into()),
         rolling_update: Some(RollingUpdateDeployment {
             max_surge: Some(IntOrString::Int(0)),
@@ -562,10 +562,10 @@ pub fn pod_template(
         resources: Some(resources),
         volume_mounts: Some(mounts),
         startup_probe: serves
-            .then(|| probe((10, 5, if downloads { 360 } else { 180 }, 1), svc.spec.startup_probe.as_ref()))
+            .then(|| probe((10, 5, if downloads { 360 } else { 180 }, 1), svc.spec.startup_probe.as_deref()))
             .flatten(),
-        readiness_probe: serves.then(|| probe((5, 5, 3, 1), svc.spec.readiness_probe.as_ref())).flatten(),
-        liveness_probe: serves.then(|| probe((15, 10, 4, 1), svc.spec.liveness_probe.as_ref())).flatten(),
+        readiness_probe: serves.then(|| probe((5, 5, 3, 1), svc.spec.readiness_probe.as_deref())).flatten(),
+        liveness_probe: serves.then(|| probe((15, 10, 4, 1), svc.spec.liveness_probe.as_deref())).flatten(),
         security_context: Some(container_security),
         ..Default::default()
     };

@@ -1,13 +1,15 @@
-//! Caches of the children the operator labels as its own — metadata only, plus the Deployments'
-//! and LeaderWorkerSets' status — and what we last applied to each. They answer "is this ours", "does it already carry
+//! Caches of the children the operator labels as its own — a compact [`Record`] of each, not the
+//! object — and what we last applied to each. They answer "is this ours", "does it already carry
 //! what we would apply", "did someone change it since" and "what do we own that is no longer
 //! rendered" without a GET per child per reconcile.
 
+mod record;
+
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::channel::mpsc;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
@@ -15,15 +17,15 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::api::OIMService;
-use crate::controller::apply::slim_managed_fields;
 use crate::controller::decode;
+use crate::controller::intern::Interner;
 use crate::controller::watch::watch_backoff;
 use crate::render::{Capabilities, FIELD_MANAGER};
+use record::Record;
 
 /// The watch filter for everything we create.
 pub fn ours() -> watcher::Config {
@@ -130,123 +132,114 @@ impl Wakes {
     }
 }
 
-/// Which cached children each owner controls, by owner UID, kept beside the cache: finding a
+/// A child's namespace (shared) and name.
+type Key = (Arc<str>, Arc<str>);
+
+/// The records of one kind, and which of them each owner controls, by owner UID: finding a
 /// service's children walks no other object (every reconcile asks, and walking the cache made a
 /// cold start over N services cost N² steps).
 #[derive(Default)]
-struct Owners {
-    current: OwnerIndex,
-    /// Built during a relist, replacing `current` when it is complete (as the store does).
-    relisting: Option<OwnerIndex>,
+struct Index {
+    records: HashMap<Key, Record>,
+    by_owner: HashMap<Arc<str>, BTreeSet<Key>>,
 }
 
-type Key = (String, String);
-
-#[derive(Default)]
-struct OwnerIndex {
-    by_owner: HashMap<String, BTreeSet<Key>>,
-    owner_of: HashMap<Key, String>,
-}
-
-impl OwnerIndex {
-    fn key(meta: &ObjectMeta) -> Key {
-        (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
-    }
-
+impl Index {
     fn remove(&mut self, key: &Key) {
-        if let Some(uid) = self.owner_of.remove(key)
-            && let Some(set) = self.by_owner.get_mut(&uid)
+        let Some(old) = self.records.remove(key) else { return };
+        if let Some(uid) = old.controller_uid()
+            && let Some(set) = self.by_owner.get_mut(uid)
         {
             set.remove(key);
             if set.is_empty() {
-                self.by_owner.remove(&uid);
+                self.by_owner.remove(uid);
             }
         }
     }
 
-    /// Files the object under its controller (its owner reference may have changed).
-    fn upsert(&mut self, meta: &ObjectMeta) {
-        let key = OwnerIndex::key(meta);
+    /// Files the record under its controller (its owner reference may have changed).
+    fn upsert(&mut self, key: Key, record: Record) {
         self.remove(&key);
-        if let Some(o) = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)) {
-            self.by_owner.entry(o.uid.clone()).or_default().insert(key.clone());
-            self.owner_of.insert(key, o.uid.clone());
+        if let Some(uid) = record.controller_uid() {
+            self.by_owner.entry(uid.clone()).or_default().insert(key.clone());
         }
+        self.records.insert(key, record);
     }
 }
 
-impl Owners {
-    fn observe<K: kube::Resource>(&mut self, event: &watcher::Event<K>) {
-        match event {
-            watcher::Event::Init => self.relisting = Some(OwnerIndex::default()),
-            watcher::Event::InitApply(o) => self.relisting.as_mut().unwrap_or(&mut self.current).upsert(o.meta()),
-            watcher::Event::InitDone => {
-                if let Some(fresh) = self.relisting.take() {
-                    self.current = fresh;
-                }
-            }
-            watcher::Event::Apply(o) => self.current.upsert(o.meta()),
-            watcher::Event::Delete(o) => self.current.remove(&OwnerIndex::key(o.meta())),
-        }
-    }
-
-    fn of(&self, uid: &str) -> Vec<Key> {
-        self.current.by_owner.get(uid).map(|s| s.iter().cloned().collect()).unwrap_or_default()
-    }
+/// One kind's index as the watch fills it: a relist builds a fresh index that replaces the
+/// current one when complete (until then readers see the last complete one).
+#[derive(Default)]
+struct Store {
+    current: Index,
+    relisting: Option<Index>,
 }
 
-/// One cached kind: metadata only, or (Deployments, LeaderWorkerSets) the object without its pod
-/// templates, which the status reads; and who owns what in it.
+/// One cached kind: its records, and whether it has listed once.
 struct Cache {
-    store: CacheStore,
-    owners: Arc<Mutex<Owners>>,
-}
-
-enum CacheStore {
-    Meta(Store<Meta>),
-    Deployments(Store<Deployment>),
-    Groups(Store<DynamicObject>),
+    store: RwLock<Store>,
+    listed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Cache {
-    fn store_ready(&self) -> bool {
-        let ready = match &self.store {
-            CacheStore::Meta(s) => s.wait_until_ready().now_or_never(),
-            CacheStore::Deployments(s) => s.wait_until_ready().now_or_never(),
-            CacheStore::Groups(s) => s.wait_until_ready().now_or_never(),
+    fn new() -> Cache {
+        Cache { store: RwLock::default(), listed: tokio::sync::watch::Sender::new(false) }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Store> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn observe<K: kube::Resource>(&self, event: &watcher::Event<K>, record: impl Fn(&K) -> Record, strings: &Interner) {
+        let key = |o: &K| -> Key {
+            let meta = o.meta();
+            (
+                strings.get(meta.namespace.as_deref().unwrap_or_default()),
+                meta.name.as_deref().unwrap_or_default().into(),
+            )
         };
-        ready.is_some_and(|r| r.is_ok())
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            watcher::Event::Init => store.relisting = Some(Index::default()),
+            watcher::Event::InitApply(o) => {
+                let Store { current, relisting } = &mut *store;
+                relisting.as_mut().unwrap_or(current).upsert(key(o), record(o));
+            }
+            watcher::Event::InitDone => {
+                if let Some(fresh) = store.relisting.take() {
+                    store.current = fresh;
+                }
+                self.listed.send_replace(true);
+            }
+            watcher::Event::Apply(o) => store.current.upsert(key(o), record(o)),
+            watcher::Event::Delete(o) => store.current.remove(&key(o)),
+        }
+    }
+
+    fn has_listed(&self) -> bool {
+        *self.listed.borrow()
     }
 
     async fn listed(&self) -> bool {
-        match &self.store {
-            CacheStore::Meta(s) => s.wait_until_ready().await.is_ok(),
-            CacheStore::Deployments(s) => s.wait_until_ready().await.is_ok(),
-            CacheStore::Groups(s) => s.wait_until_ready().await.is_ok(),
-        }
+        self.listed.subscribe().wait_for(|listed| *listed).await.is_ok()
     }
 
-    fn meta(&self, ar: &ApiResource, namespace: &str, name: &str) -> Option<ObjectMeta> {
-        match &self.store {
-            CacheStore::Meta(s) => {
-                s.get(&ObjectRef::new_with(name, ar.clone()).within(namespace)).map(|o| o.metadata.clone())
-            }
-            CacheStore::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)).map(|d| d.metadata.clone()),
-            CacheStore::Groups(s) => {
-                s.get(&ObjectRef::new_with(name, ar.clone()).within(namespace)).map(|o| o.metadata.clone())
-            }
-        }
+    fn get<T>(&self, namespace: &str, name: &str, read: impl FnOnce(&Record) -> T) -> Option<T> {
+        let store = self.read();
+        // A borrowed (&str, &str) cannot look up an (Arc<str>, Arc<str>) key.
+        let key: Key = (namespace.into(), name.into());
+        store.current.records.get(&key).map(read)
     }
 
     /// Names of the children in `namespace` controlled by `uid` and not being deleted.
-    fn owned(&self, ar: &ApiResource, namespace: &str, uid: &str) -> Vec<String> {
-        let candidates = self.owners.lock().unwrap_or_else(|e| e.into_inner()).of(uid);
-        let metas: Vec<ObjectMeta> = candidates
-            .into_iter()
-            .filter(|(ns, _)| ns == namespace)
-            .filter_map(|(ns, name)| self.meta(ar, &ns, &name))
-            .collect();
-        owned_names(&metas, namespace, uid)
+    fn owned(&self, namespace: &str, uid: &str) -> Vec<String> {
+        let store = self.read();
+        let Some(keys) = store.current.by_owner.get(uid) else { return vec![] };
+        keys.iter()
+            .filter(|(ns, _)| &**ns == namespace)
+            .filter(|k| store.current.records.get(*k).is_some_and(|r| !r.deleting()))
+            .map(|(_, name)| name.to_string())
+            .collect()
     }
 }
 
@@ -255,28 +248,27 @@ impl Cache {
 /// for wakes, a reconcile could run on a cache that had not caught up, and nothing woke it
 /// again; after an API server restart that left services NotReady for good).
 pub struct Children {
-    kinds: Vec<(ApiResource, Cache)>,
+    kinds: Vec<(ApiResource, Arc<Cache>)>,
     wakes: Arc<Wakes>,
 }
 
-/// Fills `writer` from the watch of `api` and forwards every change to `wakes`.
+/// Fills `cache` from the watch of `api` and forwards every change to `wakes`.
 fn cache_and_wake<K>(
     api: Api<K>,
-    writer: reflector::store::Writer<K>,
+    cache: Arc<Cache>,
     kind: String,
     wakes: Arc<Wakes>,
-    owners: Arc<Mutex<Owners>>,
-    slim: fn(&mut K),
+    strings: Arc<Interner>,
+    record: fn(&K, &Interner) -> Record,
 ) where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    let events = reflector::reflector(writer, watcher(api, ours()).backoff(watch_backoff()).modify(slim));
+    let events = watcher(api, ours()).backoff(watch_backoff());
     tokio::spawn(async move {
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             let Ok(event) = event else { continue };
-            owners.lock().unwrap_or_else(|e| e.into_inner()).observe(&event);
+            cache.observe(&event, |o| record(o, &strings), &strings);
             if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o) = &event {
                 wakes.send(Touched::of(&kind, o.meta())).await;
             }
@@ -284,62 +276,36 @@ fn cache_and_wake<K>(
     });
 }
 
-/// Only what the status reads of a LeaderWorkerSet: metadata (managedFields slimmed),
-/// generation, status and replicas.
-fn slim_group(o: &mut DynamicObject) {
-    slim_managed_fields(&mut o.metadata);
-    if let Some(spec) = o.data.get_mut("spec").and_then(|s| s.as_object_mut()) {
-        spec.retain(|k, _| k == "replicas");
-    }
-}
-
-/// Only what the status and the apply verdict read: metadata (managedFields slimmed), status
-/// and replicas.
-fn slim(d: &mut Deployment) {
-    slim_managed_fields(&mut d.metadata);
-    if let Some(spec) = d.spec.as_mut() {
-        spec.template = Default::default();
-    }
-}
-
 impl Children {
     /// Starts the caches for one namespace (None: all).
     pub fn watch(client: &Client, namespace: Option<&str>, capabilities: Capabilities) -> Children {
         let wakes = Arc::new(Wakes::default());
+        let strings = Arc::new(Interner::default());
         let kinds = service_child_kinds(capabilities)
             .into_iter()
             .map(|ar| {
-                let owners = Arc::new(Mutex::new(Owners::default()));
-                let store = if ar.kind == "Deployment" {
+                let cache = Arc::new(Cache::new());
+                let (kind, wakes, strings) = (ar.kind.clone(), wakes.clone(), strings.clone());
+                if ar.kind == "Deployment" {
                     let api: Api<Deployment> = match namespace {
                         Some(ns) => Api::namespaced(client.clone(), ns),
                         None => Api::all(client.clone()),
                     };
-                    let (store, writer) = reflector::store();
-                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), owners.clone(), slim);
-                    CacheStore::Deployments(store)
+                    cache_and_wake(api, cache.clone(), kind, wakes, strings, Record::deployment);
                 } else if ar.group == crate::render::lws::LWS_GROUP {
                     let api: Api<DynamicObject> = match namespace {
                         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                         None => Api::all_with(client.clone(), &ar),
                     };
-                    let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-                    let store = writer.as_reader();
-                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), owners.clone(), slim_group);
-                    CacheStore::Groups(store)
+                    cache_and_wake(api, cache.clone(), kind, wakes, strings, Record::group);
                 } else {
                     let api: Api<Meta> = match namespace {
                         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                         None => Api::all_with(client.clone(), &ar),
                     };
-                    let writer = reflector::store::Writer::<Meta>::new(ar.clone());
-                    let store = writer.as_reader();
-                    cache_and_wake(api, writer, ar.kind.clone(), wakes.clone(), owners.clone(), |m| {
-                        slim_managed_fields(&mut m.metadata)
-                    });
-                    CacheStore::Meta(store)
-                };
-                (ar, Cache { store, owners })
+                    cache_and_wake(api, cache.clone(), kind, wakes, strings, |m, s| Record::meta(&m.metadata, s));
+                }
+                (ar, cache)
             })
             .collect();
         Children { kinds, wakes }
@@ -365,22 +331,22 @@ impl Children {
     }
 
     /// The cache of `kind`, once it has listed.
-    fn cache(&self, kind: &str) -> Option<&(ApiResource, Cache)> {
-        self.kinds.iter().find(|(ar, _)| ar.kind == kind).filter(|(_, c)| c.store_ready())
+    fn cache(&self, kind: &str) -> Option<&(ApiResource, Arc<Cache>)> {
+        self.kinds.iter().find(|(ar, _)| ar.kind == kind).filter(|(_, c)| c.has_listed())
     }
 
     /// The metadata of our child, as cached: `Some(None)` when it is not there (or not labelled
     /// ours), `None` when its kind is not cached and the caller must look it up.
     pub fn meta(&self, kind: &str, namespace: &str, name: &str) -> Option<Option<ObjectMeta>> {
-        let (ar, cache) = self.cache(kind)?;
-        Some(cache.meta(ar, namespace, name))
+        let (_, cache) = self.cache(kind)?;
+        Some(cache.get(namespace, name, |r| r.to_meta(namespace, name)))
     }
 
     /// Our children of `kind` in `namespace` controlled by the owner with `uid`; None when that
     /// kind's cache has not listed (the caller asks the API).
     pub fn owned_by(&self, kind: &str, namespace: &str, uid: &str) -> Option<Vec<String>> {
-        let (ar, cache) = self.cache(kind)?;
-        Some(cache.owned(ar, namespace, uid))
+        let (_, cache) = self.cache(kind)?;
+        Some(cache.owned(namespace, uid))
     }
 
     /// The cached kinds, in a fixed order.
@@ -390,18 +356,14 @@ impl Children {
 
     /// Our LeaderWorkerSet of that name, without its templates; None when the API is absent.
     pub fn group(&self, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        self.kinds.iter().find_map(|(ar, c)| match &c.store {
-            CacheStore::Groups(s) => s.get(&ObjectRef::new_with(name, ar.clone()).within(namespace)),
-            CacheStore::Meta(_) | CacheStore::Deployments(_) => None,
-        })
+        let (ar, cache) = self.kinds.iter().find(|(ar, _)| ar.group == crate::render::lws::LWS_GROUP)?;
+        cache.get(namespace, name, |r| r.to_group(ar, namespace, name)).flatten().map(Arc::new)
     }
 
     /// Our Deployment of that name, without its pod template.
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
-        self.kinds.iter().find_map(|(_, c)| match &c.store {
-            CacheStore::Deployments(s) => s.get(&ObjectRef::new(name).within(namespace)),
-            CacheStore::Meta(_) | CacheStore::Groups(_) => None,
-        })
+        let (_, cache) = self.kinds.iter().find(|(ar, _)| ar.kind == "Deployment")?;
+        cache.get(namespace, name, |r| r.to_deployment(namespace, name)).flatten().map(Arc::new)
     }
 }
 
@@ -476,31 +438,43 @@ mod tests {
         m
     }
 
-    fn names(owners: &Owners, uid: &str) -> Vec<String> {
-        owners.of(uid).into_iter().map(|(_, n)| n).collect()
+    fn names(cache: &Cache, uid: &str) -> Vec<String> {
+        cache.owned("team", uid)
     }
 
     #[test]
     fn a_service_finds_its_children_through_relists_owner_changes_and_deletions() {
-        let mut owners = Owners::default();
-        owners.observe(&watcher::Event::<Deployment>::Init);
-        owners.observe(&watcher::Event::InitApply(child("llm", Some("u1"))));
-        owners.observe(&watcher::Event::InitApply(child("chat", Some("u2"))));
-        owners.observe(&watcher::Event::InitApply(child("loose", None)));
-        assert!(names(&owners, "u1").is_empty(), "a relist counts once it is complete");
-        owners.observe(&watcher::Event::<Deployment>::InitDone);
-        assert_eq!(names(&owners, "u1"), ["llm"]);
-        owners.observe(&watcher::Event::Apply(child("llm-hpa", Some("u1"))));
-        assert_eq!(names(&owners, "u1"), ["llm", "llm-hpa"]);
-        owners.observe(&watcher::Event::Apply(child("chat", Some("u1"))));
-        assert_eq!(names(&owners, "u1"), ["chat", "llm", "llm-hpa"], "its owner reference moved");
-        assert!(names(&owners, "u2").is_empty());
-        owners.observe(&watcher::Event::Delete(child("llm-hpa", Some("u1"))));
-        assert_eq!(names(&owners, "u1"), ["chat", "llm"]);
-        // A relist after the watch broke drops what was deleted meanwhile.
-        owners.observe(&watcher::Event::<Deployment>::Init);
-        owners.observe(&watcher::Event::InitApply(child("llm", Some("u1"))));
-        owners.observe(&watcher::Event::<Deployment>::InitDone);
-        assert_eq!(names(&owners, "u1"), ["llm"]);
+        let (cache, strings) = (Cache::new(), Interner::default());
+        let observe = |e: watcher::Event<Deployment>| cache.observe(&e, |d| Record::deployment(d, &strings), &strings);
+        observe(watcher::Event::Init);
+        observe(watcher::Event::InitApply(child("llm", Some("u1"))));
+        observe(watcher::Event::InitApply(child("chat", Some("u2"))));
+        observe(watcher::Event::InitApply(child("loose", None)));
+        assert!(names(&cache, "u1").is_empty(), "a relist counts once it is complete");
+        assert!(!cache.has_listed());
+        observe(watcher::Event::InitDone);
+        assert!(cache.has_listed());
+        assert_eq!(names(&cache, "u1"), ["llm"]);
+        observe(watcher::Event::Apply(child("llm-hpa", Some("u1"))));
+        assert_eq!(names(&cache, "u1"), ["llm", "llm-hpa"]);
+        observe(watcher::Event::Apply(child("chat", Some("u1"))));
+        assert_eq!(names(&cache, "u1"), ["chat", "llm", "llm-hpa"], "its owner reference moved");
+        assert!(names(&cache, "u2").is_empty());
+        assert!(cache.owned("elsewhere", "u1").is_empty(), "another namespace's");
+        observe(watcher::Event::Delete(child("llm-hpa", Some("u1"))));
+        assert_eq!(names(&cache, "u1"), ["chat", "llm"]);
+        let mut leaving = child("chat", Some("u1"));
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        observe(watcher::Event::Apply(leaving));
+        assert_eq!(names(&cache, "u1"), ["llm"], "being deleted");
+        // A relist after the watch broke drops what was deleted meanwhile; until it completes,
+        // readers see the last complete listing.
+        observe(watcher::Event::Init);
+        observe(watcher::Event::InitApply(child("llm", Some("u1"))));
+        assert!(cache.get("team", "loose", |_| ()).is_some());
+        observe(watcher::Event::InitDone);
+        assert!(cache.get("team", "loose", |_| ()).is_none());
+        assert_eq!(names(&cache, "u1"), ["llm"]);
     }
 }

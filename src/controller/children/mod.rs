@@ -21,6 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::api::OIMService;
+use crate::controller::apply::key;
 use crate::controller::decode;
 use crate::controller::intern::Interner;
 use crate::controller::watch::watch_backoff;
@@ -252,15 +253,21 @@ pub struct Children {
     wakes: Arc<Wakes>,
 }
 
-/// Fills `cache` from the watch of `api` and forwards every change to `wakes`.
-fn cache_and_wake<K>(
-    api: Api<K>,
-    cache: Arc<Cache>,
-    kind: String,
+/// The mark of each child (`apply::key`) as we last applied or first saw it.
+type Marks = Mutex<HashMap<String, String>>;
+
+/// What one kind's watch task updates besides its cache.
+#[derive(Clone)]
+struct Shared {
     wakes: Arc<Wakes>,
     strings: Arc<Interner>,
-    record: fn(&K, &Interner) -> Record,
-) where
+    marks: Arc<Marks>,
+}
+
+/// Fills `cache` from the watch of `api` and forwards every change to the owner; a deleted
+/// child's mark goes with it.
+fn cache_and_wake<K>(api: Api<K>, cache: Arc<Cache>, kind: String, shared: Shared, record: fn(&K, &Interner) -> Record)
+where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let events = watcher(api, ours()).backoff(watch_backoff());
@@ -268,9 +275,14 @@ fn cache_and_wake<K>(
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             let Ok(event) = event else { continue };
-            cache.observe(&event, |o| record(o, &strings), &strings);
+            cache.observe(&event, |o| record(o, &shared.strings), &shared.strings);
             if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o) = &event {
-                wakes.send(Touched::of(&kind, o.meta())).await;
+                let touched = Touched::of(&kind, o.meta());
+                if matches!(event, watcher::Event::Delete(_)) {
+                    let gone = key(&kind, &touched.namespace, &touched.name);
+                    shared.marks.lock().unwrap_or_else(|e| e.into_inner()).remove(&gone);
+                }
+                shared.wakes.send(touched).await;
             }
         }
     });
@@ -278,32 +290,32 @@ fn cache_and_wake<K>(
 
 impl Children {
     /// Starts the caches for one namespace (None: all).
-    pub fn watch(client: &Client, namespace: Option<&str>, capabilities: Capabilities) -> Children {
+    fn watch(client: &Client, namespace: Option<&str>, capabilities: Capabilities, marks: Arc<Marks>) -> Children {
         let wakes = Arc::new(Wakes::default());
-        let strings = Arc::new(Interner::default());
+        let shared = Shared { wakes: wakes.clone(), strings: Arc::new(Interner::default()), marks };
         let kinds = service_child_kinds(capabilities)
             .into_iter()
             .map(|ar| {
                 let cache = Arc::new(Cache::new());
-                let (kind, wakes, strings) = (ar.kind.clone(), wakes.clone(), strings.clone());
+                let (kind, shared) = (ar.kind.clone(), shared.clone());
                 if ar.kind == "Deployment" {
                     let api: Api<Deployment> = match namespace {
                         Some(ns) => Api::namespaced(client.clone(), ns),
                         None => Api::all(client.clone()),
                     };
-                    cache_and_wake(api, cache.clone(), kind, wakes, strings, Record::deployment);
+                    cache_and_wake(api, cache.clone(), kind, shared, Record::deployment);
                 } else if ar.group == crate::render::lws::LWS_GROUP {
                     let api: Api<DynamicObject> = match namespace {
                         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                         None => Api::all_with(client.clone(), &ar),
                     };
-                    cache_and_wake(api, cache.clone(), kind, wakes, strings, Record::group);
+                    cache_and_wake(api, cache.clone(), kind, shared, Record::group);
                 } else {
                     let api: Api<Meta> = match namespace {
                         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                         None => Api::all_with(client.clone(), &ar),
                     };
-                    cache_and_wake(api, cache.clone(), kind, wakes, strings, |m, s| Record::meta(&m.metadata, s));
+                    cache_and_wake(api, cache.clone(), kind, shared, |m, s| Record::meta(&m.metadata, s));
                 }
                 (ar, cache)
             })
@@ -386,16 +398,16 @@ pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
 #[derive(Default)]
 pub struct ChildCaches {
     scopes: HashMap<Option<String>, Children>,
-    applied: Mutex<HashMap<String, String>>,
+    applied: Arc<Marks>,
 }
 
 impl ChildCaches {
     /// Caches for `scopes`.
     pub fn watch(client: &Client, scopes: &[Option<String>], capabilities: Capabilities) -> ChildCaches {
-        ChildCaches {
-            scopes: scopes.iter().map(|s| (s.clone(), Children::watch(client, s.as_deref(), capabilities))).collect(),
-            applied: Mutex::default(),
-        }
+        let applied = Arc::new(Marks::default());
+        let scopes =
+            scopes.iter().map(|s| (s.clone(), Children::watch(client, s.as_deref(), capabilities, applied.clone())));
+        ChildCaches { scopes: scopes.collect(), applied }
     }
 
     /// The caches covering `namespace`.

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use oim::cli::{Cli, Command, DetectArgs, DocFormat, LogFormat, NodeAgentArgs, OperatorArgs, ProfilesCommand, exit};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);

@@ -30,7 +30,14 @@ use record::Record;
 
 /// The watch filter for everything we create.
 pub fn ours() -> watcher::Config {
-    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
+    watcher::Config::default().labels(&format!("{MANAGED_BY}={FIELD_MANAGER}"))
+}
+
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// Whether `meta` carries the label [`ours`] selects by.
+fn is_ours(meta: &ObjectMeta) -> bool {
+    meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY)).map(String::as_str) == Some(FIELD_MANAGER)
 }
 
 /// The kinds an OIMService may own, by their typed API metadata; Route, ServiceMonitor,
@@ -207,9 +214,10 @@ impl Cache {
                 relisting.as_mut().unwrap_or(current).upsert(key(o), record(o));
             }
             watcher::Event::InitDone => {
-                if let Some(fresh) = store.relisting.take() {
-                    store.current = fresh;
-                }
+                let old = store.relisting.take().map(|fresh| std::mem::replace(&mut store.current, fresh));
+                drop(store);
+                // Freed without the lock: at scale the old index is 10,000 records.
+                drop(old);
                 self.listed.send_replace(true);
             }
             watcher::Event::Apply(o) => store.current.upsert(key(o), record(o)),
@@ -275,14 +283,20 @@ where
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             let Ok(event) = event else { continue };
+            // Dropped before the cache changes, so a reconcile woken in between cannot record a
+            // mark that is then lost. Only a real deletion: a child whose managed-by label was
+            // removed leaves the watch too, and its mark must still tell that it changed.
+            if let watcher::Event::Delete(o) = &event
+                && is_ours(o.meta())
+            {
+                let meta = o.meta();
+                let gone =
+                    key(&kind, meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
+                shared.marks.lock().unwrap_or_else(|e| e.into_inner()).remove(&gone);
+            }
             cache.observe(&event, |o| record(o, &shared.strings), &shared.strings);
             if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o) = &event {
-                let touched = Touched::of(&kind, o.meta());
-                if matches!(event, watcher::Event::Delete(_)) {
-                    let gone = key(&kind, &touched.namespace, &touched.name);
-                    shared.marks.lock().unwrap_or_else(|e| e.into_inner()).remove(&gone);
-                }
-                shared.wakes.send(touched).await;
+                shared.wakes.send(Touched::of(&kind, o.meta())).await;
             }
         }
     });

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -113,10 +113,23 @@ const CONCURRENCY: u16 = crate::controller::limit::RECONCILES as u16;
 /// OIMService and one OIMCache controller per watched namespace (or one pair for all), sharing
 /// the node, pod and child caches, plus the node agent's keeper and the metrics. A standby keeps
 /// its caches warm and starts the controllers when it becomes the leader.
+/// A cache of every `K` in the cluster, each slimmed to what is read, and the stream of its
+/// changed objects (which must be polled for the cache to fill).
+fn cluster_cache<K>(client: &Client, slim: fn(&mut K)) -> (reflector::Store<K>, Touches<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let watch =
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).backoff(watch_backoff()).modify(slim);
+    (store, reflector::reflector(writer, watch).touched_objects().boxed())
+}
+
+type Touches<K> = futures::stream::BoxStream<'static, Result<K, watcher::Error>>;
+
 pub async fn run(client: Client, sources: Sources, engines: Engines, settings: Settings) -> Stopped {
     tokio::spawn(bounded_shutdown(Duration::from_secs(10)));
     let (nodes, node_writer) = reflector::store::<Node>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let node_stream = reflector::reflector(
         node_writer,
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
@@ -124,43 +137,24 @@ pub async fn run(client: Client, sources: Sources, engines: Engines, settings: S
             .modify(slim_node),
     );
     // Every pod in the cluster may hold accelerators; keep only what accounting reads.
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .backoff(watch_backoff())
-            .modify(PodUse::slim),
-    )
-    .touched_objects();
+    let (pods, pod_stream) = cluster_cache(&client, PodUse::slim);
     // Allocated claims hold DRA devices like pod requests hold extended resources: a change
     // marks the view stale (as a pod change does) without waking every service.
-    let (claims, claim_changes) = if settings.capabilities.dra {
-        let (store, writer) = reflector::store::<ResourceClaim>();
-        let api = Api::<ResourceClaim>::all(client.clone());
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).backoff(watch_backoff()).modify(ResourceClaim::slim),
-        )
-        .touched_objects()
-        .boxed();
-        (Some(store), Some(stream))
-    } else {
-        (None, None)
+    let (claims, claim_changes) = match settings.capabilities.dra {
+        true => {
+            let (store, stream) = cluster_cache(&client, ResourceClaim::slim);
+            (Some(store), Some(stream))
+        }
+        false => (None, None),
     };
     // DRA devices where the cluster serves resource.k8s.io/v1, each slice slimmed to what
     // selection reads. A change wakes the controllers like a node change.
-    let (slices, slice_changes) = if settings.capabilities.dra {
-        let (store, writer) = reflector::store::<ResourceSlice>();
-        let api = Api::<ResourceSlice>::all(client.clone());
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).backoff(watch_backoff()).modify(ResourceSlice::slim),
-        )
-        .touched_objects()
-        .filter_map(|r| futures::future::ready(r.ok().map(|_| ())))
-        .boxed();
-        (Some(store), stream)
-    } else {
-        (None, futures::stream::pending().boxed())
+    let (slices, slice_changes) = match settings.capabilities.dra {
+        true => {
+            let (store, stream) = cluster_cache(&client, ResourceSlice::slim);
+            (Some(store), stream.filter_map(|r| futures::future::ready(r.ok().map(|_| ()))).boxed())
+        }
+        false => (None, futures::stream::pending().boxed()),
     };
     let recorder = Recorder::new(
         client.clone(),
